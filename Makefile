@@ -1,0 +1,29 @@
+# Two commands: `make demo` and `make test`. Each creates the environment when it is missing.
+PY   ?= $(shell command -v python3.11 || command -v python3)
+UV   := .tools/bin/uv
+VENV := .venv
+WS   ?= demo_workspace
+
+.PHONY: setup demo test bench clean
+
+$(UV):
+	$(PY) -m venv .tools
+	.tools/bin/pip install -q "uv==0.13.9"
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PY)
+	touch $@
+
+setup: $(VENV)/.synced
+
+demo: setup
+	$(VENV)/bin/persona demo --workspace $(WS)
+
+test: setup
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(VENV)/bin/python bench/identity_bench.py
+
+clean:
+	rm -rf $(VENV) .tools $(WS)
