@@ -1,0 +1,292 @@
+"""OneID: deterministic identity resolution into one stable persona_id per real person.
+
+Records are reduced to *mentions*: the distinct combinations of normalised identifiers a source carried. Every
+identifier value is a node; each mention links its linkable nodes together; connected components are persons.
+Guards against over-merging:
+- blocked values (test numbers, placeholder emails) never link;
+- a value seen with more than `max_accounts` distinct accounts of one type (a shared device, a family phone) is
+  treated as shared and links nothing;
+- a component larger than `max_component_size` identifiers is reported, then split by re-linking it without its
+  lowest-priority identifier types, one type at a time.
+IDs are stable: each new component keeps the persona_id its identifiers had before; when a re-run joins several
+former personas the oldest survives and the others are logged as absorbed (with the identifier that bridged them);
+when one splits, its largest part keeps the id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from persona.config import IdentityConfig
+
+ID_PREFIX = "P"
+ID_WIDTH = 10
+
+
+def format_persona_ids(seq: np.ndarray) -> np.ndarray:
+    """Sequence numbers -> persona ids ('P0000000042'); zero-padded so text order is creation order."""
+    text = pd.Series(np.asarray(seq, dtype=np.int64)).astype(str).str.zfill(ID_WIDTH)
+    return (ID_PREFIX + text).to_numpy(dtype=object)
+
+
+@dataclass
+class Resolution:
+    """What one resolution run produced."""
+
+    nodes: pd.DataFrame  # id_type, value, persona_id (<NA> when not linked), status
+    mention_persona: pd.DataFrame  # mention_key, persona_id (only resolved mentions)
+    audit: pd.DataFrame  # event, persona_id, other_persona_id, id_type, value
+    aliases: pd.DataFrame  # persona_id (retired), alias_of (surviving)
+    next_seq: int
+    stats: dict = field(default_factory=dict)
+
+
+def _components(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
+    graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n)).tocsr()
+    return connected_components(graph, directed=False)[1]
+
+
+def _star_edges(mention: np.ndarray, node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Link every node of a mention to the mention's first node: enough edges for connectivity, no quadratic blow-up."""
+    first = pd.Series(node).groupby(mention).transform("min").to_numpy()
+    keep = node != first
+    return node[keep], first[keep]
+
+
+def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, set[str]],
+            previous: pd.DataFrame | None = None, previous_aliases: pd.DataFrame | None = None,
+            next_seq: int = 1) -> Resolution:
+    """Resolve mentions (mention_key, id_type, value) into personas, keeping previous persona_ids stable.
+
+    `blocked` holds normalised blocked values per identifier type; `previous` is the last run's node table.
+    """
+    links = mentions[["mention_key", "id_type", "value"]].drop_duplicates().reset_index(drop=True)
+    types = cfg.priority
+    rank = {t: i for i, t in enumerate(types)}
+
+    # Nodes: one code per (type, value), ordered by type priority then value, so codes are deterministic.
+    type_rank = links["id_type"].map(rank).to_numpy(dtype=np.int64)
+    order = np.lexsort((links["value"].to_numpy(dtype=object), type_rank))
+    links = links.iloc[order].reset_index(drop=True)
+    type_rank = type_rank[order]
+    node_key = pd.MultiIndex.from_arrays([links["id_type"], links["value"]])
+    node, uniques = pd.factorize(node_key, sort=False)
+    n_nodes = len(uniques)
+    node_type = np.empty(n_nodes, dtype=np.int64)
+    node_type[node] = type_rank
+    nodes = pd.DataFrame({"id_type": uniques.get_level_values(0).astype("string"),
+                          "value": uniques.get_level_values(1).astype("string")})
+    mention = links["mention_key"].to_numpy()
+    status = np.full(n_nodes, "linked", dtype=object)
+
+    # Guard 1: blocked values and non-linking types.
+    for t, spec in cfg.identifiers.items():
+        in_type = node_type == rank[t]
+        if not spec.link:
+            status[in_type] = "no_link"
+        values = blocked.get(t)
+        if values:
+            status[in_type & nodes["value"].isin(values).to_numpy()] = "blocked"
+
+    # Guard 2: shared values, seen with more than K distinct accounts of one account type.
+    account_ranks = [rank[t] for t, s in cfg.identifiers.items() if s.account]
+    limited = {rank[t]: s.max_accounts for t, s in cfg.identifiers.items() if s.max_accounts}
+    shared_counts: dict[str, int] = {}
+    if limited and account_ranks:
+        is_acc = np.isin(type_rank, account_ranks)
+        acc = pd.DataFrame({"mention": mention[is_acc], "acc": node[is_acc], "acc_type": type_rank[is_acc]})
+        is_lim = np.isin(type_rank, list(limited))
+        lim = pd.DataFrame({"mention": mention[is_lim], "node": node[is_lim], "type": type_rank[is_lim]})
+        pairs = lim.merge(acc, on="mention")
+        pairs = pairs[pairs["node"] != pairs["acc"]]
+        per_type = pairs.drop_duplicates(["node", "acc"]).groupby(["node", "acc_type"]).size()
+        most = per_type.groupby(level="node").max()
+        limit = pd.Series(node_type[most.index.to_numpy()]).map(limited).to_numpy()
+        shared = most.index.to_numpy()[most.to_numpy() > limit]
+        shared = shared[status[shared] == "linked"]
+        status[shared] = "shared"
+        for t in types:
+            c = int((node_type[shared] == rank[t]).sum())
+            if c:
+                shared_counts[t] = c
+
+    # Link and find components.
+    linkable = status[node] == "linked"
+    src, dst = _star_edges(mention[linkable], node[linkable])
+    comp = _components(src, dst, n_nodes)
+    comp = np.where(status == "linked", comp, -1)
+
+    # Guard 3: oversized components are reported, then split by dropping the weakest identifier types.
+    offenders: list[dict] = []
+    sizes = np.bincount(comp[comp >= 0], minlength=n_nodes) if n_nodes else np.zeros(0, dtype=np.int64)
+    big = np.flatnonzero(sizes > cfg.max_component_size)
+    if len(big):
+        for c in big[np.argsort(-sizes[big])][:20]:
+            members = node_type[comp == c]
+            offenders.append({"size": int(sizes[c]),
+                              "by_type": {types[r]: int((members == r).sum()) for r in np.unique(members)}})
+        comp, status = _split_oversized(mention, node, node_type, comp, status, big, cfg.max_component_size,
+                                        len(types))
+
+    # Stable persona ids.
+    prev_pid = _previous_ids(nodes, previous)
+    persona, audit, new_aliases, next_seq, id_stats = _assign_ids(comp, prev_pid, src, dst, next_seq)
+    nodes["persona_id"] = pd.array(persona, dtype="string")
+    nodes["status"] = pd.array(status, dtype="string")
+    nodes.loc[nodes["persona_id"].isna() & (nodes["status"] == "linked"), "status"] = "unresolved"
+    via = audit.pop("node").to_numpy(dtype=np.int64)
+    found = via >= 0
+    for col in ("id_type", "value"):
+        values = np.full(len(via), None, dtype=object)
+        values[found] = nodes[col].to_numpy(dtype=object)[via[found]]
+        audit[col] = pd.array(values, dtype="string")
+    aliases = _merge_aliases(previous_aliases, new_aliases)
+
+    # Each mention takes the persona of its (linked) nodes.
+    mention_pid = pd.DataFrame({"mention_key": mention, "persona_id": persona[node]})
+    mention_pid = mention_pid.dropna().drop_duplicates("mention_key").reset_index(drop=True)
+    stats = {
+        "identifiers": int(n_nodes),
+        "links": int(len(links)),
+        "edges": int(len(src)),
+        "personas": int(pd.Series(persona).nunique()),
+        "shared_values": shared_counts,
+        "blocked_values": int((status == "blocked").sum()),
+        "oversized_components": offenders,
+        **id_stats,
+    }
+    return Resolution(nodes, mention_pid, audit, aliases, next_seq, stats)
+
+
+def _split_oversized(mention: np.ndarray, node: np.ndarray, node_type: np.ndarray, comp: np.ndarray,
+                     status: np.ndarray, big: np.ndarray, limit: int, n_types: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-link oversized components without their weakest identifier types until each fits (or one type is left)."""
+    comp = comp.copy()
+    status = status.copy()
+    next_label = int(comp.max()) + 1
+    todo = set(big.tolist())
+    for allowed in range(n_types - 1, 0, -1):
+        if not todo:
+            break
+        in_big = np.isin(comp, list(todo))
+        demote = in_big & (node_type >= allowed)
+        status[demote] = "split"
+        comp[demote] = -1
+        keep = in_big[node] & (node_type[node] < allowed)
+        src, dst = _star_edges(mention[keep], node[keep])
+        members = np.flatnonzero(in_big & ~demote)
+        local = np.full(len(comp), -1, dtype=np.int64)
+        local[members] = np.arange(len(members))
+        sub = _components(local[src], local[dst], len(members))
+        n_sub = int(sub.max()) + 1 if len(sub) else 0
+        comp[members] = sub + next_label
+        todo = set((np.flatnonzero(np.bincount(sub, minlength=n_sub) > limit) + next_label).tolist())
+        next_label += n_sub
+    return comp, status
+
+
+def _previous_ids(nodes: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray:
+    if previous is None or previous.empty:
+        return np.full(len(nodes), None, dtype=object)
+    prev = previous.dropna(subset=["persona_id"])[["id_type", "value", "persona_id"]].astype("string")
+    joined = nodes[["id_type", "value"]].merge(prev, on=["id_type", "value"], how="left")
+    return joined["persona_id"].to_numpy(dtype=object, na_value=None)
+
+
+def _assign_ids(comp: np.ndarray, prev_pid: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                next_seq: int) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame, int, dict]:
+    linked = np.flatnonzero(comp >= 0)
+    frame = pd.DataFrame({"node": linked, "comp": comp[linked], "prev": prev_pid[linked]})
+    known = frame.dropna(subset=["prev"])
+    # Each former persona stays with the component holding most of its identifiers (ties: lowest label).
+    counts = known.groupby(["prev", "comp"]).size().rename("n").reset_index()
+    counts = counts.sort_values(["prev", "n", "comp"], ascending=[True, False, True])
+    keeper = counts.drop_duplicates("prev")
+    # A component holding several former personas keeps the oldest (ids sort in creation order).
+    winners = keeper.sort_values(["comp", "prev"]).drop_duplicates("comp")
+    comp_pid = dict(zip(winners["comp"], winners["prev"]))
+    absorbed = keeper[~keeper["prev"].isin(winners["prev"])].merge(
+        winners[["comp", "prev"]].rename(columns={"prev": "winner"}), on="comp")
+    # Components without a former persona get new ids, in label order (deterministic).
+    fresh = np.setdiff1d(np.unique(frame["comp"].to_numpy()), winners["comp"].to_numpy())
+    new_ids = format_persona_ids(np.arange(next_seq, next_seq + len(fresh)))
+    comp_pid.update(zip(fresh.tolist(), new_ids.tolist()))
+    next_seq += len(fresh)
+
+    persona = np.full(len(comp), None, dtype=object)
+    persona[linked] = pd.Series(comp[linked]).map(comp_pid).to_numpy(dtype=object)
+
+    events = []
+    if len(absorbed):
+        via = _bridges(absorbed, comp, prev_pid, src, dst)
+        events.append(pd.DataFrame({"event": "merge", "persona_id": absorbed["winner"].to_numpy(),
+                                    "other_persona_id": absorbed["prev"].to_numpy(), "node": via}))
+    split = counts[~counts.set_index(["prev", "comp"]).index.isin(keeper.set_index(["prev", "comp"]).index)]
+    if len(split):
+        first_node = frame.groupby("comp")["node"].min()
+        events.append(pd.DataFrame({"event": "split", "persona_id": split["prev"].to_numpy(),
+                                    "other_persona_id": split["comp"].map(comp_pid).to_numpy(),
+                                    "node": split["comp"].map(first_node).to_numpy()}))
+    audit = pd.concat(events, ignore_index=True) if events else pd.DataFrame(
+        {"event": [], "persona_id": [], "other_persona_id": [], "node": pd.Series(dtype="int64")})
+    aliases = pd.DataFrame({"persona_id": absorbed["prev"].to_numpy(), "alias_of": absorbed["winner"].to_numpy()})
+    stats = {"new_personas": int(len(fresh)), "merges": int(len(absorbed)), "splits": int(len(split))}
+    return persona, audit, aliases, next_seq, stats
+
+
+def _bridges(absorbed: pd.DataFrame, comp: np.ndarray, prev_pid: np.ndarray, src: np.ndarray,
+             dst: np.ndarray) -> np.ndarray:
+    """For each absorbed persona, an identifier on an edge joining it to the rest of its new component."""
+    e = pd.DataFrame({"a": np.concatenate([src, dst]), "b": np.concatenate([dst, src])})
+    e["pa"] = prev_pid[e["a"].to_numpy()]
+    e["pb"] = prev_pid[e["b"].to_numpy()]
+    e = e[e["pa"].notna() & (e["pa"] != e["pb"])]
+    via = absorbed[["prev"]].merge(e.rename(columns={"pa": "prev"}), on="prev", how="left")
+    via = via.sort_values(["prev", "b"]).drop_duplicates("prev").set_index("prev")["b"]
+    return absorbed["prev"].map(via).fillna(-1).astype(np.int64).to_numpy()
+
+
+def _merge_aliases(previous: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
+    """Cumulative alias table, chains collapsed so every retired id points at a live one."""
+    frames = [f for f in (previous, new) if f is not None and len(f)]
+    if not frames:
+        return pd.DataFrame({"persona_id": pd.Series(dtype="string"), "alias_of": pd.Series(dtype="string")})
+    table = pd.concat(frames, ignore_index=True).drop_duplicates("persona_id", keep="last")
+    target = dict(zip(table["persona_id"], table["alias_of"]))
+    for _ in range(64):  # chains are short; the bound only guards against a cycle
+        resolved = table["alias_of"].map(lambda x: target.get(x, x))
+        if (resolved == table["alias_of"]).all():
+            break
+        table["alias_of"] = resolved
+    return table.astype("string").reset_index(drop=True)
+
+
+def pairwise_scores(truth: pd.Series, predicted: pd.Series) -> dict[str, float]:
+    """Pairwise precision and recall of a clustering against the truth, one row per unit.
+
+    Units without a prediction (<NA>) count as singletons.
+    """
+    pred = predicted.astype("object").where(predicted.notna(), None)
+    pred_codes = pd.factorize(pred, use_na_sentinel=True)[0].astype(np.int64)
+    singles = pred_codes < 0
+    pred_codes[singles] = pred_codes.max(initial=-1) + 1 + np.arange(int(singles.sum()))
+    true_codes = pd.factorize(truth)[0].astype(np.int64)
+
+    def pairs(counts: np.ndarray) -> float:
+        c = counts.astype(np.float64)
+        return float((c * (c - 1) / 2).sum())
+
+    joint = pd.DataFrame({"t": true_codes, "p": pred_codes}).value_counts().to_numpy()
+    tp = pairs(joint)
+    pred_pairs = pairs(np.bincount(pred_codes))
+    true_pairs = pairs(np.bincount(true_codes))
+    return {
+        "precision": tp / pred_pairs if pred_pairs else 1.0,
+        "recall": tp / true_pairs if true_pairs else 1.0,
+        "units": int(len(truth)),
+    }

@@ -1,0 +1,294 @@
+"""The integrate stage: stage new source files, resolve identities, build and enrich profiles, publish.
+
+Incremental: a file already staged (same size and modification time) is not read again, so new files append and a
+re-run on the same data changes nothing. Resolution and profiles are recomputed over everything staged, keeping
+persona_ids stable. Outputs are published together (see `persona.workspace.publishing`).
+
+Published (integrated/current/):
+- identity_map.parquet      id_type, value (normalised; restricted), value_hash, persona_id, status
+- identity_hashed.parquet   id_type, value_hash, persona_id: what later stages and serving look identifiers up in
+- aliases.parquet           retired persona_id -> surviving persona_id
+- profiles.parquet          one row per persona, survivorship + enrichment, hashed identifiers only
+- lineage.parquet           persona_id, attribute, source, record, as_of
+- transactions/events/interactions.parquet   attributed activity with persona_id, no raw identifiers
+- audit_log.parquet         merges and splits across runs
+- quarantine.parquet        every rejected row with its source, file, row number and reason
+- report.json               counts, resolution quality, enrichment match rates
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from features import enrich as enrich_mod
+from features import standardise as std
+from features.identity import pairwise_scores, resolve
+from features.ingest import SourceFileError, read_source_file, standardise_file
+from features.profiles import attribute_candidates, build_profiles, survive
+from persona.config import PROFILE_ATTRIBUTES, PersonaConfig
+from persona.workspace import (Workspace, publishing, read_json, write_json_atomic, write_parquet_atomic)
+
+Progress = Callable[[str, float], None]
+MANIFEST = "ingested.json"
+STAGE = "integrated"
+
+
+def _file_id(relpath: str) -> str:
+    return hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:16]
+
+
+def source_files(ws: Workspace, pattern: str) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(str(ws.root / pattern), recursive=True) if Path(p).is_file())
+
+
+def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, progress: Progress | None = None) -> dict:
+    """Stage every new or changed source file; returns the manifest (per source, per file counts)."""
+    manifest: dict = read_json(ws.state / MANIFEST, {}) or {}
+    todo = []
+    for name, spec in cfg.sources.items():
+        files = source_files(ws, spec.path)
+        if not files:
+            raise SourceFileError(f"{ws.root / spec.path}: no file matches the path of source '{name}' in persona.yaml")
+        done = manifest.setdefault(name, {})
+        for f in files:
+            rel = f.relative_to(ws.root).as_posix()
+            st = f.stat()
+            entry = done.get(rel)
+            if entry and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns:
+                continue
+            todo.append((name, spec, f, rel, st))
+    for i, (name, spec, f, rel, st) in enumerate(todo):
+        if progress:
+            progress(f"staging {rel}", i / max(len(todo), 1))
+        file_id = _file_id(rel)
+        src_dir = ws.staging / name
+        others = [p for p in src_dir.glob("*.rows.parquet") if not p.name.startswith(file_id)] if src_dir.exists() else []
+        seen = (np.concatenate([pq.read_table(p, columns=["row_key"])["row_key"].to_numpy() for p in others])
+                if others else np.zeros(0, dtype=np.uint64))
+        raw = read_source_file(f, spec)
+        staged = standardise_file(raw, spec, cfg, source=name, file_id=file_id, now=now, seen_row_keys=seen)
+        write_parquet_atomic(src_dir / f"{file_id}.rows.parquet", staged.accepted)
+        write_parquet_atomic(src_dir / f"{file_id}.mentions.parquet", staged.mentions)
+        write_parquet_atomic(ws.quarantine / name / f"{file_id}.parquet", staged.quarantined)
+        reasons = staged.quarantined["reason"].str.split(":").str[0].value_counts().to_dict()
+        manifest[name][rel] = {
+            "file_id": file_id, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "read": staged.read, "accepted": len(staged.accepted), "quarantined": len(staged.quarantined),
+            "reasons": {k: int(v) for k, v in reasons.items()},
+            "invalid_identifiers": staged.invalid_identifiers, "unmapped_codes": staged.unmapped_codes,
+        }
+        # After each file, so a crash resumes where it stopped; staged files are deterministic per file.
+        write_json_atomic(ws.state / MANIFEST, manifest)
+    return manifest
+
+
+def _source_counts(manifest: dict, cfg: PersonaConfig) -> dict:
+    out = {}
+    for name in cfg.sources:
+        files = manifest.get(name, {})
+        agg: dict = {"read": 0, "accepted": 0, "quarantined": 0, "files": len(files), "reasons": {},
+                     "invalid_identifiers": {}, "unmapped_codes": {}}
+        for entry in files.values():
+            for k in ("read", "accepted", "quarantined"):
+                agg[k] += entry[k]
+            for group in ("reasons", "invalid_identifiers", "unmapped_codes"):
+                for k, v in entry[group].items():
+                    agg[group][k] = agg[group].get(k, 0) + v
+        out[name] = agg
+    return out
+
+
+def _staged(ws: Workspace, cfg: PersonaConfig, manifest: dict, suffix: str) -> list[str]:
+    paths = []
+    for name in cfg.sources:
+        for entry in manifest.get(name, {}).values():
+            paths.append(str(ws.staging / name / f"{entry['file_id']}.{suffix}.parquet"))
+    return paths
+
+
+def blocked_values(cfg: PersonaConfig) -> dict[str, set[str]]:
+    """Blocked values normalised the way their identifier type is, so '138-0000-0000' blocks '+8613800000000'."""
+    out = {}
+    for t, spec in cfg.identity.identifiers.items():
+        if not spec.blocked:
+            continue
+        raw = pd.Series(spec.blocked, dtype="string")
+        norm = {"phone": lambda s: std.normalise_phones(s, cfg.phone_region),
+                "email": std.normalise_emails}.get(spec.normalise, std.normalise_ids)(raw)
+        out[t] = set(norm.dropna().tolist()) | set(spec.blocked)
+    return out
+
+
+def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progress | None = None) -> dict:
+    """Run the whole stage and publish its outputs; returns the report."""
+    t0 = time.perf_counter()
+    now = now or pd.Timestamp.now(tz="UTC")
+    cfg = ws.config()
+    salt = ws.salt()
+    timings: dict[str, float] = {}
+    manifest = stage_sources(ws, cfg, now=now, progress=progress)
+    timings["stage"] = time.perf_counter() - t0
+
+    if progress:
+        progress("resolving identities", 0.6)
+    t = time.perf_counter()
+    con = duckdb.connect()
+    mention_files = _staged(ws, cfg, manifest, "mentions")
+    mentions = con.execute(
+        f"SELECT DISTINCT mention_key, id_type, value FROM read_parquet({mention_files!r})").df()
+    current = ws.current(STAGE)
+    previous = pd.read_parquet(current / "identity_map.parquet") if current else None
+    prev_aliases = pd.read_parquet(current / "aliases.parquet") if current else None
+    prev_report = read_json(current / "report.json", {}) if current else {}
+    resolution = resolve(mentions, cfg.identity, blocked=blocked_values(cfg), previous=previous,
+                         previous_aliases=prev_aliases, next_seq=int(prev_report.get("next_seq", 1)))
+    timings["resolve"] = time.perf_counter() - t
+
+    if progress:
+        progress("building profiles", 0.75)
+    t = time.perf_counter()
+    nodes = resolution.nodes
+    nodes["value_hash"] = std.salted_hash(nodes["value"], salt)
+    con.register("mp", resolution.mention_persona)
+    rows_files = _staged(ws, cfg, manifest, "rows")
+    channel_of = pd.DataFrame({"source": list(cfg.sources), "channel": [s.channel for s in cfg.sources.values()],
+                               "kind": [s.kind for s in cfg.sources.values()]})
+    con.register("src", channel_of)
+    attr_cols = {a for s in cfg.sources.values() for a in s.fields if a in PROFILE_ATTRIBUTES}
+    # Attribute candidates, activity span and identifier recency, straight from the staged files.
+    rows = con.execute(
+        f"""SELECT r.source, r.file_id, r.row, r.ts, r.mention_key, m.persona_id
+            {''.join(f', r.{a}' for a in sorted(attr_cols))}
+            FROM read_parquet({rows_files!r}, union_by_name=true) r JOIN mp m USING (mention_key)"""
+    ).df() if attr_cols else None
+    activity = con.execute(
+        f"""SELECT m.persona_id, s.channel, min(r.ts) AS first_ts, max(r.ts) AS last_ts, count(*) AS n
+            FROM read_parquet({rows_files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
+            JOIN src s ON s.source = r.source GROUP BY ALL"""
+    ).df()
+    mention_seen = con.execute(
+        f"""SELECT mention_key, max(ts) AS last_seen FROM read_parquet({rows_files!r}, union_by_name=true)
+            GROUP BY mention_key"""
+    ).df()
+    linked = nodes[nodes["persona_id"].notna()]
+    id_norm = {t: s.normalise for t, s in cfg.identity.identifiers.items()}
+    node_seen = (mentions.merge(mention_seen, on="mention_key")
+                 .groupby(["id_type", "value"], as_index=False)["last_seen"].max())
+    identifiers = linked.merge(node_seen, on=["id_type", "value"], how="left")
+    identifiers["normalise"] = identifiers["id_type"].map(id_norm)
+
+    candidates = attribute_candidates(rows, sorted(attr_cols)) if rows is not None else \
+        attribute_candidates(pd.DataFrame(), [])
+    winners = survive(candidates, cfg.profile.attributes, list(cfg.sources))
+    personas = linked["persona_id"].drop_duplicates()
+    profiles, lineage = build_profiles(personas, winners, activity, identifiers, cfg)
+    timings["profiles"] = time.perf_counter() - t
+
+    if progress:
+        progress("enriching", 0.85)
+    t = time.perf_counter()
+    enrichment_report = {}
+    lineage_parts = [lineage]
+    ext_quarantine = []
+    for name, spec in cfg.enrichment.items():
+        table = enrich_mod.read_external(ws.root / spec.path, spec, timezone=cfg.timezone)
+        profiles, lin, rep = enrich_mod.enrich(name, spec, table, profiles, identifiers)
+        lineage_parts.append(lin)
+        enrichment_report[name] = rep
+        ext_quarantine.append(table.quarantined.assign(source=f"enrichment:{name}", file_id=spec.path, raw=None))
+    lineage = pd.concat(lineage_parts, ignore_index=True)
+    timings["enrich"] = time.perf_counter() - t
+
+    quality = _evaluate(ws, cfg, manifest, con) if cfg.truth else None
+
+    if progress:
+        progress("publishing", 0.92)
+    t = time.perf_counter()
+    run_id = now.strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
+    audit = resolution.audit.assign(run_id=run_id, at=now)
+    audit["value_hash"] = std.salted_hash(audit["value"], salt) if len(audit) else pd.Series(dtype="string")
+    audit = audit.drop(columns=["value"])
+    if current and (current / "audit_log.parquet").exists():
+        audit = pd.concat([pd.read_parquet(current / "audit_log.parquet"), audit], ignore_index=True)
+    sources = _source_counts(manifest, cfg)
+    unattributed = con.execute(
+        f"""SELECT r.source, count(*) AS n FROM read_parquet({rows_files!r}, union_by_name=true) r
+            ANTI JOIN mp m USING (mention_key) GROUP BY r.source"""
+    ).df()
+    for name, n in zip(unattributed["source"], unattributed["n"]):
+        sources[name]["unattributed"] = int(n)
+
+    with publishing(ws, STAGE, run_id) as out:
+        write_parquet_atomic(out / "identity_map.parquet", nodes[["id_type", "value", "value_hash", "persona_id",
+                                                                   "status"]])
+        write_parquet_atomic(out / "identity_hashed.parquet",
+                             linked.assign(value_hash=nodes.loc[linked.index, "value_hash"])[
+                                 ["id_type", "value_hash", "persona_id"]])
+        write_parquet_atomic(out / "aliases.parquet", resolution.aliases)
+        write_parquet_atomic(out / "profiles.parquet", profiles)
+        write_parquet_atomic(out / "lineage.parquet", lineage.astype({"record": "string"}))
+        write_parquet_atomic(out / "audit_log.parquet", audit)
+        quarantine_files = [str(ws.quarantine / n / f"{e['file_id']}.parquet")
+                            for n in cfg.sources for e in manifest.get(n, {}).values()]
+        q = con.execute(f"SELECT * FROM read_parquet({quarantine_files!r})").df()
+        write_parquet_atomic(out / "quarantine.parquet", pd.concat([q, *ext_quarantine], ignore_index=True)
+                             .astype({"file_id": "string", "raw": "string", "reason": "string"}))
+        for kind in ("transactions", "events", "interactions"):
+            names = [n for n, s in cfg.sources.items() if s.kind == kind]
+            files = [p for p in rows_files if Path(p).parent.name in names]
+            if not files:
+                continue
+            con.execute(
+                f"""COPY (SELECT m.persona_id, s.channel, r.* EXCLUDE (mention_key, row_key)
+                          FROM read_parquet({files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
+                          JOIN src s ON s.source = r.source ORDER BY m.persona_id, r.ts)
+                    TO '{out / f"{kind}.parquet"}' (FORMAT parquet, COMPRESSION zstd)""")
+        timings["publish"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        report = {
+            "run_id": run_id,
+            "sources": sources,
+            "personas": int(len(profiles)),
+            "identity": resolution.stats,
+            "enrichment": enrichment_report,
+            "next_seq": resolution.next_seq,
+            "seconds": {k: round(v, 2) for k, v in timings.items()},
+        }
+        if quality is not None:
+            report["resolution"] = quality
+        write_json_atomic(out / "report.json", report)
+    return report
+
+
+def _evaluate(ws: Workspace, cfg: PersonaConfig, manifest: dict, con: duckdb.DuckDBPyConnection) -> dict | None:
+    """Pairwise precision / recall against the generator's ground truth, over distinct identifier mentions.
+
+    A unit is one (source, identifier combination, true person): 40 page views from one logged-in device are one
+    mention, so the score weighs what the resolver decides rather than how chatty a channel is.
+    """
+    truth_root = ws.root / cfg.truth.path / "records"
+    pairs = []
+    for name in cfg.sources:
+        for rel, entry in manifest.get(name, {}).items():
+            truth = truth_root / f"{rel}.parquet"
+            if truth.exists():
+                pairs.append((str(ws.staging / name / f"{entry['file_id']}.rows.parquet"), str(truth)))
+    if not pairs:
+        return None
+    selects = " UNION ALL ".join(
+        f"SELECT DISTINCT r.mention_key, t.person_id FROM read_parquet('{rows}') r "
+        f"JOIN read_parquet('{truth}') t ON t.row = r.row" for rows, truth in pairs)
+    units = con.execute(
+        f"SELECT u.person_id, m.persona_id FROM (SELECT DISTINCT * FROM ({selects})) u LEFT JOIN mp m USING (mention_key)"
+    ).df()
+    scores = pairwise_scores(units["person_id"], units["persona_id"])
+    return {"precision": round(scores["precision"], 5), "recall": round(scores["recall"], 5), "units": scores["units"]}

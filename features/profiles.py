@@ -1,0 +1,99 @@
+"""The unified profile (360° view): one row per persona, each attribute chosen by a survivorship rule.
+
+Every chosen value keeps its lineage (which source and record it came from, and when), in a long table beside
+the profile. Identifiers appear only as salted hashes.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from persona.config import PROFILE_ATTRIBUTES, AttributeRule, PersonaConfig
+
+LINEAGE_COLUMNS = ["persona_id", "attribute", "source", "record", "as_of"]
+
+
+def attribute_candidates(rows: pd.DataFrame, attributes: list[str]) -> pd.DataFrame:
+    """Long table of candidate values (persona_id, attribute, value, source, record, ts) from staged rows."""
+    present = [a for a in attributes if a in rows.columns]
+    if not present or rows.empty:
+        return pd.DataFrame(columns=["persona_id", "attribute", "value", "source", "record", "ts"])
+    base = rows[["persona_id", "source", "file_id", "row", "ts", *present]].copy()
+    base["record"] = base["source"].astype(str) + "/" + base["file_id"].astype(str) + "#" + base["row"].astype(str)
+    long = base.melt(id_vars=["persona_id", "source", "record", "ts"], value_vars=present,
+                     var_name="attribute", value_name="value")
+    long = long[long["value"].notna()]
+    long["value"] = long["value"].astype(str)
+    return long[["persona_id", "attribute", "value", "source", "record", "ts"]].reset_index(drop=True)
+
+
+def survive(candidates: pd.DataFrame, rules: dict[str, AttributeRule], source_order: list[str]) -> pd.DataFrame:
+    """Pick one value per (persona, attribute) by its rule; returns the winners with their lineage."""
+    picked = []
+    for attribute, rule in rules.items():
+        c = candidates[candidates["attribute"] == attribute]
+        if c.empty:
+            continue
+        trust_order = rule.sources + [s for s in source_order if s not in rule.sources]
+        trust = c["source"].map({s: i for i, s in enumerate(trust_order)}).fillna(len(trust_order))
+        c = c.assign(_trust=trust.to_numpy(), _ts=c["ts"].fillna(pd.Timestamp.min.tz_localize("UTC")))
+        if rule.rule == "most_recent":
+            keys, asc = ["_ts", "_trust"], [False, True]
+        elif rule.rule == "most_trusted":
+            keys, asc = ["_trust", "_ts"], [True, False]
+        else:
+            freq = c.groupby(["persona_id", "value"])["value"].transform("size")
+            c = c.assign(_freq=freq.to_numpy())
+            keys, asc = ["_freq", "_ts", "_trust"], [False, False, True]
+        c = c.sort_values(["persona_id", *keys, "record"], ascending=[True, *asc, True], kind="mergesort")
+        picked.append(c.drop_duplicates("persona_id")[["persona_id", "attribute", "value", "source", "record", "ts"]])
+    if not picked:
+        return pd.DataFrame(columns=["persona_id", "attribute", "value", "source", "record", "ts"])
+    return pd.concat(picked, ignore_index=True)
+
+
+def build_profiles(personas: pd.Series, winners: pd.DataFrame, activity: pd.DataFrame, identifiers: pd.DataFrame,
+                   cfg: PersonaConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Assemble the profile table and its lineage.
+
+    `activity`: persona_id, channel, first_ts, last_ts, n (records) per persona and channel; `identifiers`: persona_id, id_type, value_hash,
+    last_seen for every linked identifier (the latest one per type becomes the profile's contact hash).
+    """
+    profile = pd.DataFrame({"persona_id": pd.Series(personas, dtype="string").sort_values(ignore_index=True)})
+    wide = winners.pivot(index="persona_id", columns="attribute", values="value") if len(winners) else \
+        pd.DataFrame(index=pd.Index([], name="persona_id"))
+    for attribute in PROFILE_ATTRIBUTES:
+        column = wide[attribute] if attribute in wide.columns else pd.Series(dtype=object)
+        profile[attribute] = profile["persona_id"].map(column)
+    profile["birth_date"] = pd.to_datetime(profile["birth_date"], errors="coerce").dt.date
+    for flag in ("opt_out_enrichment", "opt_out_marketing"):
+        profile[flag] = profile[flag].map({"True": True, "False": False}).astype("boolean")
+    default = cfg.consent.missing == "granted"
+    profile["consent_enrichment"] = (~profile["opt_out_enrichment"]).fillna(default).astype(bool)
+    profile["consent_marketing"] = (~profile["opt_out_marketing"]).fillna(default).astype(bool)
+    profile = profile.drop(columns=["opt_out_enrichment", "opt_out_marketing"])
+    for col in ("gender", "city"):
+        profile[col] = profile[col].astype("string")
+
+    if len(activity):
+        span = activity.groupby("persona_id").agg(first_seen=("first_ts", "min"), last_seen=("last_ts", "max"),
+                                                  records=("n", "sum"))
+        for col in ("first_seen", "last_seen"):
+            profile[col] = profile["persona_id"].map(span[col])
+        profile["records"] = profile["persona_id"].map(span["records"]).fillna(0).astype("int64")
+        channels = (activity[["persona_id", "channel"]].drop_duplicates().sort_values(["persona_id", "channel"])
+                    .groupby("persona_id")["channel"].agg("|".join))
+        profile["channels"] = profile["persona_id"].map(channels).astype("string")
+    latest = identifiers.sort_values(["persona_id", "id_type", "last_seen", "value_hash"],
+                                     ascending=[True, True, False, True], na_position="last")
+    latest = latest.drop_duplicates(["persona_id", "id_type"])
+    counts = identifiers.groupby(["persona_id", "id_type"]).size().unstack(fill_value=0)
+    for id_type in cfg.identity.identifiers:
+        pick = latest[latest["id_type"] == id_type].set_index("persona_id")["value_hash"]
+        profile[f"{id_type}_hash"] = profile["persona_id"].map(pick).astype("string")
+        n = counts[id_type] if id_type in counts.columns else pd.Series(dtype="int64")
+        profile[f"n_{id_type}"] = profile["persona_id"].map(n).fillna(0).astype("int64")
+
+    lineage = winners.rename(columns={"ts": "as_of"})[LINEAGE_COLUMNS]
+    return profile, lineage.reset_index(drop=True)
+

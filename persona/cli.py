@@ -1,0 +1,212 @@
+"""The `persona` command line: thin commands that parse, call library functions and print.
+
+Every command takes --workspace (default: the current folder); every command that reports takes --json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from persona.config import CONFIG_NAME, ConfigError, parse_config
+from persona.workspace import SecretError, Workspace, write_text_atomic
+
+app = typer.Typer(help="persona: predictive customer tagging (OneID, features, rule and model tags, serving).",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="workspace folder holding persona.yaml")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON (for automation)")]
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Known failures print one clear line and exit 2; no stack trace for bad input."""
+    from features.ingest import SourceFileError
+
+    try:
+        yield
+    except (ConfigError, SourceFileError, SecretError, FileNotFoundError, FileExistsError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, float], None] | None]:
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("starting", total=1.0)
+        yield lambda stage, frac: bar.update(task, description=stage, completed=frac)
+
+
+def _emit(data: dict, as_json: bool, render: Callable[[dict], None]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+    else:
+        render(data)
+
+
+@app.command()
+def generate(
+    customers: Annotated[int, typer.Option(min=10, help="number of real people behind the data")] = 10_000,
+    workspace: WorkspaceOpt = Path("."),
+    seed: Annotated[int, typer.Option(help="random seed; the same seed writes the same data")] = 7,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write realistic, messy multi-channel demo data, external sources, ground truth and persona.yaml."""
+    from features.generate import generate as run
+
+    with _errors(), _progress(not as_json) as progress:
+        workspace.mkdir(parents=True, exist_ok=True)
+        summary = run(workspace, customers, seed=seed, progress=progress)
+    _emit(summary, as_json, _render_generate)
+
+
+def _render_generate(s: dict) -> None:
+    table = Table(title=f"generated {s['customers']:,} customers in {s['seconds']:.1f} s")
+    table.add_column("source")
+    table.add_column("rows", justify="right")
+    for name, rows in s["rows"].items():
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
+
+
+@app.command()
+def integrate(workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Stage new source files, resolve identities (OneID), build and enrich profiles, publish."""
+    from features.integrate import integrate as run
+
+    with _errors(), _progress(not as_json) as progress:
+        report = run(Workspace.open(workspace), progress=progress)
+    _emit(report, as_json, render_integrate)
+
+
+def render_integrate(r: dict) -> None:
+    table = Table(title="sources (cumulative)")
+    for col in ("source", "files", "read", "accepted", "quarantined", "top reasons"):
+        table.add_column(col, justify="left" if col in ("source", "top reasons") else "right")
+    for name, s in r["sources"].items():
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:3])
+        table.add_row(name, str(s["files"]), f"{s['read']:,}", f"{s['accepted']:,}", f"{s['quarantined']:,}", reasons)
+    console.print(table)
+    ident = r["identity"]
+    console.print(f"[bold]{r['personas']:,} personas[/] from {ident['identifiers']:,} identifiers "
+                  f"({ident['links']:,} links); new {ident['new_personas']:,}, merges {ident['merges']:,}, "
+                  f"splits {ident['splits']:,}; shared values {ident['shared_values']}, "
+                  f"blocked {ident['blocked_values']:,}, oversized components {len(ident['oversized_components'])}")
+    if "resolution" in r:
+        q = r["resolution"]
+        console.print(f"resolution vs ground truth: precision [bold]{q['precision']:.4f}[/], "
+                      f"recall [bold]{q['recall']:.4f}[/] over {q['units']:,} mentions")
+    if r["enrichment"]:
+        et = Table(title="enrichment")
+        for col in ("source", "provider", "match rate", "matched", "withheld (no consent)", "quarantined"):
+            et.add_column(col)
+        for name, e in r["enrichment"].items():
+            et.add_row(name, e["provider"], f"{e['match_rate']:.1%}", f"{e['matched']:,}",
+                       f"{e['withheld_no_consent']:,}", f"{e['quarantined']:,}")
+        console.print(et)
+    console.print(f"run {r['run_id']} in {r['seconds']['total']:.1f} s")
+
+
+@app.command()
+def init(
+    workspace: WorkspaceOpt = Path("."),
+    transactions: Annotated[Path | None, typer.Option(help="a transactions CSV/Parquet file inside the workspace")] = None,
+    customer_id: Annotated[str, typer.Option(help="its customer id column")] = "customer_id",
+    timestamp: Annotated[str, typer.Option(help="its timestamp column")] = "timestamp",
+    timestamp_format: Annotated[str, typer.Option(help="iso | epoch_s | epoch_ms | date | strftime pattern")] = "iso",
+    amount: Annotated[str, typer.Option(help="its amount column")] = "amount",
+    quantity: Annotated[str | None, typer.Option(help="its quantity column, if any")] = None,
+    category: Annotated[str | None, typer.Option(help="its category column, if any")] = None,
+    timezone: Annotated[str, typer.Option(help="time zone of naive timestamps")] = "UTC",
+) -> None:
+    """Start a workspace for your own data: persona.yaml (from one transactions file, or a template) and a salt."""
+    with _errors():
+        ws = Workspace.open(workspace)
+        target = ws.root / CONFIG_NAME
+        if target.exists():
+            raise FileExistsError(f"{target}: already exists; edit it instead")
+        if transactions is None:
+            raise FileNotFoundError("pass --transactions FILE (a CSV or Parquet inside the workspace); "
+                                    "for several sources, copy docs/persona.example.yaml and edit it")
+        rel = (transactions if transactions.is_absolute() else (Path.cwd() / transactions)).resolve()
+        try:
+            rel_path = rel.relative_to(ws.root).as_posix()
+        except ValueError:
+            raise FileNotFoundError(f"{transactions}: must be inside the workspace {ws.root}") from None
+        fields = {"amount": amount}
+        if quantity:
+            fields["quantity"] = quantity
+        if category:
+            fields["category"] = category
+        config = {
+            "version": 1, "name": ws.root.name, "timezone": timezone,
+            "sources": {"transactions": {
+                "channel": "other", "kind": "transactions", "path": rel_path,
+                "timestamp": {"column": timestamp, "format": timestamp_format},
+                "identifiers": {"customer_id": customer_id}, "fields": fields}},
+            "identity": {"identifiers": {"customer_id": {"normalise": "id", "account": True}}},
+        }
+        parse_config(config, path=target)
+        write_text_atomic(target, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+        ws.ensure_secrets()
+    console.print(f"wrote {target} and {ws.root / 'secrets.env'}; next: persona integrate -w {workspace}")
+
+
+@app.command()
+def demo(
+    workspace: WorkspaceOpt = Path("demo_workspace"),
+    customers: Annotated[int, typer.Option(min=100, help="demo size")] = 20_000,
+) -> None:
+    """The main job on embedded defaults: generate a demo workspace, integrate it, and show what came out."""
+    from features.generate import generate as gen
+    from features.integrate import integrate as run
+
+    start = time.perf_counter()
+    with _errors():
+        ws = Workspace.open(workspace)
+        if not (ws.root / CONFIG_NAME).exists():
+            console.rule("1. generate demo data")
+            ws.root.mkdir(parents=True, exist_ok=True)
+            with _progress(True) as progress:
+                _render_generate(gen(ws.root, customers, progress=progress))
+        console.rule("2. integrate: standardise, quarantine, OneID, profiles, enrichment")
+        with _progress(True) as progress:
+            report = run(ws, progress=progress)
+        render_integrate(report)
+        _show_profile(ws)
+    console.print(f"demo finished in {time.perf_counter() - start:.0f} s; workspace: {ws.root}")
+
+
+def _show_profile(ws: Workspace) -> None:
+    import pandas as pd
+
+    profiles = pd.read_parquet(ws.require_current("integrated", "run persona integrate") / "profiles.parquet")
+    rich_one = profiles.sort_values(["records", "persona_id"], ascending=[False, True]).iloc[len(profiles) // 10]
+    table = Table(title=f"one unified profile: {rich_one['persona_id']}")
+    table.add_column("attribute")
+    table.add_column("value")
+    for k, v in rich_one.items():
+        if k != "persona_id" and not (isinstance(v, float) and v != v) and v is not None and v is not pd.NA:
+            table.add_row(k, str(v)[:48])
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,287 @@
+"""persona.yaml: the workspace configuration, validated once at the entry point.
+
+Every model forbids unknown keys, so a typo is an error naming the key and the file rather than a setting
+silently ignored. Paths in the file are relative to the workspace that holds it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_NAME = "persona.yaml"
+
+Kind = Literal["profile", "transactions", "events", "interactions"]
+Channel = Literal["crm", "online", "store", "app", "web", "social", "other"]
+
+# Canonical fields each kind of source may map, with their type. `required` fields must be mapped and present.
+CANONICAL_FIELDS: dict[str, dict[str, str]] = {
+    "profile": {
+        "gender": "code", "birth_date": "date", "city": "code", "signup_at": "timestamp",
+        "opt_out_enrichment": "bool", "opt_out_marketing": "bool",
+    },
+    "transactions": {
+        "order_id": "id", "amount": "number", "quantity": "number", "category": "code", "discount": "number",
+        "status": "code", "is_return": "bool", "store_id": "id", "city": "code",
+    },
+    "events": {"event_type": "code", "category": "code", "platform": "code"},
+    "interactions": {"action": "code", "category": "code"},
+}
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "profile": (),
+    "transactions": ("amount",),
+    "events": ("event_type",),
+    "interactions": ("action",),
+}
+# Profile attributes that any source may carry (an order's shipping city is evidence of a customer's city).
+PROFILE_ATTRIBUTES = ("gender", "birth_date", "city", "opt_out_enrichment", "opt_out_marketing")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r} (expected an IANA name such as 'Asia/Shanghai')") from exc
+    return value
+
+
+class TimestampSpec(Strict):
+    """Where a source keeps its event time and how to read it."""
+
+    column: str
+    format: str = Field("iso", description="iso | epoch_s | epoch_ms | date | a strftime pattern")
+    timezone: str | None = Field(None, description="for naive values; default: the workspace time zone")
+
+    _tz = field_validator("timezone")(lambda cls, v: v if v is None else _check_timezone(v))
+
+
+class CsvOptions(Strict):
+    delimiter: str = ","
+    encoding: str = "utf-8"
+
+
+class SourceSpec(Strict):
+    """One raw source: a CSV or Parquet file (or glob of files) and how its columns map to canonical fields."""
+
+    channel: Channel
+    kind: Kind
+    path: str = Field(..., description="relative to the workspace; a glob such as raw/orders/*.csv appends new files")
+    format: Literal["csv", "parquet"] | None = None
+    csv: CsvOptions = CsvOptions()
+    key: list[str] = Field(default_factory=list, description="source columns that identify a row; repeats are duplicates")
+    timestamp: TimestampSpec | None = None
+    identifiers: dict[str, str] = Field(..., description="identifier type -> source column")
+    fields: dict[str, str] = Field(default_factory=dict, description="canonical field -> source column")
+
+    @property
+    def file_format(self) -> str:
+        if self.format:
+            return self.format
+        return "parquet" if self.path.lower().endswith((".parquet", ".pq")) else "csv"
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> SourceSpec:
+        allowed = CANONICAL_FIELDS[self.kind]
+        unknown = sorted(set(self.fields) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"fields {unknown} are not canonical fields of a {self.kind} source (expected some of {sorted(allowed)})"
+            )
+        missing = [f for f in REQUIRED_FIELDS[self.kind] if f not in self.fields]
+        if missing:
+            raise ValueError(f"a {self.kind} source must map {missing} under 'fields'")
+        if self.kind != "profile" and self.timestamp is None:
+            raise ValueError(f"a {self.kind} source needs 'timestamp' (its event time column)")
+        if not self.identifiers:
+            raise ValueError("a source needs at least one identifier column under 'identifiers'")
+        return self
+
+
+class IdentifierType(Strict):
+    """How one identifier type is normalised and whether (and how far) it may link records."""
+
+    normalise: Literal["phone", "email", "id"] = "id"
+    account: bool = Field(False, description="an account of a person (member, shop account): counted by max_accounts")
+    max_accounts: int | None = Field(
+        None, ge=1, description="a value seen with more than this many accounts of one type is shared and links nothing"
+    )
+    blocked: list[str] = Field(default_factory=list, description="values that never link (test numbers, placeholders)")
+    link: bool = True
+
+
+class IdentityConfig(Strict):
+    identifiers: dict[str, IdentifierType] = Field(..., description="in priority order: earlier types are stronger")
+    max_component_size: int = Field(50, ge=2, description="identifiers in one persona before it is reported and split")
+
+    @property
+    def priority(self) -> list[str]:
+        return list(self.identifiers)
+
+
+class AttributeRule(Strict):
+    rule: Literal["most_recent", "most_trusted", "most_frequent"]
+    sources: list[str] = Field(default_factory=list, description="trust order (most trusted first); empty: all")
+
+
+class ProfileConfig(Strict):
+    attributes: dict[str, AttributeRule] = Field(
+        default_factory=lambda: {
+            "gender": AttributeRule(rule="most_trusted"),
+            "birth_date": AttributeRule(rule="most_trusted"),
+            "city": AttributeRule(rule="most_frequent"),
+            "opt_out_enrichment": AttributeRule(rule="most_recent"),
+            "opt_out_marketing": AttributeRule(rule="most_recent"),
+        }
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _known(cls, value: dict[str, AttributeRule]) -> dict[str, AttributeRule]:
+        unknown = sorted(set(value) - set(PROFILE_ATTRIBUTES))
+        if unknown:
+            raise ValueError(f"unknown profile attributes {unknown} (expected some of {list(PROFILE_ATTRIBUTES)})")
+        return value
+
+
+class ConsentConfig(Strict):
+    missing: Literal["granted", "denied"] = Field(
+        "granted", description="consent of a persona with no opt-in/opt-out record"
+    )
+
+
+class EnrichmentKey(Strict):
+    column: str
+    type: Literal["phone_sha256", "email_sha256", "city"]
+
+
+class AsOf(Strict):
+    column: str | None = None
+    date: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> AsOf:
+        if (self.column is None) == (self.date is None):
+            raise ValueError("as_of needs exactly one of 'column' or 'date'")
+        return self
+
+
+class EnrichmentSpec(Strict):
+    """An external source joined onto profiles by a key, with provenance and consent."""
+
+    provider: Literal["third_party", "partner", "public"]
+    path: str
+    format: Literal["csv", "parquet"] | None = None
+    key: EnrichmentKey
+    as_of: AsOf
+    fields: dict[str, str] = Field(..., min_length=1, description="profile attribute -> source column")
+    requires_consent: bool | None = Field(None, description="default: true for third_party and partner, false for public")
+    prefer: Literal["internal", "external"] = Field("internal", description="who wins when both have a value")
+
+    @property
+    def needs_consent(self) -> bool:
+        return self.provider != "public" if self.requires_consent is None else self.requires_consent
+
+    @property
+    def file_format(self) -> str:
+        if self.format:
+            return self.format
+        return "parquet" if self.path.lower().endswith((".parquet", ".pq")) else "csv"
+
+
+class TruthSpec(Strict):
+    path: str = "truth"
+
+
+class PersonaConfig(Strict):
+    """The whole persona.yaml."""
+
+    version: Literal[1] = 1
+    name: str = "persona"
+    timezone: str = "UTC"
+    phone_region: str = "CN"
+    sources: dict[str, SourceSpec] = Field(..., min_length=1)
+    identity: IdentityConfig
+    mappings: dict[str, dict[str, str | None]] = Field(default_factory=dict)
+    profile: ProfileConfig = ProfileConfig()
+    consent: ConsentConfig = ConsentConfig()
+    enrichment: dict[str, EnrichmentSpec] = Field(default_factory=dict)
+    truth: TruthSpec | None = None
+
+    _tz = field_validator("timezone")(lambda cls, v: _check_timezone(v))
+
+    @field_validator("mappings", mode="before")
+    @classmethod
+    def _stringify_keys(cls, value: object) -> object:
+        # YAML reads `1: male` as an int key; codes are text.
+        if isinstance(value, dict):
+            return {f: ({str(k): v for k, v in m.items()} if isinstance(m, dict) else m) for f, m in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PersonaConfig:
+        known = set(self.identity.identifiers)
+        for name, src in self.sources.items():
+            unknown = sorted(set(src.identifiers) - known)
+            if unknown:
+                raise ValueError(
+                    f"sources.{name}.identifiers: {unknown} not declared under identity.identifiers "
+                    f"(declared: {sorted(known)})"
+                )
+        for attr, rule in self.profile.attributes.items():
+            bad = sorted(set(rule.sources) - set(self.sources))
+            if bad:
+                raise ValueError(f"profile.attributes.{attr}.sources: {bad} are not sources of this workspace")
+        return self
+
+
+class ConfigError(ValueError):
+    """persona.yaml is missing, unreadable or invalid; the message names the file, the key and what was expected."""
+
+
+def _format_errors(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: {exc.error_count()} problem(s)"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - {where}: unknown key (check the spelling; it is not a persona.yaml setting)")
+        elif err["type"] == "missing":
+            lines.append(f"  - {where}: required key is missing")
+        else:
+            found = err.get("input")
+            shown = "" if isinstance(found, dict | list) else f" (found {found!r})"
+            lines.append(f"  - {where}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: object, *, path: Path | str = CONFIG_NAME) -> PersonaConfig:
+    """Validate a parsed persona.yaml; raise ConfigError naming the file and every bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, found {type(data).__name__}")
+    try:
+        return PersonaConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(Path(path), exc)) from None
+
+
+def load_config(workspace: Path) -> PersonaConfig:
+    """Read and validate `workspace/persona.yaml`."""
+    path = Path(workspace) / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no persona.yaml in workspace {workspace} "
+            "(run `persona generate` for demo data or `persona init` to start from your own files)"
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, path=path)
