@@ -105,7 +105,8 @@ def enrich(name: str, spec: EnrichmentSpec, table: ExternalTable, profiles: pd.D
         out[field] = internal.where(~use_external, external)
         taken = out.loc[use_external, ["persona_id"]]
         lineage.append(taken.assign(attribute=field, source=f"enrichment:{name}", record=None,
-                                    as_of=taken["persona_id"].map(matched.set_index("persona_id")["as_of"])))
+                                    as_of=pd.to_datetime(taken["persona_id"].map(
+                                        matched.set_index("persona_id")["as_of"]), utc=True)))
     report = {
         "provider": spec.provider,
         "read": table.read,

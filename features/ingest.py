@@ -27,6 +27,14 @@ EARLIEST = pd.Timestamp("1990-01-01", tz="UTC")
 _PARSERS = {"number": std.parse_numbers, "bool": std.parse_bools}
 
 
+# Arrow-backed strings: trimming and comparing millions of values stays in Arrow's C++ kernels.
+ARROW_STR = pd.StringDtype("pyarrow")
+_ARROW_STRINGS = {pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}
+
+
+QUARANTINE_SCHEMA = {"source": ARROW_STR, "file_id": ARROW_STR, "row": "int64", "reason": ARROW_STR, "raw": ARROW_STR}
+
+
 class SourceFileError(ValueError):
     """A whole file is unusable (unreadable, empty, missing mapped columns); the message names file and problem."""
 
@@ -71,7 +79,7 @@ def read_source_file(path: Path, spec: SourceSpec) -> RawFile:
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise SourceFileError(f"{path}: not a readable Parquet file ({exc})") from None
         _check_columns(path, table.column_names, needed)
-        frame = table.select(needed).to_pandas()
+        frame = table.select(needed).to_pandas(types_mapper=_ARROW_STRINGS.get)
         return RawFile(frame, np.arange(1, len(frame) + 1, dtype=np.int64), _empty_malformed())
 
     try:
@@ -104,7 +112,7 @@ def read_source_file(path: Path, spec: SourceSpec) -> RawFile:
         )
     except pa.ArrowInvalid as exc:
         raise SourceFileError(f"{path}: cannot be parsed as CSV ({exc})") from None
-    frame = table.to_pandas()
+    frame = table.to_pandas(types_mapper=_ARROW_STRINGS.get)
     bad_rows = np.array([b[0] for b in bad], dtype=np.int64)
     total = len(frame) + len(bad_rows)
     rows = np.setdiff1d(np.arange(1, total + 1, dtype=np.int64), bad_rows, assume_unique=True)
@@ -113,8 +121,8 @@ def read_source_file(path: Path, spec: SourceSpec) -> RawFile:
 
 
 def _empty_malformed() -> pd.DataFrame:
-    return pd.DataFrame({"row": pd.Series(dtype="int64"), "reason": pd.Series(dtype="string"),
-                         "raw": pd.Series(dtype="string")})
+    return pd.DataFrame({"row": pd.Series(dtype="int64"), "reason": pd.Series(dtype=ARROW_STR),
+                         "raw": pd.Series(dtype=ARROW_STR)})
 
 
 def _check_columns(path: Path, present: list[str], needed: list[str]) -> None:
@@ -128,7 +136,7 @@ def _check_columns(path: Path, present: list[str], needed: list[str]) -> None:
 def _is_blank(values: pd.Series) -> np.ndarray:
     if values.dtype.kind in "biuf":
         return values.isna().to_numpy()
-    text = values.astype("string").str.strip()
+    text = values.astype(ARROW_STR).str.strip()
     return (text.isna() | (text == "")).to_numpy(dtype=bool)
 
 
@@ -139,10 +147,15 @@ def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, sour
     n = len(frame)
     reason = np.full(n, None, dtype=object)
 
-    def fail(mask: np.ndarray, why: str | np.ndarray) -> None:
+    def fail(mask: np.ndarray, why: str | tuple[pd.Series, str, str]) -> None:
+        """Give rows that fail a check (and no earlier one) a reason; per-row text is built for those rows only."""
         hit = mask & pd.isna(reason)
-        if isinstance(why, np.ndarray):
-            reason[hit] = why[hit]
+        if not hit.any():
+            return
+        if isinstance(why, tuple):
+            col, what, expected = why
+            found = col[hit].astype("string").fillna("").str.slice(0, 40)
+            reason[hit] = (what + " = '" + found + "' (expected " + expected + ")").to_numpy(dtype=object)
         else:
             reason[hit] = why
 
@@ -154,9 +167,9 @@ def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, sour
         blank = _is_blank(col)
         fail(blank, f"missing_timestamp: {spec.timestamp.column} is empty")
         bad = ts.isna().to_numpy() & ~blank
-        fail(bad, _explain(col, f"bad_timestamp: {spec.timestamp.column}", f"format {spec.timestamp.format}"))
+        fail(bad, (col, f"bad_timestamp: {spec.timestamp.column}", f"format {spec.timestamp.format}"))
         out_of_range = ((ts < EARLIEST) | (ts > now + pd.Timedelta(days=1))).fillna(False).to_numpy(dtype=bool)
-        fail(out_of_range, _explain(col, f"timestamp_out_of_range: {spec.timestamp.column}",
+        fail(out_of_range, (col, f"timestamp_out_of_range: {spec.timestamp.column}",
                                     f"between {EARLIEST.date()} and {now.date()}"))
         out["ts"] = ts.reset_index(drop=True)
     else:
@@ -171,13 +184,13 @@ def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, sour
         blank = _is_blank(col)
         if kind in _PARSERS:
             value = _PARSERS[kind](col)
-            fail(value.isna().to_numpy() & ~blank, _explain(col, f"bad_{kind}: {name}", f"a {kind}"))
+            fail(value.isna().to_numpy() & ~blank, (col, f"bad_{kind}: {name}", f"a {kind}"))
         elif kind == "date":
             value = std.parse_timestamps(col, "date", "UTC").dt.tz_localize(None).dt.normalize()
-            fail(value.isna().to_numpy() & ~blank, _explain(col, f"bad_date: {name}", "YYYY-MM-DD"))
+            fail(value.isna().to_numpy() & ~blank, (col, f"bad_date: {name}", "YYYY-MM-DD"))
         elif kind == "timestamp":
             value = std.parse_timestamps(col, "iso", cfg.timezone)
-            fail(value.isna().to_numpy() & ~blank, _explain(col, f"bad_timestamp: {name}", "ISO 8601"))
+            fail(value.isna().to_numpy() & ~blank, (col, f"bad_timestamp: {name}", "ISO 8601"))
         elif kind == "code":
             value, missed = std.map_codes(col, cfg.mappings.get(name, {}))
             if missed and name in cfg.mappings:
@@ -208,11 +221,11 @@ def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, sour
     fail(ids.isna().all(axis=1).to_numpy(), "no_identifier: no valid " + "/".join(spec.identifiers))
 
     # Duplicates: the same key (and time) seen earlier in this file or in files already staged.
-    key_cols = [frame[c].astype("string").str.strip() for c in spec.key] if spec.key else \
-        [frame[c].astype("string") for c in frame.columns]
+    key_cols = [frame[c].astype(ARROW_STR).str.strip() for c in spec.key] if spec.key else \
+        [frame[c].astype(ARROW_STR) for c in frame.columns]
     key_frame = pd.concat(key_cols, axis=1, ignore_index=True)
     if spec.timestamp is not None:
-        key_frame["ts"] = out["ts"].to_numpy()
+        key_frame["ts"] = out["ts"].to_numpy(dtype="datetime64[ns]", na_value=np.datetime64("NaT"))
     row_key = pd.util.hash_pandas_object(key_frame, index=False).to_numpy()
     valid_so_far = pd.isna(reason)
     first = ~pd.Series(row_key).where(valid_so_far).duplicated(keep="first").to_numpy() | ~valid_so_far
@@ -234,12 +247,6 @@ def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, sour
     return StagedFile(accepted, mentions, quarantined, invalid, unmapped)
 
 
-def _explain(col: pd.Series, what: str, expected: str) -> np.ndarray:
-    """Per-row reason text: what failed, what was found and what was expected."""
-    found = col.astype("string").fillna("").str.slice(0, 40)
-    return (what + " = '" + found + "' (expected " + expected + ")").to_numpy(dtype=object)
-
-
 def _mentions(mention_key: pd.Series, ids: pd.DataFrame) -> pd.DataFrame:
     long = ids.assign(mention_key=mention_key.to_numpy()).melt(
         id_vars="mention_key", var_name="id_type", value_name="value"
@@ -251,9 +258,10 @@ def _mentions(mention_key: pd.Series, ids: pd.DataFrame) -> pd.DataFrame:
 
 def _quarantine(bad: pd.DataFrame, rows: np.ndarray, reasons: np.ndarray, malformed: pd.DataFrame,
                 source: str, file_id: str) -> pd.DataFrame:
+    """Rejected rows with their raw values (as JSON text); typed explicitly so an empty file has the same schema."""
     raw_json = [json.dumps(r, ensure_ascii=False, default=str) for r in bad.to_dict(orient="records")]
     rejected = pd.DataFrame({"row": rows, "reason": reasons, "raw": raw_json})
     q = pd.concat([rejected, malformed], ignore_index=True).sort_values("row", kind="stable")
     q.insert(0, "file_id", file_id)
     q.insert(0, "source", source)
-    return q.astype({"reason": "string", "raw": "string"}).reset_index(drop=True)
+    return q.astype(QUARANTINE_SCHEMA).reset_index(drop=True)

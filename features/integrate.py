@@ -142,9 +142,10 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         progress("resolving identities", 0.6)
     t = time.perf_counter()
     con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC whatever the machine's zone
     mention_files = _staged(ws, cfg, manifest, "mentions")
     mentions = con.execute(
-        f"SELECT DISTINCT mention_key, id_type, value FROM read_parquet({mention_files!r})").df()
+        f"SELECT DISTINCT mention_key, id_type, value FROM read_parquet({mention_files!r}, union_by_name=true)").df()
     current = ws.current(STAGE)
     previous = pd.read_parquet(current / "identity_map.parquet") if current else None
     prev_aliases = pd.read_parquet(current / "aliases.parquet") if current else None
@@ -204,8 +205,9 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         profiles, lin, rep = enrich_mod.enrich(name, spec, table, profiles, identifiers)
         lineage_parts.append(lin)
         enrichment_report[name] = rep
-        ext_quarantine.append(table.quarantined.assign(source=f"enrichment:{name}", file_id=spec.path, raw=None))
-    lineage = pd.concat(lineage_parts, ignore_index=True)
+        ext_quarantine.append(table.quarantined.assign(source=f"enrichment:{name}", file_id=spec.path))
+    # Enrichment lineage comes last: where an external value replaced an internal one, it is the one kept.
+    lineage = pd.concat(lineage_parts, ignore_index=True).drop_duplicates(["persona_id", "attribute"], keep="last")
     timings["enrich"] = time.perf_counter() - t
 
     quality = _evaluate(ws, cfg, manifest, con) if cfg.truth else None
@@ -213,7 +215,9 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     if progress:
         progress("publishing", 0.92)
     t = time.perf_counter()
-    run_id = now.strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
+    # A sequence number first, so run folders sort in run order even when two runs share a clock second.
+    run_seq = int(prev_report.get("run_seq", 0)) + 1
+    run_id = f"{run_seq:06d}-{now:%Y%m%dT%H%M%SZ}"
     audit = resolution.audit.assign(run_id=run_id, at=now)
     audit["value_hash"] = std.salted_hash(audit["value"], salt) if len(audit) else pd.Series(dtype="string")
     audit = audit.drop(columns=["value"])
@@ -237,11 +241,14 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         write_parquet_atomic(out / "profiles.parquet", profiles)
         write_parquet_atomic(out / "lineage.parquet", lineage.astype({"record": "string"}))
         write_parquet_atomic(out / "audit_log.parquet", audit)
+        # Published without the raw values (they may hold phones and emails); those stay in the staged
+        # quarantine/SOURCE/FILE_ID.parquet, next to the other restricted data.
         quarantine_files = [str(ws.quarantine / n / f"{e['file_id']}.parquet")
                             for n in cfg.sources for e in manifest.get(n, {}).values()]
-        q = con.execute(f"SELECT * FROM read_parquet({quarantine_files!r})").df()
+        q = con.execute(f"""SELECT source, file_id, row, reason FROM read_parquet({quarantine_files!r},
+                            union_by_name=true)""").df()
         write_parquet_atomic(out / "quarantine.parquet", pd.concat([q, *ext_quarantine], ignore_index=True)
-                             .astype({"file_id": "string", "raw": "string", "reason": "string"}))
+                             .astype({"source": "string", "file_id": "string", "reason": "string"}))
         for kind in ("transactions", "events", "interactions"):
             names = [n for n, s in cfg.sources.items() if s.kind == kind]
             files = [p for p in rows_files if Path(p).parent.name in names]
@@ -260,6 +267,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
             "personas": int(len(profiles)),
             "identity": resolution.stats,
             "enrichment": enrichment_report,
+            "run_seq": run_seq,
             "next_seq": resolution.next_seq,
             "seconds": {k: round(v, 2) for k, v in timings.items()},
         }

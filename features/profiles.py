@@ -79,7 +79,7 @@ def build_profiles(personas: pd.Series, winners: pd.DataFrame, activity: pd.Data
         span = activity.groupby("persona_id").agg(first_seen=("first_ts", "min"), last_seen=("last_ts", "max"),
                                                   records=("n", "sum"))
         for col in ("first_seen", "last_seen"):
-            profile[col] = profile["persona_id"].map(span[col])
+            profile[col] = pd.to_datetime(profile["persona_id"].map(span[col]), utc=True)
         profile["records"] = profile["persona_id"].map(span["records"]).fillna(0).astype("int64")
         channels = (activity[["persona_id", "channel"]].drop_duplicates().sort_values(["persona_id", "channel"])
                     .groupby("persona_id")["channel"].agg("|".join))
@@ -95,5 +95,6 @@ def build_profiles(personas: pd.Series, winners: pd.DataFrame, activity: pd.Data
         profile[f"n_{id_type}"] = profile["persona_id"].map(n).fillna(0).astype("int64")
 
     lineage = winners.rename(columns={"ts": "as_of"})[LINEAGE_COLUMNS]
+    lineage["as_of"] = pd.to_datetime(lineage["as_of"], utc=True)
     return profile, lineage.reset_index(drop=True)
 

@@ -33,7 +33,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON 
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Known failures print one clear line and exit 2; no stack trace for bad input."""
+    """Known failures print what is wrong (a line per problem) and exit 2; no stack trace for bad input."""
     from features.ingest import SourceFileError
 
     try:

@@ -248,18 +248,21 @@ class ConfigError(ValueError):
 
 
 def _format_errors(path: Path, exc: ValidationError) -> str:
-    lines = [f"{path}: {exc.error_count()} problem(s)"]
+    """One line for one problem; a header and one bullet per problem otherwise."""
+    problems = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  - {where}: unknown key (check the spelling; it is not a persona.yaml setting)")
+            problems.append(f"{where}: unknown key (check the spelling; it is not a persona.yaml setting)")
         elif err["type"] == "missing":
-            lines.append(f"  - {where}: required key is missing")
+            problems.append(f"{where}: required key is missing")
         else:
             found = err.get("input")
             shown = "" if isinstance(found, dict | list) else f" (found {found!r})"
-            lines.append(f"  - {where}: {err['msg']}{shown}")
-    return "\n".join(lines)
+            problems.append(f"{where}: {err['msg']}{shown}")
+    if len(problems) == 1:
+        return f"{path}: {problems[0]}"
+    return "\n".join([f"{path}: {len(problems)} problems", *(f"  - {p}" for p in problems)])
 
 
 def parse_config(data: object, *, path: Path | str = CONFIG_NAME) -> PersonaConfig:
@@ -283,5 +286,8 @@ def load_config(workspace: Path) -> PersonaConfig:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     return parse_config(data, path=path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import shutil
 import uuid
@@ -134,7 +133,6 @@ def write_parquet_atomic(target: Path, frame: pd.DataFrame | pa.Table) -> None:
         tmp.unlink(missing_ok=True)
 
 
-_RUN_ID = re.compile(r"^\d{8}T\d{6}(\.\d+)?Z?(-\w+)?$")
 
 
 @contextmanager

@@ -1,0 +1,618 @@
+#!/usr/bin/env python
+"""OneID resolution benchmark: `features.identity.resolve` from 100k to 1M customers, against a scipy floor.
+
+For each size N (customers) it
+  1. builds synthetic mentions for N customers (vectorised numpy, not timed), shaped like the demo's five
+     sources (CRM, online orders, store POS, app events, social) and configured like docs/persona.example.yaml;
+  2. times `resolve(...)` end to end (one cold call in a fresh process; peak RSS of that call via VmHWM);
+  3. times the floor: scipy `connected_components` (edge list -> CSR -> components) on the very graph resolve
+     links: the star edges among the linkable identifiers, built with the module's own `_star_edges`
+     (best of 3);
+  4. times a re-run with `previous=` the first result's nodes and 2% more customers' mentions (stable ids);
+  5. checks pairwise precision/recall of the result against the synthetic truth (not timed).
+Each size runs in its own child process so that peak RSS and allocator state do not leak between sizes.
+
+    .venv/bin/python bench/identity_bench.py                 # 100k, 300k, 1M (about 5 minutes)
+    .venv/bin/python bench/identity_bench.py --quick         # 20k, 50k smoke run
+    .venv/bin/python bench/identity_bench.py --sizes 1000000 --profile   # + cProfile of resolve at each size
+
+Writes bench/out/identity.json. Exits 1 when resolve at 1M customers takes longer than the 60 s budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as dt
+import gc
+import io
+import json
+import os
+import platform
+import pstats
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy
+import yaml
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from features.identity import _star_edges, pairwise_scores, resolve  # noqa: E402
+from persona.config import IdentityConfig  # noqa: E402
+
+OUT = ROOT / "bench" / "out" / "identity.json"
+BUDGET_S = 60.0
+BUDGET_SIZE = 1_000_000
+RERUN_GROWTH = 0.02  # the re-run adds this many more customers (as a fraction of N)
+
+TYPES = ["member_id", "account_id", "social_id", "phone", "email", "device_id"]
+SOURCES = ["crm_members", "online_orders", "store_pos", "app_events", "social"]
+PLACEHOLDER_PHONE = "+8613800000000"
+
+# Mobile prefixes of the three Chinese carriers (the generator's numbers look like real ones).
+PHONE_PREFIXES = np.array([130, 131, 132, 133, 134, 135, 136, 137, 138, 139, 145, 147, 150, 151, 152, 153, 155,
+                           156, 157, 158, 159, 166, 172, 175, 176, 177, 178, 180, 181, 182, 183, 184, 185, 186, 187,
+                           188, 189, 198, 199])
+EMAIL_NAMES = np.array(["zhangwei", "wangfang", "liuyang", "lina", "chenjie", "yangli", "huangmin", "zhaolei",
+                        "wujing", "zhoutao", "xuhui", "sunyan", "mali", "zhuqiang", "hujun", "guoxin", "linlin",
+                        "heping", "gaoyuan", "luoqing", "amy", "jack", "kevin", "lucy", "tony", "vivian", "sky",
+                        "happy", "sunny", "xiaoyu"])
+EMAIL_DOMAINS = np.array(["qq.com", "163.com", "126.com", "gmail.com", "sina.com", "hotmail.com", "foxmail.com",
+                          "139.com", "outlook.com"])
+EMAIL_DOMAIN_P = np.array([0.42, 0.18, 0.08, 0.07, 0.05, 0.05, 0.05, 0.05, 0.05])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# configuration (the demo's identity section)
+# --------------------------------------------------------------------------------------------------------------
+
+def demo_identity() -> tuple[IdentityConfig, dict[str, set[str]]]:
+    """IdentityConfig from docs/persona.example.yaml, and its blocked values normalised per identifier type.
+
+    The normalisation mirrors `features.integrate.blocked_values` for the values the demo lists (CN mobile numbers
+    -> E.164, e-mails casefolded); the raw spellings are kept as well, exactly as blocked_values does.
+    """
+    doc = yaml.safe_load((ROOT / "docs" / "persona.example.yaml").read_text(encoding="utf-8"))
+    cfg = IdentityConfig.model_validate(doc["identity"])
+    assert cfg.priority == TYPES, f"the demo's identifier types changed: {cfg.priority}"
+    blocked: dict[str, set[str]] = {}
+    for t, spec in cfg.identifiers.items():
+        if not spec.blocked:
+            continue
+        if spec.normalise == "phone":
+            norm = {"+86" + v if len(v) == 11 and v.isdigit() else v for v in spec.blocked}
+        elif spec.normalise == "email":
+            norm = {v.strip().casefold() for v in spec.blocked}
+        else:
+            norm = {v.strip() for v in spec.blocked}
+        blocked[t] = norm | set(spec.blocked)
+    assert PLACEHOLDER_PHONE in blocked["phone"]
+    return cfg, blocked
+
+
+# --------------------------------------------------------------------------------------------------------------
+# synthetic mentions
+# --------------------------------------------------------------------------------------------------------------
+
+def _text(a: np.ndarray) -> np.ndarray:
+    """numpy unicode array -> object array of str (what duckdb's .df() hands resolve in the pipeline)."""
+    return np.asarray(a, dtype=str).astype(object)
+
+
+def _zfill(ints: np.ndarray, width: int) -> np.ndarray:
+    return np.strings.zfill(np.asarray(ints, dtype=np.int64).astype(str), width)
+
+
+def _hex(rng: np.random.Generator, n: int, chars: int) -> np.ndarray:
+    """n random lowercase hex strings of `chars` characters, as an (n, chars) uint8 matrix."""
+    raw = np.frombuffer(rng.bytes(n * chars // 2), dtype=np.uint8)
+    nibbles = np.stack([raw >> 4, raw & 15], axis=1).reshape(n, chars)
+    return np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[nibbles]
+
+
+def _bytes_rows(m: np.ndarray) -> np.ndarray:
+    """(n, k) uint8 matrix -> n strings of k characters."""
+    m = np.ascontiguousarray(m)
+    return m.view(f"S{m.shape[1]}").ravel().astype(str)
+
+
+def member_values(rng, n):  # 'M00001234': 8-digit membership numbers, sparse over the range
+    return _text(np.strings.add("M", _zfill(rng.choice(10**8, n, replace=False), 8)))
+
+
+def account_values(rng, n):  # shop user ids: 'u' + 10 digits
+    return _text(np.strings.add("u", _zfill(rng.choice(10**10, n, replace=False), 10)))
+
+
+def social_values(rng, n):  # WeChat-openid-like: 'o' + 27 hex characters
+    return _text(np.strings.add("o", _bytes_rows(_hex(rng, n, 28)[:, :27])))
+
+
+def phone_values(rng, n, blocked: set[str]):  # '+86138xxxxxxxx', unique, never a blocked number
+    x = rng.choice(len(PHONE_PREFIXES) * 10**8, n + 16, replace=False)
+    text = np.strings.add("+86", np.strings.add(PHONE_PREFIXES[x // 10**8].astype(str), _zfill(x % 10**8, 8)))
+    text = text[~np.isin(text, list(blocked))][:n]
+    return _text(text)
+
+
+def email_values(rng, n):  # 'zhangwei1234@qq.com': a name, a unique number, a weighted domain
+    name = EMAIL_NAMES[rng.integers(0, len(EMAIL_NAMES), n)]
+    num = rng.choice(10**8, n, replace=False).astype(str)
+    domain = EMAIL_DOMAINS[rng.choice(len(EMAIL_DOMAINS), n, p=EMAIL_DOMAIN_P)]
+    return _text(np.strings.add(np.strings.add(name, num), np.strings.add("@", domain)))
+
+
+def device_values(rng, n):  # IDFA/OAID-like upper-case UUIDs
+    h = _hex(rng, n, 32)
+    h = np.where(h >= ord("a"), h - 32, h).astype(np.uint8)
+    h = np.insert(h, [8, 12, 16, 20], np.uint8(ord("-")), axis=1)
+    return _text(_bytes_rows(h))
+
+
+@dataclass
+class Population:
+    """Synthetic source records reduced to mentions, with the truth.
+
+    rows: one row per (mention, true person): mention_key, person, source and one code column per identifier
+    type (-1 = absent); values[t][code] is the identifier's text.
+    """
+
+    rows: pd.DataFrame
+    values: dict[str, np.ndarray]
+    n_people: int
+
+    def mentions(self, max_person: int, seed: int = 0) -> pd.DataFrame:
+        """Long mention table (mention_key, id_type, value) of every mention that a person < max_person carried.
+
+        Shuffled: the pipeline reads it back with SELECT DISTINCT, in no particular order.
+        """
+        rows = self.rows[self.rows["person"].to_numpy() < max_person].drop_duplicates("mention_key")
+        key = rows["mention_key"].to_numpy()
+        parts = []
+        for t in TYPES:
+            code = rows[t].to_numpy()
+            has = code >= 0
+            parts.append(pd.DataFrame({"mention_key": key[has], "id_type": np.full(int(has.sum()), t, dtype=object),
+                                       "value": self.values[t][code[has]]}))
+        long = pd.concat(parts, ignore_index=True)
+        order = np.random.default_rng(seed).permutation(len(long))
+        return long.iloc[order].reset_index(drop=True)
+
+    def units(self, max_person: int) -> pd.DataFrame:
+        """(mention_key, person) pairs: one scoring unit per identifier combination and true person."""
+        rows = self.rows[self.rows["person"].to_numpy() < max_person]
+        return rows[["mention_key", "person"]].drop_duplicates().reset_index(drop=True)
+
+
+def generate(n_people: int, blocked: dict[str, set[str]], seed: int = 42) -> Population:
+    """Vectorised generator: per-person identifiers, then the mentions each source would carry for them."""
+    rng = np.random.default_rng(seed)
+    P = n_people
+    people = np.arange(P)
+    u = lambda: rng.random(P)  # noqa: E731
+
+    has_member = u() < 0.70
+    dup_member = has_member & (u() < 0.02)  # a second membership (signed up twice)
+    has_account = u() < 0.60
+    has_social = u() < 0.30
+    has_phone = u() < 0.95
+    phone2 = has_phone & (u() < 0.02)  # a second mobile number
+    has_email = u() < 0.75
+    app_user = has_account & (u() < 0.45)
+    device2 = app_user & (u() < 0.10)  # phone and tablet
+
+    def slots(*masks):
+        """Give every person in each mask its own identifier; returns per-person code arrays and the count."""
+        out, n = [], 0
+        for m in masks:
+            code = np.full(P, -1, dtype=np.int64)
+            k = int(m.sum())
+            code[m] = n + np.arange(k)
+            out.append(code)
+            n += k
+        return out, n
+
+    (member1, member2), n_member = slots(has_member, dup_member)
+    (account,), n_account = slots(has_account)
+    (social,), n_social = slots(has_social)
+    (phone1, phone_2), n_phone = slots(has_phone, phone2)
+    (email,), n_email = slots(has_email)
+    (device_a, device_b), n_device = slots(app_user, device2)
+    placeholder = n_phone  # one extra phone code: the cashier's placeholder number
+
+    values = {
+        "member_id": member_values(rng, n_member),
+        "account_id": account_values(rng, n_account),
+        "social_id": social_values(rng, n_social),
+        "phone": np.concatenate([phone_values(rng, n_phone, blocked.get("phone", set())),
+                                 np.array([PLACEHOLDER_PHONE], dtype=object)]),
+        "email": email_values(rng, n_email),
+        "device_id": device_values(rng, n_device),
+    }
+
+    parts: list[dict[str, np.ndarray]] = []
+
+    def add(source: str, person: np.ndarray, **codes: np.ndarray) -> None:
+        part = {"source": np.full(len(person), SOURCES.index(source), dtype=np.int8), "person": person}
+        for t in TYPES:
+            part[t] = codes.get(t, np.full(len(person), -1, dtype=np.int64))
+        parts.append(part)
+
+    def maybe(code: np.ndarray, p: float) -> np.ndarray:
+        return np.where(rng.random(len(code)) < p, code, -1)
+
+    # CRM: one record per membership, with the phone and e-mail given at sign-up.
+    p = people[has_member]
+    add("crm_members", p, member_id=member1[p], phone=maybe(phone1[p], 0.97), email=maybe(email[p], 0.75))
+    p = people[dup_member]
+    add("crm_members", p, member_id=member2[p], phone=maybe(phone1[p], 0.90), email=maybe(email[p], 0.30))
+
+    # Online orders: account plus the buyer's phone and/or e-mail, in a few distinct combinations per buyer.
+    p = people[has_account]
+    add("online_orders", p, account_id=account[p], phone=maybe(phone1[p], 0.85), email=maybe(email[p], 0.40))
+    p = p[rng.random(len(p)) < 0.30]
+    add("online_orders", p, account_id=account[p], email=np.where(email[p] >= 0, email[p], -1),
+        phone=np.where(email[p] >= 0, -1, phone1[p]))
+    p = people[has_account & phone2]
+    add("online_orders", p, account_id=account[p], phone=phone_2[p])
+
+    # Store POS: the member card and/or the phone the cashier typed; 1% of records carry the placeholder number.
+    p = people[has_member & (u() < 0.50)]
+    pos_member, pos_phone = member1[p], maybe(phone1[p], 0.50)
+    w = people[has_phone & ~has_member & (u() < 0.20)]  # walk-ins who give only a phone number
+    pos_person = np.concatenate([p, w])
+    pos_member = np.concatenate([pos_member, np.full(len(w), -1)])
+    pos_phone = np.concatenate([pos_phone, phone1[w]])
+    fake = rng.random(len(pos_person)) < 0.01
+    pos_phone = np.where(fake, placeholder, pos_phone)
+    add("store_pos", pos_person, member_id=pos_member, phone=pos_phone)
+
+    # App events: device + logged-in account; 40% of devices also browse anonymously (device alone).
+    own = np.concatenate([people[app_user], people[device2]])
+    dev = np.concatenate([device_a[app_user], device_b[device2]])
+    add("app_events", own, device_id=dev, account_id=account[own])
+    anon = rng.random(len(own)) < 0.4
+    add("app_events", own[anon], device_id=dev[anon])
+    # 2% of devices are shared: a second person logs in on it with their own account.
+    shared = rng.random(len(dev)) < 0.02
+    app_people = people[app_user]
+    other = app_people[rng.integers(0, len(app_people), int(shared.sum()))]
+    ok = other != own[shared]
+    add("app_events", other[ok], device_id=dev[shared][ok], account_id=account[other[ok]])
+
+    # Social: the social id, with the bound phone and/or the member id when the customer linked them.
+    p = people[has_social]
+    add("social", p, social_id=social[p], phone=maybe(phone1[p], 0.70), member_id=maybe(member1[p], 0.30))
+
+    rows = pd.DataFrame({k: np.concatenate([part[k] for part in parts]) for k in parts[0]})
+    # The pipeline's mention key: a hash of (source, identifier combination), as features.ingest computes it.
+    rows.insert(0, "mention_key", pd.util.hash_pandas_object(rows[["source", *TYPES]], index=False).to_numpy())
+    rows = rows.drop_duplicates(["mention_key", "person"]).reset_index(drop=True)
+    return Population(rows, values, P)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# measurement helpers
+# --------------------------------------------------------------------------------------------------------------
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM (Linux >= 4.0) so the next reading is the peak of what follows; False when not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes(reset_ok: bool) -> int:
+    if reset_ok:
+        return _status_kib("VmHWM") * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # whole-process peak
+
+
+def floor_graph(mentions: pd.DataFrame, res) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The edge list resolve links: star edges over the linkable identifiers of each mention.
+
+    Node codes are the row positions of res.nodes (resolve builds that table in code order); identifiers blocked,
+    shared or of a non-linking type are left out, exactly as resolve leaves them out before its components call.
+    """
+    links = mentions[["mention_key", "id_type", "value"]].drop_duplicates()
+    nodes = res.nodes
+    index = pd.MultiIndex.from_arrays([nodes["id_type"].astype(object), nodes["value"].astype(object)])
+    code = index.get_indexer(pd.MultiIndex.from_arrays([links["id_type"], links["value"]]))
+    assert (code >= 0).all()
+    linkable_node = ~nodes["status"].isin(["blocked", "shared", "no_link"]).to_numpy()
+    keep = linkable_node[code]
+    src, dst = _star_edges(links["mention_key"].to_numpy()[keep], code[keep])
+    return src, dst, linkable_node
+
+
+def scipy_floor(src: np.ndarray, dst: np.ndarray, n: int, repeat: int = 3) -> tuple[float, float, np.ndarray]:
+    """Best-of-`repeat` seconds for edge list -> CSR -> connected_components, the components call alone, labels."""
+    total, cc_only, labels = [], [], np.zeros(0)
+    for _ in range(repeat):
+        gc.collect()
+        t0 = time.perf_counter()
+        graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n)).tocsr()
+        t1 = time.perf_counter()
+        _n, labels = connected_components(graph, directed=False)
+        t2 = time.perf_counter()
+        total.append(t2 - t0)
+        cc_only.append(t2 - t1)
+    return min(total), min(cc_only), labels
+
+
+def timed_resolve(mentions, cfg, blocked, profile_to: Path | None = None, **kw):
+    gc.collect()
+    rss_before = _status_kib("VmRSS") * 1024
+    reset_ok = reset_peak_rss()
+    prof = cProfile.Profile() if profile_to else None
+    t0 = time.perf_counter()
+    if prof:
+        prof.enable()
+    res = resolve(mentions, cfg, blocked=blocked, **kw)
+    if prof:
+        prof.disable()
+    seconds = time.perf_counter() - t0
+    peak = peak_rss_bytes(reset_ok)
+    if prof:
+        prof.dump_stats(str(profile_to))
+    return res, seconds, rss_before, peak
+
+
+def profile_summary(path: Path, top: int = 25) -> str:
+    buf = io.StringIO()
+    stats = pstats.Stats(str(path), stream=buf)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return buf.getvalue()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one size (runs in a child process)
+# --------------------------------------------------------------------------------------------------------------
+
+def run_size(n: int, seed: int, profile: bool) -> dict:
+    cfg, blocked = demo_identity()
+
+    # Warm-up: first calls into pandas/scipy import and compile things that are not resolve's cost.
+    warm = generate(2_000, blocked, seed=seed + 1)
+    resolve(warm.mentions(2_000), cfg, blocked=blocked)
+
+    t = time.perf_counter()
+    n_extra = int(round(n * RERUN_GROWTH))
+    pop = generate(n + n_extra, blocked, seed=seed)
+    mentions = pop.mentions(n, seed=seed)
+    gen_s = time.perf_counter() - t
+    log(f"N={n:,}: generated {len(mentions):,} links in {gen_s:.1f}s; resolving")
+
+    out_dir = OUT.parent
+    prof_path = out_dir / f"identity_resolve_{n}.prof" if profile else None
+    res, resolve_s, rss_before, peak = timed_resolve(mentions, cfg, blocked, profile_to=prof_path)
+    log(f"N={n:,}: resolve {resolve_s:.2f}s, peak RSS {peak / 2**30:.2f} GiB")
+    st = res.stats
+
+    # Floor: the same graph, through scipy only.
+    src, dst, linkable = floor_graph(mentions, res)
+    assert len(src) == st["edges"], (len(src), st["edges"])
+    floor_s, cc_s, labels = scipy_floor(src, dst, len(linkable))
+    n_comp = int(len(np.unique(labels[linkable])))  # persons among linkable identifiers
+    # pd.factorize of the (type, value) keys: the string-hashing part every implementation also pays.
+    t = time.perf_counter()
+    pd.factorize(pd.MultiIndex.from_arrays([mentions["id_type"], mentions["value"]]))
+    factorize_s = time.perf_counter() - t
+    del src, dst
+    log(f"N={n:,}: floor {floor_s:.3f}s (CC alone {cc_s:.3f}s)")
+
+    # Sanity: pairwise precision / recall against the synthetic truth (units = mention x true person).
+    units = pop.units(n)
+    pred = units[["mention_key"]].merge(res.mention_persona, on="mention_key", how="left")["persona_id"]
+    scores = pairwise_scores(units["person"], pred)
+
+    # Re-run: previous nodes, 2% more customers' mentions.
+    mentions2 = pop.mentions(n + n_extra, seed=seed + 2)
+    res2, rerun_s, _, rerun_peak = timed_resolve(mentions2, cfg, blocked, previous=res.nodes,
+                                                 previous_aliases=res.aliases, next_seq=res.next_seq)
+    log(f"N={n:,}: re-run {rerun_s:.2f}s")
+    before = res.nodes.dropna(subset=["persona_id"])[["id_type", "value", "persona_id"]]
+    after = before.merge(res2.nodes[["id_type", "value", "persona_id"]], on=["id_type", "value"], how="left",
+                         suffixes=("", "_after"))
+    stable = float((after["persona_id"] == after["persona_id_after"]).mean()) if len(after) else 1.0
+
+    result = {
+        "customers": n,
+        "mentions": int(mentions["mention_key"].nunique()),
+        "links": st["links"],
+        "links_per_customer": st["links"] / n,
+        "identifiers": st["identifiers"],
+        "edges": st["edges"],
+        "personas": st["personas"],
+        "components_scipy": n_comp,
+        "shared_values": st["shared_values"],
+        "blocked_values": st["blocked_values"],
+        "oversized_components": len(st["oversized_components"]),
+        "resolve_s": resolve_s,
+        "rerun_s": rerun_s,
+        "floor_s": floor_s,
+        "floor_cc_only_s": cc_s,
+        "factorize_s": factorize_s,
+        "resolve_over_floor": resolve_s / floor_s if floor_s else None,
+        "links_per_s": st["links"] / resolve_s,
+        "rss_before_resolve_bytes": rss_before,
+        "peak_rss_bytes": peak,
+        "rerun_peak_rss_bytes": rerun_peak,
+        "generate_s": gen_s,
+        "rerun": {
+            "customers": n + n_extra,
+            "links": res2.stats["links"],
+            "new_personas": res2.stats["new_personas"],
+            "merges": res2.stats["merges"],
+            "splits": res2.stats["splits"],
+            "previous_ids_kept": stable,
+        },
+        "pairwise": scores,
+    }
+    if prof_path:
+        result["profile"] = str(prof_path.relative_to(ROOT))
+        result["profile_text"] = profile_summary(prof_path)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# driver
+# --------------------------------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "features/identity.py"],
+                                    capture_output=True, text=True).stdout.strip())
+    except OSError:
+        commit, dirty = "?", False
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(ram / 2**30, 1),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "scipy": scipy.__version__,
+        "platform": platform.platform(),
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "git_commit": commit,
+        "identity_py_modified": dirty,
+    }
+
+
+def fmt_table(results: list[dict]) -> str:
+    cols = [("customers", "{:,}"), ("mentions", "{:,}"), ("links", "{:,}"), ("identifiers", "{:,}"),
+            ("edges", "{:,}"), ("resolve s", "{:.2f}"), ("rerun s", "{:.2f}"), ("floor s", "{:.3f}"),
+            ("resolve/floor", "{:.0f}x"), ("links/s", "{:,.0f}"), ("peak RSS", "{:.2f} GiB")]
+    keys = ["customers", "mentions", "links", "identifiers", "edges", "resolve_s", "rerun_s", "floor_s",
+            "resolve_over_floor", "links_per_s", "peak_rss_bytes"]
+    rows = []
+    for r in results:
+        vals = [r[k] for k in keys]
+        vals[-1] = vals[-1] / 2**30
+        rows.append([f.format(v) for (_, f), v in zip(cols, vals)])
+    head = [c for c, _ in cols]
+    width = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, width))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in width]), *(line(row) for row in rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="100000,300000,1000000", help="customers per run, comma separated")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 20k and 50k customers")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile each first resolve (slower); .prof files and top functions in bench/out/")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:
+        print(json.dumps(run_size(args.child, args.seed, args.profile)))
+        return 0
+
+    sizes = [20_000, 50_000] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    header = (f"OneID resolve benchmark  {info['date']}  commit {info['git_commit']}"
+              f"{' (features/identity.py modified)' if info['identity_py_modified'] else ''}\n"
+              f"machine: {info['nproc']} cores, {info['cpu']}, {info['ram_gib']} GiB RAM | Python {info['python']}, "
+              f"numpy {info['numpy']}, pandas {info['pandas']}, scipy {info['scipy']}")
+    print(header, flush=True)
+
+    results = []
+    for n in sizes:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--seed", str(args.seed)]
+        if args.profile:
+            cmd.append("--profile")
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            print(f"size {n:,} failed (exit {proc.returncode})", file=sys.stderr)
+            return 2
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    print()
+    print(fmt_table(results))
+    print()
+    for r in results:
+        rr, pw = r["rerun"], r["pairwise"]
+        print(f"N={r['customers']:,}: {r['links_per_customer']:.2f} links/customer, {r['personas']:,} personas "
+              f"(scipy: {r['components_scipy']:,} components of linkable identifiers), shared {r['shared_values']}, blocked {r['blocked_values']}, "
+              f"oversized {r['oversized_components']} | floor = CSR build + CC; CC alone {r['floor_cc_only_s']:.3f}s; "
+              f"pd.factorize of the keys {r['factorize_s']:.2f}s | pairwise P={pw['precision']:.4f} "
+              f"R={pw['recall']:.4f} over {pw['units']:,} units | re-run +{rr['customers'] - r['customers']:,} "
+              f"customers: {rr['new_personas']:,} new personas, {rr['merges']} merges, {rr['splits']} splits, "
+              f"{rr['previous_ids_kept']:.4%} of previous identifiers kept their id")
+    for r in results:
+        if "profile_text" in r:
+            print(f"\n--- cProfile of resolve at N={r['customers']:,} ({r['profile']}) ---")
+            print(r["profile_text"])
+
+    payload = {"machine": info, "budget": {"customers": BUDGET_SIZE, "seconds": BUDGET_S},
+               "args": {"sizes": sizes, "seed": args.seed, "profile": args.profile},
+               "results": [{k: v for k, v in r.items() if k != "profile_text"} for r in results]}
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+
+    at_budget = [r for r in results if r["customers"] == BUDGET_SIZE]
+    if not at_budget:
+        print(f"note: {BUDGET_SIZE:,} customers not in this run; the {BUDGET_S:.0f}s budget was not checked")
+        return 0
+    over = [r for r in at_budget if r["resolve_s"] > BUDGET_S]
+    if over:
+        r = over[0]
+        print(f"FAIL: resolve of {r['customers']:,} customers ({r['links']:,} links) took {r['resolve_s']:.1f}s, "
+              f"over the {BUDGET_S:.0f}s budget ({r['resolve_s'] / BUDGET_S:.1f}x)"
+              f"{'; note: timed under cProfile, which inflates it' if args.profile else ''}")
+        return 1
+    print(f"OK: resolve of {BUDGET_SIZE:,} customers took {at_budget[0]['resolve_s']:.1f}s "
+          f"(budget {BUDGET_S:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

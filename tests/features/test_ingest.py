@@ -1,0 +1,271 @@
+"""Ingestion: every bad row is quarantined with its source, row number and a reason; good rows are standardised."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.ingest import SourceFileError, StagedFile, read_source_file, standardise_file
+from persona.config import PersonaConfig, parse_config
+
+NOW = pd.Timestamp("2026-07-01", tz="UTC")
+HEADER = "order_id,phone,email,amount,order_time\n"
+
+
+def config(**source_overrides) -> PersonaConfig:
+    orders = {
+        "channel": "online", "kind": "transactions", "path": "raw/orders/*.csv", "key": ["order_id"],
+        "timestamp": {"column": "order_time", "format": "iso"},
+        "identifiers": {"phone": "phone", "email": "email"},
+        "fields": {"order_id": "order_id", "amount": "amount"},
+    }
+    orders.update(source_overrides)
+    return parse_config({
+        "timezone": "Asia/Shanghai",
+        "sources": {"orders": orders},
+        "identity": {"identifiers": {"phone": {"normalise": "phone"}, "email": {"normalise": "email"}}},
+        "mappings": {"gender": {"男": "male", "女": "female", "m": "male", "u": None}},
+    })
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def ingest(path: Path, cfg: PersonaConfig, *, source: str = "orders", seen: np.ndarray | None = None) -> StagedFile:
+    spec = cfg.sources[source]
+    raw = read_source_file(path, spec)
+    return standardise_file(raw, spec, cfg, source=source, file_id=path.stem, now=NOW,
+                            seen_row_keys=np.zeros(0, dtype=np.uint64) if seen is None else seen)
+
+
+def reasons_by_row(staged: StagedFile) -> dict[int, str]:
+    return dict(zip(staged.quarantined["row"], staged.quarantined["reason"]))
+
+
+# --- quarantine reasons --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad_line,reason_parts", [
+    pytest.param("O2,13800138002,,10,2026-05-01T10:00:00,extra", ["malformed_row", "expected 5 fields, found 6"],
+                 id="malformed-row"),
+    pytest.param("O2,13800138002,,10,", ["missing_timestamp", "order_time"], id="missing-timestamp"),
+    pytest.param("O2,13800138002,,10,last tuesday",
+                 ["bad_timestamp", "order_time", "'last tuesday'", "expected format iso"], id="bad-timestamp"),
+    pytest.param("O2,13800138002,,10,2099-01-01T00:00:00",
+                 ["timestamp_out_of_range", "order_time", "2099-01-01", "2026-07-01"], id="timestamp-in-2099"),
+    pytest.param("O2,13800138002,,10,1970-01-01T00:00:00", ["timestamp_out_of_range", "1970"],
+                 id="timestamp-before-1990"),
+    pytest.param("O2,13800138002,,N/A,2026-05-01T10:00:00", ["bad_number", "amount", "'N/A'", "expected a number"],
+                 id="bad-number"),
+    pytest.param("O2,13800138002,,,2026-05-01T10:00:00", ["missing_field", "amount"], id="missing-required-field"),
+    pytest.param("O2,,,10,2026-05-01T10:00:00", ["no_identifier", "phone/email"], id="no-identifier"),
+    pytest.param("O2,12345,not-an-email,10,2026-05-01T10:00:00", ["no_identifier"], id="only-invalid-identifiers"),
+    pytest.param("O1,13800138001,,10,2026-05-01T10:00:00", ["duplicate", "order_id"], id="duplicate-in-file"),
+])
+def test_bad_row_is_quarantined_with_source_row_and_reason(tmp_path, bad_line, reason_parts):
+    # Row 1 is good, row 2 is the bad one, row 3 is good: only row 2 is quarantined, numbered as a data row.
+    path = write(tmp_path / "raw/orders/a.csv", HEADER + "O1,13800138001,,10,2026-05-01T10:00:00\n"
+                 + bad_line + "\nO3,13800138003,c@x.com,12.5,2026-05-02T10:00:00\n")
+    staged = ingest(path, config())
+    q = staged.quarantined
+    assert len(q) == 1
+    assert q["source"].iloc[0] == "orders" and q["file_id"].iloc[0] == "a"
+    assert q["row"].iloc[0] == 2
+    for part in reason_parts:
+        assert part in q["reason"].iloc[0]
+    assert staged.accepted["row"].tolist() == [1, 3]
+    assert staged.accepted["order_id"].tolist() == ["O1", "O3"]
+    assert len(staged.accepted) + len(q) == 3 == staged.read
+
+
+def test_quarantined_row_keeps_its_raw_values(tmp_path):
+    path = write(tmp_path / "raw/orders/a.csv", HEADER + "O1,13800138001,,N/A,2026-05-01T10:00:00\n"
+                 "O2,13800138002,,1,2026-05-01T10:00:00,extra\n")
+    q = ingest(path, config()).quarantined
+    assert json.loads(q["raw"].iloc[0])["amount"] == "N/A"
+    assert q["raw"].iloc[1] == "O2,13800138002,,1,2026-05-01T10:00:00,extra"
+
+
+def test_every_reason_at_once_counts_reconcile(tmp_path):
+    lines = [
+        "O1,13800138001,,10,2026-05-01T10:00:00",       # 1 ok
+        "O2,13800138002,,10,2026-05-01T10:00:00,x",     # 2 malformed
+        "O3,13800138003,,10,",                          # 3 missing timestamp
+        "O4,13800138004,,10,soon",                      # 4 bad timestamp
+        "O5,13800138005,,10,2099-12-31T00:00:00",       # 5 out of range
+        "O6,13800138006,,N/A,2026-05-01T10:00:00",      # 6 bad number
+        "O7,13800138007,,,2026-05-01T10:00:00",         # 7 missing amount
+        "O8,,,10,2026-05-01T10:00:00",                  # 8 no identifier
+        "O1,13800138001,,10,2026-05-01T10:00:00",       # 9 duplicate of row 1
+        "O9, 138 0013 8009 ,,\"¥1,299.00\",2026-05-01 10:00:00",  # 10 ok
+    ]
+    staged = ingest(write(tmp_path / "raw/orders/a.csv", HEADER + "\n".join(lines) + "\n"), config())
+    got = {row: reason.split(":")[0] for row, reason in reasons_by_row(staged).items()}
+    assert got == {2: "malformed_row", 3: "missing_timestamp", 4: "bad_timestamp", 5: "timestamp_out_of_range",
+                   6: "bad_number", 7: "missing_field", 8: "no_identifier", 9: "duplicate"}
+    assert staged.accepted["row"].tolist() == [1, 10]
+    assert len(staged.accepted) + len(staged.quarantined) == len(lines)
+    assert staged.accepted["amount"].tolist() == [10.0, 1299.0]
+
+
+def test_same_key_at_another_time_is_not_a_duplicate(tmp_path):
+    # The row key is the key columns plus the timestamp: the same order id at another time is a new row.
+    path = write(tmp_path / "raw/orders/a.csv", HEADER + "O1,13800138001,,10,2026-05-01T10:00:00\n"
+                 "O1,13800138001,,10,2026-05-02T10:00:00\n"
+                 " O1 ,13800138001,,10,2026-05-01T10:00:00\n")  # same key, trimmed, same time: duplicate
+    staged = ingest(path, config())
+    assert staged.accepted["row"].tolist() == [1, 2]
+    assert reasons_by_row(staged) == {3: "duplicate: order_id seen before"}
+
+
+def test_duplicate_across_files(tmp_path):
+    first = ingest(write(tmp_path / "raw/orders/a.csv", HEADER + "O1,13800138001,,10,2026-05-01T10:00:00\n"),
+                   config())
+    second = ingest(write(tmp_path / "raw/orders/b.csv", HEADER + "O2,13800138002,,10,2026-05-01T10:00:00\n"
+                          "O1,13800138001,,10,2026-05-01T10:00:00\n"
+                          "O1,13800138001,,10,2026-05-03T10:00:00\n"),
+                    config(), seen=first.accepted["row_key"].to_numpy())
+    assert second.accepted["row"].tolist() == [1, 3]
+    assert second.quarantined["file_id"].tolist() == ["b"]
+    assert reasons_by_row(second) == {2: "duplicate: order_id seen before"}
+
+
+def test_source_without_key_deduplicates_identical_rows(tmp_path):
+    path = write(tmp_path / "raw/orders/a.csv", HEADER + "O1,13800138001,,10,2026-05-01T10:00:00\n"
+                 "O1,13800138001,,10,2026-05-01T10:00:00\n"
+                 "O1,13800138001,,11,2026-05-01T10:00:00\n")
+    staged = ingest(path, config(key=[]))
+    assert staged.accepted["row"].tolist() == [1, 3]
+    assert reasons_by_row(staged)[2].startswith("duplicate: identical row")
+
+
+# --- standardised values -------------------------------------------------------------------------------------
+def test_accepted_rows_are_in_utc_and_hold_no_raw_identifiers(tmp_path):
+    path = write(tmp_path / "raw/orders/a.csv", HEADER + "O1,+86 138-0013-8001,A@X.com,10,2026-05-01T10:00:00\n"
+                 "O2,13800138001,,10,2026-05-01T10:00:00+00:00\n")
+    staged = ingest(path, config())
+    assert staged.accepted["ts"].tolist() == [pd.Timestamp("2026-05-01 02:00", tz="UTC"),
+                                              pd.Timestamp("2026-05-01 10:00", tz="UTC")]
+    assert not {"phone", "email"} & set(staged.accepted.columns)
+    mentions = staged.mentions.merge(staged.accepted[["mention_key", "order_id"]], on="mention_key")
+    assert sorted(zip(mentions["order_id"], mentions["id_type"], mentions["value"])) == [
+        ("O1", "email", "a@x.com"), ("O1", "phone", "+8613800138001"), ("O2", "phone", "+8613800138001")]
+
+
+def test_invalid_phone_is_dropped_but_row_kept_when_another_identifier_is_valid(tmp_path):
+    path = write(tmp_path / "raw/orders/a.csv", HEADER + "O1,12345,b@x.com,10,2026-05-01T10:00:00\n"
+                 "O2,call me,,10,2026-05-01T10:00:00\n"
+                 "O3,13800138003,,10,2026-05-01T10:00:00\n")
+    staged = ingest(path, config())
+    assert staged.accepted["order_id"].tolist() == ["O1", "O3"]
+    assert reasons_by_row(staged)[2].startswith("no_identifier")
+    o1 = staged.accepted.loc[staged.accepted["order_id"] == "O1", "mention_key"].iloc[0]
+    assert staged.mentions.loc[staged.mentions["mention_key"] == o1, "id_type"].tolist() == ["email"]
+    assert staged.invalid_identifiers == {"phone": 2}
+    assert "12345" not in staged.mentions["value"].tolist()
+
+
+def test_code_mappings_and_unmapped_codes(tmp_path):
+    cfg = parse_config({
+        "sources": {"crm": {"channel": "crm", "kind": "profile", "path": "raw/crm.csv",
+                            "identifiers": {"member_id": "member_id"},
+                            "fields": {"gender": "gender", "city": "city", "opt_out_marketing": "opt_out"}}},
+        "identity": {"identifiers": {"member_id": {"account": True}}},
+        "mappings": {"gender": {"男": "male", "女": "female", "M": "male", "u": None}},
+    })
+    path = write(tmp_path / "raw/crm.csv", "member_id,gender,city,opt_out\n"
+                 "M1,男,Shanghai,是\nM2, 女 ,,否\nM3,m,,\nM4,U,,\nM5,Non-Binary,,y\nM6,,,\n")
+    staged = ingest(path, cfg, source="crm")
+    gender = dict(zip(staged.accepted["row"], staged.accepted["gender"]))
+    assert gender[1] == "male" and gender[2] == "female" and gender[3] == "male"
+    assert pd.isna(gender[4]) and pd.isna(gender[6])  # mapped to unknown / empty
+    assert gender[5] == "non-binary"  # unmapped: kept, trimmed and lowercased
+    assert staged.unmapped_codes == {"gender": 1}  # city has no mapping: not reported as unmapped
+    assert staged.accepted["city"].iloc[0] == "shanghai"
+    opt_out = dict(zip(staged.accepted["row"], staged.accepted["opt_out_marketing"]))
+    assert (opt_out[1], opt_out[2], opt_out[5]) == (True, False, True) and pd.isna(opt_out[3])
+    assert staged.quarantined.empty
+
+
+def test_bad_boolean_and_date_are_quarantined(tmp_path):
+    cfg = parse_config({
+        "sources": {"crm": {"channel": "crm", "kind": "profile", "path": "raw/crm.csv",
+                            "identifiers": {"member_id": "member_id"},
+                            "fields": {"birth_date": "birthday", "opt_out_marketing": "opt_out"}}},
+        "identity": {"identifiers": {"member_id": {"account": True}}},
+    })
+    path = write(tmp_path / "raw/crm.csv", "member_id,birthday,opt_out\nM1,1990-02-03,n\nM2,1990-02-30,n\nM3,,maybe\n")
+    staged = ingest(path, cfg, source="crm")
+    assert staged.accepted["birth_date"].iloc[0] == pd.Timestamp("1990-02-03")
+    reasons = reasons_by_row(staged)
+    assert reasons[2].startswith("bad_date: birth_date") and "1990-02-30" in reasons[2]
+    assert reasons[3].startswith("bad_bool: opt_out_marketing") and "maybe" in reasons[3]
+
+
+def test_parquet_source(tmp_path):
+    path = tmp_path / "raw/orders/a.parquet"
+    path.parent.mkdir(parents=True)
+    pd.DataFrame({
+        "order_id": ["O1", "O2", "O3"],
+        "phone": pd.array([13800138001, 13800138002, None], dtype="Int64"),  # phones exported as numbers
+        "email": [None, "B@x.com", None],
+        "amount": [10.5, None, 3.0],
+        "order_time": pd.to_datetime(["2026-05-01 10:00", "2026-05-02 10:00", "2026-05-03 10:00"]),
+    }).to_parquet(path)
+    cfg = config(path="raw/orders/*.parquet")
+    assert cfg.sources["orders"].file_format == "parquet"
+    staged = ingest(path, cfg)
+    assert staged.accepted["order_id"].tolist() == ["O1"]
+    assert staged.accepted["ts"].iloc[0] == pd.Timestamp("2026-05-01 02:00", tz="UTC")  # naive: workspace zone
+    assert staged.accepted["amount"].iloc[0] == 10.5
+    assert staged.mentions["value"].tolist() == ["+8613800138001"]
+    assert reasons_by_row(staged) == {2: "missing_field: amount is empty", 3: "no_identifier: no valid phone/email"}
+    assert staged.read == 3
+
+
+# --- unusable files ------------------------------------------------------------------------------------------
+def test_file_missing_a_mapped_column_names_file_and_column(tmp_path):
+    path = write(tmp_path / "raw/orders/a.csv", "order_id,phone,email,order_time\nO1,13800138001,,2026-05-01\n")
+    with pytest.raises(SourceFileError) as exc:
+        ingest(path, config())
+    assert str(path) in str(exc.value) and "'amount'" in str(exc.value)
+
+
+def test_parquet_missing_a_mapped_column_names_file_and_column(tmp_path):
+    path = tmp_path / "a.parquet"
+    pd.DataFrame({"order_id": ["O1"], "phone": ["13800138001"], "email": [None],
+                  "order_time": ["2026-05-01"]}).to_parquet(path)
+    with pytest.raises(SourceFileError) as exc:
+        ingest(path, config(path="*.parquet"))
+    assert str(path) in str(exc.value) and "'amount'" in str(exc.value)
+
+
+@pytest.mark.parametrize("content", ["", "\n", "   \n\n"])
+def test_empty_file_is_an_error(tmp_path, content):
+    path = write(tmp_path / "raw/orders/a.csv", content)
+    with pytest.raises(SourceFileError, match="empty file") as exc:
+        ingest(path, config())
+    assert str(path) in str(exc.value)
+
+
+def test_header_only_file_has_no_rows(tmp_path):
+    staged = ingest(write(tmp_path / "raw/orders/a.csv", HEADER), config())
+    assert staged.read == 0 and staged.accepted.empty and staged.quarantined.empty
+
+
+def test_file_in_wrong_encoding_is_an_error(tmp_path):
+    path = tmp_path / "raw/orders/a.csv"
+    path.parent.mkdir(parents=True)
+    path.write_bytes((HEADER + "O1,13800138001,张三@x.com,10,2026-05-01\n").encode("gb18030"))
+    with pytest.raises(SourceFileError, match="csv.encoding"):
+        ingest(path, config())
+    staged = ingest(path, config(csv={"encoding": "gb18030"}))
+    assert staged.read == 1
+
+
+def test_missing_file_is_an_error(tmp_path):
+    with pytest.raises(SourceFileError, match="file not found"):
+        ingest(tmp_path / "nope.csv", config())
