@@ -33,7 +33,7 @@ from features import enrich as enrich_mod
 from features import standardise as std
 from features.identity import pairwise_scores, resolve
 from features.ingest import SourceFileError, read_source_file, standardise_file
-from features.profiles import attribute_candidates, build_profiles, survive
+from features.profiles import CANDIDATE_COLUMNS, build_profiles, survive
 from persona.config import PROFILE_ATTRIBUTES, PersonaConfig
 from persona.workspace import (Workspace, publishing, read_json, write_json_atomic, write_parquet_atomic)
 
@@ -164,13 +164,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     channel_of = pd.DataFrame({"source": list(cfg.sources), "channel": [s.channel for s in cfg.sources.values()],
                                "kind": [s.kind for s in cfg.sources.values()]})
     con.register("src", channel_of)
-    attr_cols = {a for s in cfg.sources.values() for a in s.fields if a in PROFILE_ATTRIBUTES}
-    # Attribute candidates, activity span and identifier recency, straight from the staged files.
-    rows = con.execute(
-        f"""SELECT r.source, r.file_id, r.row, r.ts, r.mention_key, m.persona_id
-            {''.join(f', r.{a}' for a in sorted(attr_cols))}
-            FROM read_parquet({rows_files!r}, union_by_name=true) r JOIN mp m USING (mention_key)"""
-    ).df() if attr_cols else None
+    candidates = _attribute_candidates(con, cfg, rows_files)
     activity = con.execute(
         f"""SELECT m.persona_id, s.channel, min(r.ts) AS first_ts, max(r.ts) AS last_ts, count(*) AS n
             FROM read_parquet({rows_files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
@@ -187,8 +181,6 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     identifiers = linked.merge(node_seen, on=["id_type", "value"], how="left")
     identifiers["normalise"] = identifiers["id_type"].map(id_norm)
 
-    candidates = attribute_candidates(rows, sorted(attr_cols)) if rows is not None else \
-        attribute_candidates(pd.DataFrame(), [])
     winners = survive(candidates, cfg.profile.attributes, list(cfg.sources))
     personas = linked["persona_id"].drop_duplicates()
     profiles, lineage = build_profiles(personas, winners, activity, identifiers, cfg)
@@ -275,6 +267,28 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
             report["resolution"] = quality
         write_json_atomic(out / "report.json", report)
     return report
+
+
+def _attribute_candidates(con: duckdb.DuckDBPyConnection, cfg: PersonaConfig, rows_files: list[str]) -> pd.DataFrame:
+    """Long table of profile-attribute values (persona_id, attribute, value, source, record, ts), nulls dropped.
+
+    Read only from the sources that map attributes, and unpivoted in DuckDB, so event logs never reach pandas.
+    """
+    parts = []
+    for name, spec in cfg.sources.items():
+        attrs = [a for a in spec.fields if a in PROFILE_ATTRIBUTES]
+        files = [p for p in rows_files if Path(p).parent.name == name]
+        if not attrs or not files:
+            continue
+        cols = ", ".join(f"CAST(r.{a} AS VARCHAR) AS {a}" for a in attrs)
+        parts.append(
+            f"""SELECT persona_id, attribute, value, source, record, ts FROM (
+                    SELECT m.persona_id, r.source, r.source || '/' || r.file_id || '#' || r.row AS record, r.ts, {cols}
+                    FROM read_parquet({files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
+                ) UNPIVOT (value FOR attribute IN ({", ".join(attrs)}))""")
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in CANDIDATE_COLUMNS})
+    return con.execute(" UNION ALL ".join(parts)).df()
 
 
 def _evaluate(ws: Workspace, cfg: PersonaConfig, manifest: dict, con: duckdb.DuckDBPyConnection) -> dict | None:

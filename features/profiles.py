@@ -11,20 +11,8 @@ import pandas as pd
 from persona.config import PROFILE_ATTRIBUTES, AttributeRule, PersonaConfig
 
 LINEAGE_COLUMNS = ["persona_id", "attribute", "source", "record", "as_of"]
-
-
-def attribute_candidates(rows: pd.DataFrame, attributes: list[str]) -> pd.DataFrame:
-    """Long table of candidate values (persona_id, attribute, value, source, record, ts) from staged rows."""
-    present = [a for a in attributes if a in rows.columns]
-    if not present or rows.empty:
-        return pd.DataFrame(columns=["persona_id", "attribute", "value", "source", "record", "ts"])
-    base = rows[["persona_id", "source", "file_id", "row", "ts", *present]].copy()
-    base["record"] = base["source"].astype(str) + "/" + base["file_id"].astype(str) + "#" + base["row"].astype(str)
-    long = base.melt(id_vars=["persona_id", "source", "record", "ts"], value_vars=present,
-                     var_name="attribute", value_name="value")
-    long = long[long["value"].notna()]
-    long["value"] = long["value"].astype(str)
-    return long[["persona_id", "attribute", "value", "source", "record", "ts"]].reset_index(drop=True)
+# Candidate values, one per (record, attribute): the input of survivorship.
+CANDIDATE_COLUMNS = ["persona_id", "attribute", "value", "source", "record", "ts"]
 
 
 def survive(candidates: pd.DataFrame, rules: dict[str, AttributeRule], source_order: list[str]) -> pd.DataFrame:
@@ -46,9 +34,9 @@ def survive(candidates: pd.DataFrame, rules: dict[str, AttributeRule], source_or
             c = c.assign(_freq=freq.to_numpy())
             keys, asc = ["_freq", "_ts", "_trust"], [False, False, True]
         c = c.sort_values(["persona_id", *keys, "record"], ascending=[True, *asc, True], kind="mergesort")
-        picked.append(c.drop_duplicates("persona_id")[["persona_id", "attribute", "value", "source", "record", "ts"]])
+        picked.append(c.drop_duplicates("persona_id")[CANDIDATE_COLUMNS])
     if not picked:
-        return pd.DataFrame(columns=["persona_id", "attribute", "value", "source", "record", "ts"])
+        return pd.DataFrame(columns=CANDIDATE_COLUMNS)
     return pd.concat(picked, ignore_index=True)
 
 
@@ -67,7 +55,7 @@ def build_profiles(personas: pd.Series, winners: pd.DataFrame, activity: pd.Data
         profile[attribute] = profile["persona_id"].map(column)
     profile["birth_date"] = pd.to_datetime(profile["birth_date"], errors="coerce").dt.date
     for flag in ("opt_out_enrichment", "opt_out_marketing"):
-        profile[flag] = profile[flag].map({"True": True, "False": False}).astype("boolean")
+        profile[flag] = profile[flag].astype("string").str.lower().map({"true": True, "false": False}).astype("boolean")
     default = cfg.consent.missing == "granted"
     profile["consent_enrichment"] = (~profile["opt_out_enrichment"]).fillna(default).astype(bool)
     profile["consent_marketing"] = (~profile["opt_out_marketing"]).fillna(default).astype(bool)
