@@ -54,6 +54,7 @@ OUT = ROOT / "bench" / "out" / "identity.json"
 BUDGET_S = 60.0
 BUDGET_SIZE = 1_000_000
 RERUN_GROWTH = 0.02  # the re-run adds this many more customers (as a fraction of N)
+BUSY_STALL = 0.2  # a run where some task waited for a CPU more than this share of the time is flagged as busy
 
 TYPES = ["member_id", "account_id", "social_id", "phone", "email", "device_id"]
 SOURCES = ["crm_members", "online_orders", "store_pos", "app_events", "social"]
@@ -130,12 +131,13 @@ def member_values(rng, n):  # 'M00001234': 8-digit membership numbers, sparse ov
     return _text(np.strings.add("M", _zfill(rng.choice(10**8, n, replace=False), 8)))
 
 
-def account_values(rng, n):  # shop user ids: 'u' + 10 digits
-    return _text(np.strings.add("u", _zfill(rng.choice(10**10, n, replace=False), 10)))
+def account_values(rng, n):  # shop accounts as the demo writes them: 'A' + 9 digits
+    return _text(np.strings.add("A", _zfill(rng.choice(10**9, n, replace=False), 9)))
 
 
-def social_values(rng, n):  # WeChat-openid-like: 'o' + 27 hex characters
-    return _text(np.strings.add("o", _bytes_rows(_hex(rng, n, 28)[:, :27])))
+def social_values(rng, n):  # as the demo: 'wx_' + 16 base62 characters
+    alphabet = np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+    return _text(np.strings.add("wx_", _bytes_rows(alphabet[rng.integers(0, 62, (n, 16))])))
 
 
 def phone_values(rng, n, blocked: set[str]):  # '+86138xxxxxxxx', unique, never a blocked number
@@ -152,9 +154,10 @@ def email_values(rng, n):  # 'zhangwei1234@qq.com': a name, a unique number, a w
     return _text(np.strings.add(np.strings.add(name, num), np.strings.add("@", domain)))
 
 
-def device_values(rng, n):  # IDFA/OAID-like upper-case UUIDs
+def device_values(rng, n):  # lower-case uuid4 strings, as the demo's app events carry
     h = _hex(rng, n, 32)
-    h = np.where(h >= ord("a"), h - 32, h).astype(np.uint8)
+    h[:, 12] = ord("4")
+    h[:, 16] = np.frombuffer(b"89ab", dtype=np.uint8)[rng.integers(0, 4, n)]
     h = np.insert(h, [8, 12, 16, 20], np.uint8(ord("-")), axis=1)
     return _text(_bytes_rows(h))
 
@@ -361,22 +364,46 @@ def scipy_floor(src: np.ndarray, dst: np.ndarray, n: int, repeat: int = 3) -> tu
     return min(total), min(cc_only), labels
 
 
-def timed_resolve(mentions, cfg, blocked, profile_to: Path | None = None, **kw):
+def cpu_stall_us() -> int | None:
+    """Total microseconds some runnable task waited for a CPU (Linux PSI); None when PSI is not available."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().split("total=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@dataclass
+class Timed:
+    result: object
+    wall_s: float
+    cpu_s: float  # this process's user + system time: what the call cost, whatever else the machine ran
+    contention: float | None  # share of the wall time during which some task on the machine waited for a CPU
+    load1: float  # 1-minute load average when the call started
+    rss_before: int
+    peak_rss: int
+
+
+def timed_resolve(mentions, cfg, blocked, profile_to: Path | None = None, **kw) -> Timed:
     gc.collect()
     rss_before = _status_kib("VmRSS") * 1024
     reset_ok = reset_peak_rss()
     prof = cProfile.Profile() if profile_to else None
-    t0 = time.perf_counter()
+    load1 = os.getloadavg()[0]
+    stall0 = cpu_stall_us()
+    c0, t0 = time.process_time(), time.perf_counter()
     if prof:
         prof.enable()
     res = resolve(mentions, cfg, blocked=blocked, **kw)
     if prof:
         prof.disable()
-    seconds = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    stall1 = cpu_stall_us()
     peak = peak_rss_bytes(reset_ok)
     if prof:
         prof.dump_stats(str(profile_to))
-    return res, seconds, rss_before, peak
+    contention = (stall1 - stall0) / 1e6 / wall if stall0 is not None and stall1 is not None and wall else None
+    return Timed(res, wall, cpu, contention, load1, rss_before, peak)
 
 
 def profile_summary(path: Path, top: int = 25) -> str:
@@ -411,8 +438,10 @@ def run_size(n: int, seed: int, profile: bool) -> dict:
 
     out_dir = OUT.parent
     prof_path = out_dir / f"identity_resolve_{n}.prof" if profile else None
-    res, resolve_s, rss_before, peak = timed_resolve(mentions, cfg, blocked, profile_to=prof_path)
-    log(f"N={n:,}: resolve {resolve_s:.2f}s, peak RSS {peak / 2**30:.2f} GiB")
+    first = timed_resolve(mentions, cfg, blocked, profile_to=prof_path)
+    res, resolve_s = first.result, first.wall_s
+    log(f"N={n:,}: resolve {resolve_s:.2f}s (cpu {first.cpu_s:.2f}s, load {first.load1:.1f}), "
+        f"peak RSS {first.peak_rss / 2**30:.2f} GiB")
     st = res.stats
 
     # Floor: the same graph, through scipy only.
@@ -434,9 +463,10 @@ def run_size(n: int, seed: int, profile: bool) -> dict:
 
     # Re-run: previous nodes, 2% more customers' mentions.
     mentions2 = pop.mentions(n + n_extra, seed=seed + 2)
-    res2, rerun_s, _, rerun_peak = timed_resolve(mentions2, cfg, blocked, previous=res.nodes,
-                                                 previous_aliases=res.aliases, next_seq=res.next_seq)
-    log(f"N={n:,}: re-run {rerun_s:.2f}s")
+    again = timed_resolve(mentions2, cfg, blocked, previous=res.nodes, previous_aliases=res.aliases,
+                          next_seq=res.next_seq)
+    res2, rerun_s = again.result, again.wall_s
+    log(f"N={n:,}: re-run {rerun_s:.2f}s (cpu {again.cpu_s:.2f}s)")
     before = res.nodes.dropna(subset=["persona_id"])[["id_type", "value", "persona_id"]]
     after = before.merge(res2.nodes[["id_type", "value", "persona_id"]], on=["id_type", "value"], how="left",
                          suffixes=("", "_after"))
@@ -455,15 +485,20 @@ def run_size(n: int, seed: int, profile: bool) -> dict:
         "blocked_values": st["blocked_values"],
         "oversized_components": len(st["oversized_components"]),
         "resolve_s": resolve_s,
+        "resolve_cpu_s": first.cpu_s,
+        "resolve_load1": first.load1,
+        "resolve_cpu_contention": first.contention,
         "rerun_s": rerun_s,
+        "rerun_cpu_s": again.cpu_s,
+        "rerun_cpu_contention": again.contention,
         "floor_s": floor_s,
         "floor_cc_only_s": cc_s,
         "factorize_s": factorize_s,
         "resolve_over_floor": resolve_s / floor_s if floor_s else None,
         "links_per_s": st["links"] / resolve_s,
-        "rss_before_resolve_bytes": rss_before,
-        "peak_rss_bytes": peak,
-        "rerun_peak_rss_bytes": rerun_peak,
+        "rss_before_resolve_bytes": first.rss_before,
+        "peak_rss_bytes": first.peak_rss,
+        "rerun_peak_rss_bytes": again.peak_rss,
         "generate_s": gen_s,
         "rerun": {
             "customers": n + n_extra,
@@ -523,12 +558,18 @@ def machine() -> dict:
     }
 
 
+def busy(r: dict, info: dict) -> bool:
+    """Whether other work competed for the CPUs during the timed resolve (wall times then overstate its cost)."""
+    c = r["resolve_cpu_contention"]
+    return c > BUSY_STALL if c is not None else r["resolve_load1"] > info["nproc"]
+
+
 def fmt_table(results: list[dict]) -> str:
     cols = [("customers", "{:,}"), ("mentions", "{:,}"), ("links", "{:,}"), ("identifiers", "{:,}"),
-            ("edges", "{:,}"), ("resolve s", "{:.2f}"), ("rerun s", "{:.2f}"), ("floor s", "{:.3f}"),
-            ("resolve/floor", "{:.0f}x"), ("links/s", "{:,.0f}"), ("peak RSS", "{:.2f} GiB")]
-    keys = ["customers", "mentions", "links", "identifiers", "edges", "resolve_s", "rerun_s", "floor_s",
-            "resolve_over_floor", "links_per_s", "peak_rss_bytes"]
+            ("edges", "{:,}"), ("resolve s", "{:.2f}"), ("(cpu s)", "{:.2f}"), ("rerun s", "{:.2f}"),
+            ("floor s", "{:.3f}"), ("resolve/floor", "{:.0f}x"), ("links/s", "{:,.0f}"), ("peak RSS", "{:.2f} GiB")]
+    keys = ["customers", "mentions", "links", "identifiers", "edges", "resolve_s", "resolve_cpu_s", "rerun_s",
+            "floor_s", "resolve_over_floor", "links_per_s", "peak_rss_bytes"]
     rows = []
     for r in results:
         vals = [r[k] for k in keys]
@@ -580,13 +621,20 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for r in results:
         rr, pw = r["rerun"], r["pairwise"]
-        print(f"N={r['customers']:,}: {r['links_per_customer']:.2f} links/customer, {r['personas']:,} personas "
-              f"(scipy: {r['components_scipy']:,} components of linkable identifiers), shared {r['shared_values']}, blocked {r['blocked_values']}, "
-              f"oversized {r['oversized_components']} | floor = CSR build + CC; CC alone {r['floor_cc_only_s']:.3f}s; "
-              f"pd.factorize of the keys {r['factorize_s']:.2f}s | pairwise P={pw['precision']:.4f} "
-              f"R={pw['recall']:.4f} over {pw['units']:,} units | re-run +{rr['customers'] - r['customers']:,} "
-              f"customers: {rr['new_personas']:,} new personas, {rr['merges']} merges, {rr['splits']} splits, "
-              f"{rr['previous_ids_kept']:.4%} of previous identifiers kept their id")
+        busy = r["resolve_cpu_contention"]
+        print(f"N={r['customers']:,}: {r['links_per_customer']:.2f} links/customer; {r['personas']:,} personas "
+              f"(scipy: {r['components_scipy']:,} components of linkable identifiers); shared {r['shared_values']}; "
+              f"blocked {r['blocked_values']}; oversized {r['oversized_components']}\n"
+              f"    floor = CSR build + CC (CC alone {r['floor_cc_only_s']:.3f}s); pd.factorize of the (type, value) "
+              f"keys alone {r['factorize_s']:.2f}s; load {r['resolve_load1']:.1f} at start, other tasks waited for "
+              f"a CPU {'?' if busy is None else f'{busy:.0%}'} of the resolve\n"
+              f"    pairwise P={pw['precision']:.4f} R={pw['recall']:.4f} over {pw['units']:,} units; re-run "
+              f"+{rr['customers'] - r['customers']:,} customers: {rr['new_personas']:,} new personas, "
+              f"{rr['merges']} merges, {rr['splits']} splits, {rr['previous_ids_kept']:.4%} of previous "
+              f"identifiers kept their id")
+    if any(busy(r, info) for r in results):
+        print("WARNING: other processes competed for the CPUs during some runs (wall > cpu): the wall times "
+              "overstate resolve's cost; compare the (cpu s) column or re-run on an idle machine")
     for r in results:
         if "profile_text" in r:
             print(f"\n--- cProfile of resolve at N={r['customers']:,} ({r['profile']}) ---")
@@ -606,8 +654,10 @@ def main(argv: list[str] | None = None) -> int:
     if over:
         r = over[0]
         print(f"FAIL: resolve of {r['customers']:,} customers ({r['links']:,} links) took {r['resolve_s']:.1f}s, "
-              f"over the {BUDGET_S:.0f}s budget ({r['resolve_s'] / BUDGET_S:.1f}x)"
-              f"{'; note: timed under cProfile, which inflates it' if args.profile else ''}")
+              f"over the {BUDGET_S:.0f}s budget ({r['resolve_s'] / BUDGET_S:.1f}x); its own CPU time was "
+              f"{r['resolve_cpu_s']:.1f}s"
+              f"{'; timed under cProfile, which inflates it' if args.profile else ''}"
+              f"{'; the machine was busy (see above): re-run it on an idle machine' if busy(r, info) else ''}")
         return 1
     print(f"OK: resolve of {BUDGET_SIZE:,} customers took {at_budget[0]['resolve_s']:.1f}s "
           f"(budget {BUDGET_S:.0f}s)")

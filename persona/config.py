@@ -197,6 +197,44 @@ class EnrichmentSpec(Strict):
         return "parquet" if self.path.lower().endswith((".parquet", ".pq")) else "csv"
 
 
+class StoreConfig(Strict):
+    """Where Feast keeps features. Embedded: local files + SQLite, no server. Production: Redis + PostgreSQL."""
+
+    profile: Literal["embedded", "production"] = "embedded"
+    project: str = Field("persona", pattern=r"^[a-z][a-z0-9_]*$", description="Feast project name")
+    redis: str = Field("127.0.0.1:6379", description="production online store; $PERSONA_REDIS overrides")
+    registry_url: str = Field(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        description="production SQL registry (SQLAlchemy URL); $PERSONA_REGISTRY_URL overrides",
+    )
+    key_ttl_seconds: int | None = Field(None, ge=60, description="Redis key expiry for online features")
+
+
+class TrackingConfig(Strict):
+    """MLflow tracking and model registry."""
+
+    uri: str | None = Field(
+        None, description="default: sqlite:///<workspace>/mlflow.db; $PERSONA_TRACKING_URI overrides"
+    )
+    experiment: str = "persona"
+
+
+class LabelConfig(Strict):
+    churn_horizon_days: int = Field(90, ge=7)
+    value_horizon_days: int = Field(180, ge=7)
+    value_top_percent: float = Field(20.0, gt=0, lt=100)
+    interest_horizon_days: int = Field(30, ge=7)
+
+
+class TrainingConfig(Strict):
+    cutoff_every_days: int = Field(30, ge=7, description="spacing of the historical snapshot dates")
+    cutoffs: int = Field(6, ge=2, description="how many fully labelled snapshot dates to train and test on")
+    min_positives: int = Field(50, ge=1)
+    min_negatives: int = Field(50, ge=1)
+    min_history_days: int = Field(180, ge=30, description="data needed before the first snapshot date")
+    seed: int = 7
+
+
 class TruthSpec(Strict):
     path: str = "truth"
 
@@ -214,6 +252,10 @@ class PersonaConfig(Strict):
     profile: ProfileConfig = ProfileConfig()
     consent: ConsentConfig = ConsentConfig()
     enrichment: dict[str, EnrichmentSpec] = Field(default_factory=dict)
+    store: StoreConfig = StoreConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    labels: LabelConfig = LabelConfig()
+    training: TrainingConfig = TrainingConfig()
     truth: TruthSpec | None = None
 
     _tz = field_validator("timezone")(lambda cls, v: _check_timezone(v))
