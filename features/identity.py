@@ -15,23 +15,45 @@ when one splits, its largest part keeps the id.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from persona.config import IdentityConfig
 
+_ARROW_STR = pd.StringDtype("pyarrow")
 ID_PREFIX = "P"
 ID_WIDTH = 10
 
 
 def format_persona_ids(seq: np.ndarray) -> np.ndarray:
     """Sequence numbers -> persona ids ('P0000000042'); zero-padded so text order is creation order."""
-    text = pd.Series(np.asarray(seq, dtype=np.int64)).astype(str).str.zfill(ID_WIDTH)
-    return (ID_PREFIX + text).to_numpy(dtype=object)
+    return _id_strings(np.asarray(seq, dtype=np.int64)).to_numpy(dtype=object)
+
+
+def _id_strings(seq: np.ndarray) -> pd.Series:
+    """Vectorised formatting of sequence numbers (-1 -> <NA>) as Arrow strings."""
+    seq = np.asarray(seq, dtype=np.int64)
+    digits = (np.maximum(seq, 0)[:, None] // (10 ** np.arange(ID_WIDTH - 1, -1, -1, dtype=np.int64))) % 10
+    text = np.empty((len(seq), ID_WIDTH + 1), dtype=np.uint8)
+    text[:, 0] = ord(ID_PREFIX)
+    text[:, 1:] = digits + ord("0")
+    binary = pa.FixedSizeBinaryArray.from_buffers(pa.binary(ID_WIDTH + 1), len(seq),
+                                                  [pa.py_buffer(np.packbits(seq >= 0, bitorder="little")),
+                                                   pa.py_buffer(text.tobytes())])
+    return pd.Series(pd.arrays.ArrowStringArray(binary.cast(pa.string())))
+
+
+def parse_persona_ids(ids: pd.Series) -> np.ndarray:
+    """persona ids -> sequence numbers (the inverse of format_persona_ids)."""
+    arr = pa.array(ids.astype(_ARROW_STR).array)
+    return pc.cast(pc.utf8_slice_codeunits(arr, len(ID_PREFIX)), pa.int64()).to_numpy(zero_copy_only=False)
 
 
 @dataclass
@@ -51,11 +73,55 @@ def _components(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
+class _Clock:
+    """Seconds per phase, reported with the resolution's stats."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._t, 3)
+        self._t = now
+
+
+def _code_nodes(type_rank: np.ndarray, values: pd.Series, n_types: int) -> tuple[np.ndarray, np.ndarray, pd.Series]:
+    """Integer node codes for (type, value), ordered by type priority then value, so they are deterministic.
+
+    Factorised per type on Arrow strings, and only the distinct values are sorted.
+    """
+    arr = pa.array(values.astype(_ARROW_STR).array)
+    node = np.empty(len(values), dtype=np.int64)
+    node_type, node_values, offset = [], [], 0
+    for t in range(n_types):
+        idx = np.flatnonzero(type_rank == t)
+        if not len(idx):
+            continue
+        encoded = pc.dictionary_encode(arr.take(pa.array(idx)))
+        uniques = encoded.dictionary
+        order = pc.array_sort_indices(uniques).to_numpy()
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        node[idx] = offset + position[encoded.indices.to_numpy(zero_copy_only=False)]
+        node_values.append(uniques.take(pa.array(order)).cast(pa.string()))
+        node_type.append(np.full(len(order), t, dtype=np.int64))
+        offset += len(order)
+    values_out = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array(node_values, type=pa.string()))
+                           if node_values else pd.array([], dtype=_ARROW_STR))
+    return node, (np.concatenate(node_type) if node_type else np.zeros(0, dtype=np.int64)), values_out
+
+
 def _star_edges(mention: np.ndarray, node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Link every node of a mention to the mention's first node: enough edges for connectivity, no quadratic blow-up."""
-    first = pd.Series(node).groupby(mention).transform("min").to_numpy()
-    keep = node != first
-    return node[keep], first[keep]
+    if not len(node):
+        return node, node
+    order = np.lexsort((node, mention))
+    m, n = mention[order], node[order]
+    starts = np.r_[True, m[1:] != m[:-1]]
+    first = n[starts][np.cumsum(starts) - 1]
+    keep = n != first
+    return n[keep], first[keep]
 
 
 def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, set[str]],
@@ -65,24 +131,22 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
 
     `blocked` holds normalised blocked values per identifier type; `previous` is the last run's node table.
     """
-    links = mentions[["mention_key", "id_type", "value"]].drop_duplicates().reset_index(drop=True)
+    clock = _Clock()
     types = cfg.priority
     rank = {t: i for i, t in enumerate(types)}
-
-    # Nodes: one code per (type, value), ordered by type priority then value, so codes are deterministic.
-    type_rank = links["id_type"].map(rank).to_numpy(dtype=np.int64)
-    order = np.lexsort((links["value"].to_numpy(dtype=object), type_rank))
-    links = links.iloc[order].reset_index(drop=True)
-    type_rank = type_rank[order]
-    node_key = pd.MultiIndex.from_arrays([links["id_type"], links["value"]])
-    node, uniques = pd.factorize(node_key, sort=False)
-    n_nodes = len(uniques)
-    node_type = np.empty(n_nodes, dtype=np.int64)
-    node_type[node] = type_rank
-    nodes = pd.DataFrame({"id_type": uniques.get_level_values(0).astype("string"),
-                          "value": uniques.get_level_values(1).astype("string")})
-    mention = links["mention_key"].to_numpy()
+    type_rank = mentions["id_type"].map(rank).to_numpy(dtype=np.int64)
+    node, node_type, node_values = _code_nodes(type_rank, mentions["value"], len(types))
+    # One link per (mention, node): integer de-duplication is cheap, string de-duplication is not.
+    pairs = pd.DataFrame({"mention": mentions["mention_key"].to_numpy(), "node": node}).drop_duplicates()
+    mention = pairs["mention"].to_numpy()
+    node = pairs["node"].to_numpy()
+    type_rank = node_type[node]
+    n_nodes = len(node_type)
+    nodes = pd.DataFrame({"id_type": pd.array(np.asarray(types, dtype=object)[node_type], dtype="string"),
+                          "value": node_values})
     status = np.full(n_nodes, "linked", dtype=object)
+
+    clock.lap("code_nodes")
 
     # Guard 1: blocked values and non-linking types.
     for t, spec in cfg.identifiers.items():
@@ -115,6 +179,8 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
             if c:
                 shared_counts[t] = c
 
+    clock.lap("guards")
+
     # Link and find components.
     linkable = status[node] == "linked"
     src, dst = _star_edges(mention[linkable], node[linkable])
@@ -133,12 +199,15 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
         comp, status = _split_oversized(mention, node, node_type, comp, status, big, cfg.max_component_size,
                                         len(types))
 
-    # Stable persona ids.
-    prev_pid = _previous_ids(nodes, previous)
-    persona, audit, new_aliases, next_seq, id_stats = _assign_ids(comp, prev_pid, src, dst, next_seq)
-    nodes["persona_id"] = pd.array(persona, dtype="string")
-    nodes["status"] = pd.array(status, dtype="string")
-    nodes.loc[nodes["persona_id"].isna() & (nodes["status"] == "linked"), "status"] = "unresolved"
+    clock.lap("components")
+
+    # Stable persona ids, as integer sequence numbers until the output is written.
+    prev_seq = _previous_seq(nodes, previous)
+    clock.lap("previous_ids")
+    seq, audit, new_aliases, next_seq, id_stats = _assign_ids(comp, prev_seq, src, dst, next_seq)
+    clock.lap("assign_ids")
+    nodes["persona_id"] = _id_strings(seq)
+    nodes["status"] = pd.array(np.where((seq < 0) & (status == "linked"), "unresolved", status), dtype="string")
     via = audit.pop("node").to_numpy(dtype=np.int64)
     found = via >= 0
     for col in ("id_type", "value"):
@@ -148,18 +217,22 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
     aliases = _merge_aliases(previous_aliases, new_aliases)
 
     # Each mention takes the persona of its (linked) nodes.
-    mention_pid = pd.DataFrame({"mention_key": mention, "persona_id": persona[node]})
-    mention_pid = mention_pid.dropna().drop_duplicates("mention_key").reset_index(drop=True)
+    mention_seq = seq[node]
+    ok = mention_seq >= 0
+    keys, first = np.unique(mention[ok], return_index=True)
+    mention_pid = pd.DataFrame({"mention_key": keys, "persona_id": _id_strings(mention_seq[ok][first])})
     stats = {
         "identifiers": int(n_nodes),
-        "links": int(len(links)),
+        "links": int(len(pairs)),
         "edges": int(len(src)),
-        "personas": int(pd.Series(persona).nunique()),
+        "personas": int(len(np.unique(seq[seq >= 0]))),
         "shared_values": shared_counts,
         "blocked_values": int((status == "blocked").sum()),
         "oversized_components": offenders,
         **id_stats,
     }
+    clock.lap("outputs")
+    stats["seconds"] = clock.laps
     return Resolution(nodes, mention_pid, audit, aliases, next_seq, stats)
 
 
@@ -190,63 +263,81 @@ def _split_oversized(mention: np.ndarray, node: np.ndarray, node_type: np.ndarra
     return comp, status
 
 
-def _previous_ids(nodes: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray:
+def _previous_seq(nodes: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray:
+    """The persona sequence number each node had in the previous run (-1 for new nodes), matched per type."""
+    out = np.full(len(nodes), -1, dtype=np.int64)
     if previous is None or previous.empty:
-        return np.full(len(nodes), None, dtype=object)
-    prev = previous.dropna(subset=["persona_id"])[["id_type", "value", "persona_id"]].astype("string")
-    joined = nodes[["id_type", "value"]].merge(prev, on=["id_type", "value"], how="left")
-    return joined["persona_id"].to_numpy(dtype=object, na_value=None)
+        return out
+    prev = previous.dropna(subset=["persona_id"])
+    prev_types = prev["id_type"].to_numpy(dtype=object)
+    node_types = nodes["id_type"].to_numpy(dtype=object)
+    prev_seq = parse_persona_ids(prev["persona_id"])
+    current = pa.array(nodes["value"].astype(_ARROW_STR).array).cast(pa.string())
+    before = pa.array(prev["value"].astype(_ARROW_STR).array).cast(pa.string())
+    for t in pd.unique(node_types):
+        here = np.flatnonzero(node_types == t)
+        there = np.flatnonzero(prev_types == t)
+        if not len(here) or not len(there):
+            continue
+        hit = pc.index_in(current.take(pa.array(here)), value_set=before.take(pa.array(there)))
+        hit = hit.to_numpy(zero_copy_only=False)
+        found = ~np.isnan(hit) if hit.dtype.kind == "f" else np.ones(len(hit), dtype=bool)
+        out[here[found]] = prev_seq[there[hit[found].astype(np.int64)]]
+    return out
 
 
-def _assign_ids(comp: np.ndarray, prev_pid: np.ndarray, src: np.ndarray, dst: np.ndarray,
+def _assign_ids(comp: np.ndarray, prev: np.ndarray, src: np.ndarray, dst: np.ndarray,
                 next_seq: int) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame, int, dict]:
+    """Give every component a persona sequence number: the oldest former one it holds, else a new one."""
     linked = np.flatnonzero(comp >= 0)
-    frame = pd.DataFrame({"node": linked, "comp": comp[linked], "prev": prev_pid[linked]})
-    known = frame.dropna(subset=["prev"])
+    frame = pd.DataFrame({"node": linked, "comp": comp[linked], "prev": prev[linked]})
+    known = frame[frame["prev"] >= 0]
     # Each former persona stays with the component holding most of its identifiers (ties: lowest label).
     counts = known.groupby(["prev", "comp"]).size().rename("n").reset_index()
     counts = counts.sort_values(["prev", "n", "comp"], ascending=[True, False, True])
     keeper = counts.drop_duplicates("prev")
-    # A component holding several former personas keeps the oldest (ids sort in creation order).
+    # A component holding several former personas keeps the oldest (sequence numbers grow with creation).
     winners = keeper.sort_values(["comp", "prev"]).drop_duplicates("comp")
-    comp_pid = dict(zip(winners["comp"], winners["prev"]))
+    comp_seq = np.full(int(comp.max()) + 1 if len(comp) else 0, -1, dtype=np.int64)
+    comp_seq[winners["comp"].to_numpy()] = winners["prev"].to_numpy()
     absorbed = keeper[~keeper["prev"].isin(winners["prev"])].merge(
         winners[["comp", "prev"]].rename(columns={"prev": "winner"}), on="comp")
-    # Components without a former persona get new ids, in label order (deterministic).
-    fresh = np.setdiff1d(np.unique(frame["comp"].to_numpy()), winners["comp"].to_numpy())
-    new_ids = format_persona_ids(np.arange(next_seq, next_seq + len(fresh)))
-    comp_pid.update(zip(fresh.tolist(), new_ids.tolist()))
+    # Components without a former persona get new numbers, in label order (deterministic).
+    present = np.unique(frame["comp"].to_numpy())
+    fresh = present[comp_seq[present] < 0]
+    comp_seq[fresh] = np.arange(next_seq, next_seq + len(fresh))
     next_seq += len(fresh)
-
-    persona = np.full(len(comp), None, dtype=object)
-    persona[linked] = pd.Series(comp[linked]).map(comp_pid).to_numpy(dtype=object)
+    seq = np.full(len(comp), -1, dtype=np.int64)
+    seq[linked] = comp_seq[comp[linked]]
 
     events = []
     if len(absorbed):
-        via = _bridges(absorbed, comp, prev_pid, src, dst)
-        events.append(pd.DataFrame({"event": "merge", "persona_id": absorbed["winner"].to_numpy(),
-                                    "other_persona_id": absorbed["prev"].to_numpy(), "node": via}))
-    split = counts[~counts.set_index(["prev", "comp"]).index.isin(keeper.set_index(["prev", "comp"]).index)]
+        via = _bridges(absorbed, prev, src, dst)
+        events.append(pd.DataFrame({"event": "merge", "persona_id": _id_strings(absorbed["winner"].to_numpy()),
+                                    "other_persona_id": _id_strings(absorbed["prev"].to_numpy()), "node": via}))
+    kept = pd.MultiIndex.from_frame(keeper[["prev", "comp"]])
+    split = counts[~pd.MultiIndex.from_frame(counts[["prev", "comp"]]).isin(kept)]
     if len(split):
         first_node = frame.groupby("comp")["node"].min()
-        events.append(pd.DataFrame({"event": "split", "persona_id": split["prev"].to_numpy(),
-                                    "other_persona_id": split["comp"].map(comp_pid).to_numpy(),
+        events.append(pd.DataFrame({"event": "split", "persona_id": _id_strings(split["prev"].to_numpy()),
+                                    "other_persona_id": _id_strings(comp_seq[split["comp"].to_numpy()]),
                                     "node": split["comp"].map(first_node).to_numpy()}))
     audit = pd.concat(events, ignore_index=True) if events else pd.DataFrame(
         {"event": [], "persona_id": [], "other_persona_id": [], "node": pd.Series(dtype="int64")})
-    aliases = pd.DataFrame({"persona_id": absorbed["prev"].to_numpy(), "alias_of": absorbed["winner"].to_numpy()})
+    aliases = pd.DataFrame({"persona_id": _id_strings(absorbed["prev"].to_numpy()),
+                            "alias_of": _id_strings(absorbed["winner"].to_numpy())})
     stats = {"new_personas": int(len(fresh)), "merges": int(len(absorbed)), "splits": int(len(split))}
-    return persona, audit, aliases, next_seq, stats
+    return seq, audit, aliases, next_seq, stats
 
 
-def _bridges(absorbed: pd.DataFrame, comp: np.ndarray, prev_pid: np.ndarray, src: np.ndarray,
-             dst: np.ndarray) -> np.ndarray:
+def _bridges(absorbed: pd.DataFrame, prev: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """For each absorbed persona, an identifier on an edge joining it to the rest of its new component."""
-    e = pd.DataFrame({"a": np.concatenate([src, dst]), "b": np.concatenate([dst, src])})
-    e["pa"] = prev_pid[e["a"].to_numpy()]
-    e["pb"] = prev_pid[e["b"].to_numpy()]
-    e = e[e["pa"].notna() & (e["pa"] != e["pb"])]
-    via = absorbed[["prev"]].merge(e.rename(columns={"pa": "prev"}), on="prev", how="left")
+    a = np.concatenate([src, dst])
+    b = np.concatenate([dst, src])
+    pa_, pb = prev[a], prev[b]
+    cross = (pa_ >= 0) & (pa_ != pb)
+    e = pd.DataFrame({"prev": pa_[cross], "b": b[cross]})
+    via = absorbed[["prev"]].merge(e, on="prev", how="left")
     via = via.sort_values(["prev", "b"]).drop_duplicates("prev").set_index("prev")["b"]
     return absorbed["prev"].map(via).fillna(-1).astype(np.int64).to_numpy()
 
