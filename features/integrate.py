@@ -27,12 +27,13 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features import enrich as enrich_mod
 from features import standardise as std
 from features.identity import pairwise_scores, resolve
-from features.ingest import SourceFileError, read_source_file, standardise_file
+from features.ingest import ARROW_STR, SourceFileError, read_source_file, standardise_file
 from features.profiles import CANDIDATE_COLUMNS, build_profiles, survive
 from persona.config import PROFILE_ATTRIBUTES, PersonaConfig
 from persona.workspace import (Workspace, publishing, read_json, write_json_atomic, write_parquet_atomic)
@@ -144,8 +145,10 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC whatever the machine's zone
     mention_files = _staged(ws, cfg, manifest, "mentions")
+    # Arrow-backed strings straight from DuckDB: resolution factorises them without a Python-object detour.
     mentions = con.execute(
-        f"SELECT DISTINCT mention_key, id_type, value FROM read_parquet({mention_files!r}, union_by_name=true)").df()
+        f"SELECT DISTINCT mention_key, id_type, value FROM read_parquet({mention_files!r}, union_by_name=true)"
+    ).to_arrow_table().to_pandas(types_mapper={pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}.get)
     current = ws.current(STAGE)
     previous = pd.read_parquet(current / "identity_map.parquet") if current else None
     prev_aliases = pd.read_parquet(current / "aliases.parquet") if current else None
