@@ -35,6 +35,29 @@ _ARROW_STRINGS = {pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}
 QUARANTINE_SCHEMA = {"source": ARROW_STR, "file_id": ARROW_STR, "row": "int64", "reason": ARROW_STR, "raw": ARROW_STR}
 
 
+class SeenKeys:
+    """Row keys already accepted from a source's files: one sorted array per file, checked by binary search.
+
+    Keeping the files apart makes re-staging one file cheap (drop its array) and each check O(n log m),
+    instead of re-reading and re-hashing every other file's keys for every new file.
+    """
+
+    def __init__(self) -> None:
+        self._parts: dict[str, np.ndarray] = {}
+
+    def add(self, file_id: str, keys: np.ndarray) -> None:
+        self._parts[file_id] = np.sort(np.asarray(keys, dtype=np.uint64))
+
+    def contains(self, keys: np.ndarray, *, exclude: str | None = None) -> np.ndarray:
+        hit = np.zeros(len(keys), dtype=bool)
+        for file_id, sorted_keys in self._parts.items():
+            if file_id == exclude or not len(sorted_keys):
+                continue
+            pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+            hit |= sorted_keys[pos] == keys
+        return hit
+
+
 class SourceFileError(ValueError):
     """A whole file is unusable (unreadable, empty, missing mapped columns); the message names file and problem."""
 
@@ -141,7 +164,7 @@ def _is_blank(values: pd.Series) -> np.ndarray:
 
 
 def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, source: str, file_id: str,
-                     now: pd.Timestamp, seen_row_keys: np.ndarray) -> StagedFile:
+                     now: pd.Timestamp, seen_row_keys: np.ndarray | SeenKeys) -> StagedFile:
     """Validate and standardise one file's rows; pure: returns accepted rows, mentions and quarantine."""
     frame = raw.frame
     n = len(frame)
@@ -229,7 +252,9 @@ def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, sour
     row_key = pd.util.hash_pandas_object(key_frame, index=False).to_numpy()
     valid_so_far = pd.isna(reason)
     first = ~pd.Series(row_key).where(valid_so_far).duplicated(keep="first").to_numpy() | ~valid_so_far
-    dup = valid_so_far & (~first | np.isin(row_key, seen_row_keys))
+    seen = (seen_row_keys.contains(row_key, exclude=file_id) if isinstance(seen_row_keys, SeenKeys)
+            else np.isin(row_key, seen_row_keys))
+    dup = valid_so_far & (~first | seen)
     fail(dup, "duplicate: " + ("+".join(spec.key) if spec.key else "identical row") + " seen before")
 
     ok = pd.isna(reason)

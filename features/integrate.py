@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from features import enrich as enrich_mod
 from features import standardise as std
 from features.identity import pairwise_scores, resolve
-from features.ingest import ARROW_STR, SourceFileError, read_source_file, standardise_file
+from features.ingest import ARROW_STR, SeenKeys, SourceFileError, read_source_file, standardise_file
 from features.profiles import CANDIDATE_COLUMNS, build_profiles, survive
 from persona.config import PROFILE_ATTRIBUTES, PersonaConfig
 from persona.workspace import (Workspace, publishing, read_json, write_json_atomic, write_parquet_atomic)
@@ -67,16 +67,19 @@ def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, progr
             if entry and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns:
                 continue
             todo.append((name, spec, f, rel, st))
+    seen: dict[str, SeenKeys] = {}
     for i, (name, spec, f, rel, st) in enumerate(todo):
         if progress:
             progress(f"staging {rel}", i / max(len(todo), 1))
         file_id = _file_id(rel)
         src_dir = ws.staging / name
-        others = [p for p in src_dir.glob("*.rows.parquet") if not p.name.startswith(file_id)] if src_dir.exists() else []
-        seen = (np.concatenate([pq.read_table(p, columns=["row_key"])["row_key"].to_numpy() for p in others])
-                if others else np.zeros(0, dtype=np.uint64))
+        if name not in seen:  # a source's staged keys are read once per run, then kept up to date in memory
+            seen[name] = SeenKeys()
+            for p in (src_dir.glob("*.rows.parquet") if src_dir.exists() else []):
+                seen[name].add(p.name.split(".")[0], pq.read_table(p, columns=["row_key"])["row_key"].to_numpy())
         raw = read_source_file(f, spec)
-        staged = standardise_file(raw, spec, cfg, source=name, file_id=file_id, now=now, seen_row_keys=seen)
+        staged = standardise_file(raw, spec, cfg, source=name, file_id=file_id, now=now, seen_row_keys=seen[name])
+        seen[name].add(file_id, staged.accepted["row_key"].to_numpy())
         write_parquet_atomic(src_dir / f"{file_id}.rows.parquet", staged.accepted)
         write_parquet_atomic(src_dir / f"{file_id}.mentions.parquet", staged.mentions)
         write_parquet_atomic(ws.quarantine / name / f"{file_id}.parquet", staged.quarantined)
