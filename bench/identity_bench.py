@@ -4,6 +4,7 @@
 For each size N (customers) it
   1. builds synthetic mentions for N customers (vectorised numpy, not timed), shaped like the demo's five
      sources (CRM, online orders, store POS, app events, social) and configured like docs/persona.example.yaml;
+     text columns are Arrow strings, as features/integrate.py hands them over (--strings object for Python str);
   2. times `resolve(...)` end to end (one cold call in a fresh process; peak RSS of that call via VmHWM);
   3. times the floor: scipy `connected_components` (edge list -> CSR -> components) on the very graph resolve
      links: the star edges among the linkable identifiers, built with the module's own `_star_edges`
@@ -15,6 +16,7 @@ Each size runs in its own child process so that peak RSS and allocator state do 
     .venv/bin/python bench/identity_bench.py                 # 100k, 300k, 1M (about 5 minutes)
     .venv/bin/python bench/identity_bench.py --quick         # 20k, 50k smoke run
     .venv/bin/python bench/identity_bench.py --sizes 1000000 --profile   # + cProfile of resolve at each size
+    .venv/bin/python bench/identity_bench.py --rev HEAD      # features/identity.py as committed (before/after)
 
 Writes bench/out/identity.json. Exits 1 when resolve at 1M customers takes longer than the 60 s budget.
 """
@@ -25,6 +27,8 @@ import argparse
 import cProfile
 import datetime as dt
 import gc
+import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -39,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy
 import yaml
 from scipy.sparse import coo_matrix
@@ -47,8 +53,10 @@ from scipy.sparse.csgraph import connected_components
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from features.identity import _star_edges, pairwise_scores, resolve  # noqa: E402
+import features.identity  # noqa: E402
 from persona.config import IdentityConfig  # noqa: E402
+
+IDENTITY = features.identity  # the module under test; --rev swaps in a committed version of it
 
 OUT = ROOT / "bench" / "out" / "identity.json"
 BUDGET_S = 60.0
@@ -174,10 +182,12 @@ class Population:
     values: dict[str, np.ndarray]
     n_people: int
 
-    def mentions(self, max_person: int, seed: int = 0) -> pd.DataFrame:
+    def mentions(self, max_person: int, seed: int = 0, strings: str = "arrow") -> pd.DataFrame:
         """Long mention table (mention_key, id_type, value) of every mention that a person < max_person carried.
 
-        Shuffled: the pipeline reads it back with SELECT DISTINCT, in no particular order.
+        Shuffled: the pipeline reads it back with SELECT DISTINCT, in no particular order. `strings`: "arrow" gives
+        Arrow-backed string columns, as features.integrate hands them to resolve; "object" gives Python str objects
+        (what DuckDB's .df() returns).
         """
         rows = self.rows[self.rows["person"].to_numpy() < max_person].drop_duplicates("mention_key")
         key = rows["mention_key"].to_numpy()
@@ -189,7 +199,11 @@ class Population:
                                        "value": self.values[t][code[has]]}))
         long = pd.concat(parts, ignore_index=True)
         order = np.random.default_rng(seed).permutation(len(long))
-        return long.iloc[order].reset_index(drop=True)
+        long = long.iloc[order].reset_index(drop=True)
+        if strings == "arrow":
+            for col in ("id_type", "value"):
+                long[col] = pd.arrays.ArrowStringArray(pa.array(long[col].to_numpy(), type=pa.string()))
+        return long
 
     def units(self, max_person: int) -> pd.DataFrame:
         """(mention_key, person) pairs: one scoring unit per identifier combination and true person."""
@@ -332,21 +346,28 @@ def peak_rss_bytes(reset_ok: bool) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # whole-process peak
 
 
-def floor_graph(mentions: pd.DataFrame, res) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The edge list resolve links: star edges over the linkable identifiers of each mention.
+def floor_graph(mentions: pd.DataFrame, res) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The edge list resolve links: star edges over the linkable identifiers of each mention; and the link count.
 
     Node codes are the row positions of res.nodes (resolve builds that table in code order); identifiers blocked,
     shared or of a non-linking type are left out, exactly as resolve leaves them out before its components call.
     """
-    links = mentions[["mention_key", "id_type", "value"]].drop_duplicates()
-    nodes = res.nodes
-    index = pd.MultiIndex.from_arrays([nodes["id_type"].astype(object), nodes["value"].astype(object)])
-    code = index.get_indexer(pd.MultiIndex.from_arrays([links["id_type"], links["value"]]))
-    assert (code >= 0).all()
-    linkable_node = ~nodes["status"].isin(["blocked", "shared", "no_link"]).to_numpy()
-    keep = linkable_node[code]
-    src, dst = _star_edges(links["mention_key"].to_numpy()[keep], code[keep])
-    return src, dst, linkable_node
+    node_types = res.nodes["id_type"].to_numpy(dtype=object)
+    node_values = res.nodes["value"].to_numpy(dtype=object)
+    link_types = mentions["id_type"].to_numpy(dtype=object)
+    link_values = mentions["value"].to_numpy(dtype=object)
+    code = np.full(len(mentions), -1, dtype=np.int64)
+    for t in pd.unique(node_types):
+        here = np.flatnonzero(node_types == t)
+        there = np.flatnonzero(link_types == t)
+        hit = pd.Index(node_values[here]).get_indexer(link_values[there])
+        code[there] = np.where(hit >= 0, here[hit], -1)
+    assert (code >= 0).all(), "an input identifier is missing from resolve's node table"
+    links = pd.DataFrame({"mention": mentions["mention_key"].to_numpy(), "node": code}).drop_duplicates()
+    linkable_node = ~res.nodes["status"].isin(["blocked", "shared", "no_link"]).to_numpy()
+    keep = linkable_node[links["node"].to_numpy()]
+    src, dst = IDENTITY._star_edges(links["mention"].to_numpy()[keep], links["node"].to_numpy()[keep])
+    return src, dst, linkable_node, len(links)
 
 
 def scipy_floor(src: np.ndarray, dst: np.ndarray, n: int, repeat: int = 3) -> tuple[float, float, np.ndarray]:
@@ -394,7 +415,7 @@ def timed_resolve(mentions, cfg, blocked, profile_to: Path | None = None, **kw) 
     c0, t0 = time.process_time(), time.perf_counter()
     if prof:
         prof.enable()
-    res = resolve(mentions, cfg, blocked=blocked, **kw)
+    res = IDENTITY.resolve(mentions, cfg, blocked=blocked, **kw)
     if prof:
         prof.disable()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -422,17 +443,40 @@ def log(msg: str) -> None:
 # one size (runs in a child process)
 # --------------------------------------------------------------------------------------------------------------
 
-def run_size(n: int, seed: int, profile: bool) -> dict:
+IDENTITY_INFO: dict = {}
+
+
+def use_identity(rev: str | None) -> None:
+    """Point the benchmark at features/identity.py of the work tree, or of git revision `rev`; note which."""
+    global IDENTITY
+    if rev:
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:features/identity.py"], check=True,
+                                capture_output=True).stdout
+        path = OUT.parent / f"identity_at_{rev.replace('/', '_')}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(source)
+        spec = importlib.util.spec_from_file_location("features._identity_at_rev", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        IDENTITY = module
+    else:
+        source = Path(IDENTITY.__file__).read_bytes()
+    IDENTITY_INFO.update({"rev": rev or "work tree", "sha256": hashlib.sha256(source).hexdigest()[:16]})
+
+
+def run_size(n: int, seed: int, profile: bool, rev: str | None = None, strings: str = "arrow") -> dict:
+    use_identity(rev)
     cfg, blocked = demo_identity()
 
     # Warm-up: first calls into pandas/scipy import and compile things that are not resolve's cost.
     warm = generate(2_000, blocked, seed=seed + 1)
-    resolve(warm.mentions(2_000), cfg, blocked=blocked)
+    IDENTITY.resolve(warm.mentions(2_000, strings=strings), cfg, blocked=blocked)
 
     t = time.perf_counter()
     n_extra = int(round(n * RERUN_GROWTH))
     pop = generate(n + n_extra, blocked, seed=seed)
-    mentions = pop.mentions(n, seed=seed)
+    mentions = pop.mentions(n, seed=seed, strings=strings)
     gen_s = time.perf_counter() - t
     log(f"N={n:,}: generated {len(mentions):,} links in {gen_s:.1f}s; resolving")
 
@@ -445,13 +489,19 @@ def run_size(n: int, seed: int, profile: bool) -> dict:
     st = res.stats
 
     # Floor: the same graph, through scipy only.
-    src, dst, linkable = floor_graph(mentions, res)
+    src, dst, linkable, n_links = floor_graph(mentions, res)
+    if st.get("links") != n_links:
+        log(f"N={n:,}: WARNING resolve's stats['links'] = {st.get('links'):,} but the input has {n_links:,} distinct "
+            f"(mention, identifier) links; the table uses the latter")
     assert len(src) == st["edges"], (len(src), st["edges"])
     floor_s, cc_s, labels = scipy_floor(src, dst, len(linkable))
     n_comp = int(len(np.unique(labels[linkable])))  # persons among linkable identifiers
-    # pd.factorize of the (type, value) keys: the string-hashing part every implementation also pays.
+    # Hashing the value strings once (Arrow dictionary encoding): the string work any implementation pays.
     t = time.perf_counter()
-    pd.factorize(pd.MultiIndex.from_arrays([mentions["id_type"], mentions["value"]]))
+    values = mentions["value"].array
+    values = (pa.array(values) if isinstance(values, pd.arrays.ArrowStringArray)
+              else pa.array(values.to_numpy(dtype=object), type=pa.string()))
+    pc.dictionary_encode(values)
     factorize_s = time.perf_counter() - t
     del src, dst
     log(f"N={n:,}: floor {floor_s:.3f}s (CC alone {cc_s:.3f}s)")
@@ -459,10 +509,10 @@ def run_size(n: int, seed: int, profile: bool) -> dict:
     # Sanity: pairwise precision / recall against the synthetic truth (units = mention x true person).
     units = pop.units(n)
     pred = units[["mention_key"]].merge(res.mention_persona, on="mention_key", how="left")["persona_id"]
-    scores = pairwise_scores(units["person"], pred)
+    scores = IDENTITY.pairwise_scores(units["person"], pred)
 
     # Re-run: previous nodes, 2% more customers' mentions.
-    mentions2 = pop.mentions(n + n_extra, seed=seed + 2)
+    mentions2 = pop.mentions(n + n_extra, seed=seed + 2, strings=strings)
     again = timed_resolve(mentions2, cfg, blocked, previous=res.nodes, previous_aliases=res.aliases,
                           next_seq=res.next_seq)
     res2, rerun_s = again.result, again.wall_s
@@ -475,8 +525,9 @@ def run_size(n: int, seed: int, profile: bool) -> dict:
     result = {
         "customers": n,
         "mentions": int(mentions["mention_key"].nunique()),
-        "links": st["links"],
-        "links_per_customer": st["links"] / n,
+        "links": n_links,
+        "links_per_customer": n_links / n,
+        "stats_links": st.get("links"),
         "identifiers": st["identifiers"],
         "edges": st["edges"],
         "personas": st["personas"],
@@ -493,16 +544,20 @@ def run_size(n: int, seed: int, profile: bool) -> dict:
         "rerun_cpu_contention": again.contention,
         "floor_s": floor_s,
         "floor_cc_only_s": cc_s,
-        "factorize_s": factorize_s,
+        "dictionary_encode_s": factorize_s,
         "resolve_over_floor": resolve_s / floor_s if floor_s else None,
-        "links_per_s": st["links"] / resolve_s,
+        "links_per_s": n_links / resolve_s,
         "rss_before_resolve_bytes": first.rss_before,
         "peak_rss_bytes": first.peak_rss,
         "rerun_peak_rss_bytes": again.peak_rss,
         "generate_s": gen_s,
+        "identity_module": IDENTITY_INFO,
+        "input_strings": strings,
+        "resolve_phases_s": st.get("seconds"),  # resolve's own per-phase clock, when the module reports one
+        "rerun_phases_s": res2.stats.get("seconds"),
         "rerun": {
             "customers": n + n_extra,
-            "links": res2.stats["links"],
+            "links": int(len(mentions2[["mention_key", "id_type", "value"]].drop_duplicates())),
             "new_personas": res2.stats["new_personas"],
             "merges": res2.stats["merges"],
             "splits": res2.stats["splits"],
@@ -589,18 +644,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="cProfile each first resolve (slower); .prof files and top functions in bench/out/")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--rev", help="benchmark features/identity.py as of this git revision (default: the work tree)")
+    ap.add_argument("--strings", choices=["arrow", "object"], default="arrow",
+                    help="dtype of the mentions' text columns: arrow (what integrate passes, default) or object")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.child:
-        print(json.dumps(run_size(args.child, args.seed, args.profile)))
+        print(json.dumps(run_size(args.child, args.seed, args.profile, args.rev, args.strings)))
         return 0
 
     sizes = [20_000, 50_000] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     info = machine()
-    header = (f"OneID resolve benchmark  {info['date']}  commit {info['git_commit']}"
-              f"{' (features/identity.py modified)' if info['identity_py_modified'] else ''}\n"
+    modified = " (modified vs HEAD)" if info["identity_py_modified"] else ""
+    under_test = (f"features/identity.py at {args.rev}" if args.rev
+                  else f"features/identity.py of the work tree{modified}")
+    header = (f"OneID resolve benchmark  {info['date']}  commit {info['git_commit']}  {under_test}  "
+              f"(mention text as {args.strings} strings)\n"
               f"machine: {info['nproc']} cores, {info['cpu']}, {info['ram_gib']} GiB RAM | Python {info['python']}, "
               f"numpy {info['numpy']}, pandas {info['pandas']}, scipy {info['scipy']}")
     print(header, flush=True)
@@ -608,6 +669,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for n in sizes:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--seed", str(args.seed)]
+        cmd += ["--strings", args.strings]
+        if args.rev:
+            cmd += ["--rev", args.rev]
         if args.profile:
             cmd.append("--profile")
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
@@ -621,17 +685,27 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for r in results:
         rr, pw = r["rerun"], r["pairwise"]
-        busy = r["resolve_cpu_contention"]
+        stall = r["resolve_cpu_contention"]
         print(f"N={r['customers']:,}: {r['links_per_customer']:.2f} links/customer; {r['personas']:,} personas "
               f"(scipy: {r['components_scipy']:,} components of linkable identifiers); shared {r['shared_values']}; "
               f"blocked {r['blocked_values']}; oversized {r['oversized_components']}\n"
-              f"    floor = CSR build + CC (CC alone {r['floor_cc_only_s']:.3f}s); pd.factorize of the (type, value) "
-              f"keys alone {r['factorize_s']:.2f}s; load {r['resolve_load1']:.1f} at start, other tasks waited for "
-              f"a CPU {'?' if busy is None else f'{busy:.0%}'} of the resolve\n"
+              f"    floor = CSR build + CC (CC alone {r['floor_cc_only_s']:.3f}s); hashing the value strings once "
+              f"(Arrow dictionary_encode) {r['dictionary_encode_s']:.2f}s; load {r['resolve_load1']:.1f} at start, "
+              f"other tasks waited for "
+              f"a CPU {'?' if stall is None else f'{stall:.0%}'} of the resolve\n"
               f"    pairwise P={pw['precision']:.4f} R={pw['recall']:.4f} over {pw['units']:,} units; re-run "
               f"+{rr['customers'] - r['customers']:,} customers: {rr['new_personas']:,} new personas, "
               f"{rr['merges']} merges, {rr['splits']} splits, {rr['previous_ids_kept']:.4%} of previous "
               f"identifiers kept their id")
+    for r in results:
+        for label, phases in (("resolve", r.get("resolve_phases_s")), ("re-run", r.get("rerun_phases_s"))):
+            if isinstance(phases, dict) and phases:
+                print(f"N={r['customers']:,} {label} phases (resolve's own clock): "
+                      + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items() if isinstance(v, (int, float))))
+    shas = {r["identity_module"]["sha256"] for r in results}
+    if len(shas) > 1:
+        print(f"WARNING: features/identity.py changed during the run ({len(shas)} versions: "
+              f"{', '.join(sorted(shas))}): the sizes did not all measure the same code")
     if any(busy(r, info) for r in results):
         print("WARNING: other processes competed for the CPUs during some runs (wall > cpu): the wall times "
               "overstate resolve's cost; compare the (cpu s) column or re-run on an idle machine")
@@ -641,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
             print(r["profile_text"])
 
     payload = {"machine": info, "budget": {"customers": BUDGET_SIZE, "seconds": BUDGET_S},
-               "args": {"sizes": sizes, "seed": args.seed, "profile": args.profile},
+               "args": {"sizes": sizes, "seed": args.seed, "profile": args.profile, "rev": args.rev,
+                        "strings": args.strings},
                "results": [{k: v for k, v in r.items() if k != "profile_text"} for r in results]}
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")

@@ -73,6 +73,14 @@ def _components(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
+def _arrow_strings(values: pd.Series) -> pa.StringArray:
+    """One contiguous Arrow string array (DuckDB and Parquet hand over chunked, sometimes large_string, columns)."""
+    arr = pa.array(values.astype(_ARROW_STR).array)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr.cast(pa.string())
+
+
 class _Clock:
     """Seconds per phase, reported with the resolution's stats."""
 
@@ -91,7 +99,7 @@ def _code_nodes(type_rank: np.ndarray, values: pd.Series, n_types: int) -> tuple
 
     Factorised per type on Arrow strings, and only the distinct values are sorted.
     """
-    arr = pa.array(values.astype(_ARROW_STR).array)
+    arr = _arrow_strings(values)
     node = np.empty(len(values), dtype=np.int64)
     node_type, node_values, offset = [], [], 0
     for t in range(n_types):
@@ -166,9 +174,9 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
         acc = pd.DataFrame({"mention": mention[is_acc], "acc": node[is_acc], "acc_type": type_rank[is_acc]})
         is_lim = np.isin(type_rank, list(limited))
         lim = pd.DataFrame({"mention": mention[is_lim], "node": node[is_lim], "type": type_rank[is_lim]})
-        pairs = lim.merge(acc, on="mention")
-        pairs = pairs[pairs["node"] != pairs["acc"]]
-        per_type = pairs.drop_duplicates(["node", "acc"]).groupby(["node", "acc_type"]).size()
+        seen_with = lim.merge(acc, on="mention")
+        seen_with = seen_with[seen_with["node"] != seen_with["acc"]]
+        per_type = seen_with.drop_duplicates(["node", "acc"]).groupby(["node", "acc_type"]).size()
         most = per_type.groupby(level="node").max()
         limit = pd.Series(node_type[most.index.to_numpy()]).map(limited).to_numpy()
         shared = most.index.to_numpy()[most.to_numpy() > limit]
@@ -272,8 +280,8 @@ def _previous_seq(nodes: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndar
     prev_types = prev["id_type"].to_numpy(dtype=object)
     node_types = nodes["id_type"].to_numpy(dtype=object)
     prev_seq = parse_persona_ids(prev["persona_id"])
-    current = pa.array(nodes["value"].astype(_ARROW_STR).array).cast(pa.string())
-    before = pa.array(prev["value"].astype(_ARROW_STR).array).cast(pa.string())
+    current = _arrow_strings(nodes["value"])
+    before = _arrow_strings(prev["value"])
     for t in pd.unique(node_types):
         here = np.flatnonzero(node_types == t)
         there = np.flatnonzero(prev_types == t)

@@ -124,6 +124,99 @@ def render_integrate(r: dict) -> None:
     console.print(f"run {r['run_id']} in {r['seconds']['total']:.1f} s")
 
 
+def _as_of(value: str | None):
+    import pandas as pd
+
+    if value is None:
+        return None
+    try:
+        return pd.Timestamp(value, tz="UTC")
+    except ValueError:
+        raise typer.BadParameter(f"--as-of {value!r}: expected a date such as 2026-06-30") from None
+
+
+@app.command()
+def features(
+    workspace: WorkspaceOpt = Path("."),
+    as_of: Annotated[str | None, typer.Option("--as-of", help="score as of this date (default: end of data)")] = None,
+    full: Annotated[bool, typer.Option(help="recompute every snapshot, not only new dates")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compute point-in-time feature snapshots, apply the Feast repository and materialise the online store."""
+    from features.build import build_features
+
+    when = _as_of(as_of)
+    with _errors(), _progress(not as_json) as progress:
+        report = build_features(Workspace.open(workspace), as_of=when, full=full, progress=progress)
+    _emit(report, as_json, _render_features)
+
+
+def _render_features(r: dict) -> None:
+    console.print(f"snapshots: {len(r['dates'])} dates from {r['dates'][0][:10]} to {r['dates'][-1][:10]} "
+                  f"({len(r['computed'])} computed now); data {r['data_start'][:10]}..{r['data_end'][:10]}")
+    for group, rows in r["rows"].items():
+        console.print(f"  {group:<12} {rows:>10,} rows")
+    console.print(f"feature services: {', '.join(r['services'])}; store: {r['store']}; "
+                  f"materialised in {r['seconds']['materialize']} s; total {r['seconds']['total']} s")
+
+
+@app.command()
+def train(
+    workspace: WorkspaceOpt = Path("."),
+    promote: Annotated[bool, typer.Option(help="move `champion` to each challenger that beats it")] = False,
+    tag: Annotated[list[str] | None, typer.Option(help="train only these tags (churn_risk, high_value, interest)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train every model tag, compare with baselines on the held-out period, log and register in MLflow."""
+    from training.train import EligibilityError, train as run
+
+    with _errors(), _progress(not as_json) as progress:
+        try:
+            result = run(Workspace.open(workspace), promote=promote, tags=tag, progress=progress)
+        except EligibilityError as exc:
+            raise FileNotFoundError(str(exc)) from None
+    _emit(result, as_json, render_train)
+    if not result["models"]:
+        raise typer.Exit(2)
+
+
+def render_train(r: dict) -> None:
+    table = Table(title=f"model tags vs baselines on the held-out period (data to {r['data_end'][:10]})")
+    for col in ("tag", "metric", "model", "best baseline", "grade", "version", "beats all"):
+        table.add_column(col)
+    for m in r["models"]:
+        best = max(m["baselines"].items(), key=lambda kv: kv[1]) if m["baselines"] else ("-", float("nan"))
+        table.add_row(m["tag"], m["metric"], f"{m['value']:.4f}", f"{best[0]} {best[1]:.4f}", m["grade"],
+                      str(m["version"]), "yes" if m["beats_baselines"] else "[red]no[/]")
+    console.print(table)
+    for tag, why in r["skipped"].items():
+        console.print(f"[yellow]skipped {tag}:[/] {why}")
+    for tag, p in r.get("promotions", {}).items():
+        console.print(f"{tag}: {'promoted' if p['promoted'] else 'not promoted'} ({p['reason']})")
+    console.print(f"trained in {r['seconds']} s")
+
+
+@app.command()
+def models(workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """List registered model versions with their aliases and held-out metrics."""
+    from training.tracking import connect, list_models
+
+    with _errors():
+        ws = Workspace.open(workspace)
+        rows = list_models(connect(ws, ws.config()))
+    _emit({"models": rows}, as_json, _render_models)
+
+
+def _render_models(r: dict) -> None:
+    table = Table(title="registered models")
+    for col in ("model", "version", "aliases", "metric", "value", "held out", "grade"):
+        table.add_column(col)
+    for m in r["models"]:
+        table.add_row(m["model"], str(m["version"]), ",".join(m["aliases"]), str(m["metric"]),
+                      "" if m["value"] is None else f"{m['value']:.4f}", str(m["held_out"]), str(m["grade"]))
+    console.print(table)
+
+
 @app.command()
 def init(
     workspace: WorkspaceOpt = Path("."),

@@ -1,0 +1,292 @@
+"""The Feast feature store: render its configuration, apply the repository, materialise, read and push features.
+
+One contract for training and serving: a model of tag T reads the FeatureService `T_v1` both through
+`historical_features` (point-in-time correct, for training) and `online_features` (latest values, for serving).
+The definitions live in `feature_repo/definitions.py`; the infrastructure only in the rendered feature_store.yaml,
+whose commented templates are `feature_repo/feature_store.<profile>.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import weakref
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import feast
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import yaml
+
+from feature_repo import definitions as defs
+from persona.config import PersonaConfig
+from persona.workspace import Workspace, write_text_atomic
+
+FEATURE_SERVICES: dict[str, tuple[str, ...]] = {
+    "churn_risk": ("attributes", "transactions", "engagement", "realtime"),
+    "high_value": ("attributes", "transactions", "engagement"),
+    "interest": ("attributes", "transactions", "engagement", "affinity", "realtime"),
+}
+TEMPLATES = Path(__file__).resolve().parents[1] / "feature_repo"
+REDIS_VAR = "PERSONA_REDIS"
+REGISTRY_VAR = "PERSONA_REGISTRY_URL"
+STORE_DIR = "feature_store"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def store_dir(ws: Workspace) -> Path:
+    """Where the rendered feature_store.yaml and the embedded profile's databases live."""
+    return ws.root / STORE_DIR
+
+
+def offline_dir(ws: Workspace) -> Path:
+    """Where the snapshot writer puts `<group>.parquet`, the offline store read in place."""
+    return ws.root / "features" / "offline"
+
+
+# --- configuration ------------------------------------------------------------------------------------------
+def _from_env_or_config(var: str, configured: str, key: str) -> str:
+    # A value from the environment is written as a ${VAR} reference, which Feast expands when it loads the file
+    # (os.path.expandvars), so a password in it never lands in the workspace. A literal from persona.yaml is
+    # written as is, and so must not hold a `$`: Feast would try to expand it.
+    if os.environ.get(var):
+        return "${" + var + "}"
+    if "$" in configured:
+        raise ValueError(f"persona.yaml store.{key}: a '$' in the value would be expanded by Feast; "
+                         f"set ${var} to the value instead")
+    return configured
+
+
+def render_store_yaml(ws: Workspace, cfg: PersonaConfig) -> str:
+    """The text of feature_store.yaml: the profile's commented template with its __TOKENS__ filled in."""
+    store = cfg.store
+    folder = store_dir(ws)
+    if store.profile == "embedded":
+        # The production settings are not used (nor checked) here: a `$` in them must not stop the embedded store.
+        values = {"__REGISTRY__": f"sqlite:///{folder / 'registry.db'}", "__ONLINE_PATH__": str(folder / "online.db")}
+    else:
+        values = {
+            "__REGISTRY__": _from_env_or_config(REGISTRY_VAR, store.registry_url, "registry_url"),
+            "__REDIS__": _from_env_or_config(REDIS_VAR, store.redis, "redis"),
+            "__KEY_TTL_SECONDS__": store.key_ttl_seconds,
+        }
+    values["__PROJECT__"] = store.project
+    text = (TEMPLATES / f"feature_store.{store.profile}.yaml").read_text(encoding="utf-8")
+    for token, value in values.items():
+        # JSON scalars are YAML scalars: strings come out quoted (paths with ': ' or '#' stay intact), None as null.
+        text = text.replace(token, json.dumps(value))
+    return text
+
+
+def store_config(ws: Workspace, cfg: PersonaConfig) -> dict:
+    """The feature_store.yaml content for the workspace's store profile (values from the environment as ${VAR})."""
+    return yaml.safe_load(render_store_yaml(ws, cfg))
+
+
+def open_store(ws: Workspace, cfg: PersonaConfig) -> feast.FeatureStore:
+    """Render `<ws>/feature_store/feature_store.yaml` atomically and open the store it describes.
+
+    Opening connects to nothing: the registry and online store connect on first use.
+    """
+    folder = store_dir(ws)
+    target = folder / "feature_store.yaml"
+    text = render_store_yaml(ws, cfg)
+    if not target.is_file() or target.read_text(encoding="utf-8") != text:
+        write_text_atomic(target, text)
+    return feast.FeatureStore(repo_path=str(folder))
+
+
+# --- repository ---------------------------------------------------------------------------------------------
+def snapshot_files(ws: Workspace) -> dict[str, Path]:
+    """The snapshot groups that have a file, in the order of definitions.GROUPS."""
+    folder = offline_dir(ws)
+    return {g: folder / f"{g}.parquet" for g in defs.GROUPS if (folder / f"{g}.parquet").is_file()}
+
+
+def apply(store: feast.FeatureStore, ws: Workspace, cfg: PersonaConfig, *,
+          ttl: timedelta = defs.DEFAULT_TTL) -> list[str]:
+    """Register the entity, one view per snapshot file (typed from its Parquet schema) and the services.
+
+    Views and services no longer backed by a file are removed. Returns the service names.
+    """
+    files = snapshot_files(ws)
+    if not files:
+        raise FileNotFoundError(f"{offline_dir(ws)}: no feature snapshots (expected <group>.parquet for groups "
+                                f"{list(defs.GROUPS)}; run `persona features`)")
+    snapshots = {g: (path, pq.read_schema(path)) for g, path in files.items()}
+    entity, views, services = defs.repository(snapshots, FEATURE_SERVICES, ttl=ttl)
+    registered = {v.name: v for v in store.list_feature_views()}
+    # Feast keeps a view's materialisation intervals across a schema change, so a new column (a new category)
+    # would never be loaded for dates already materialised, and Redis ignores rewrites of a persona at the same
+    # snapshot time. A view whose features changed is therefore dropped (with its online values) and re-created:
+    # the next materialize() loads it in full.
+    reshaped = [old for name, old in registered.items() if name in views and _signature(old) != _signature(views[name])]
+    if reshaped:
+        store.apply([], objects_to_delete=reshaped, partial=False)
+    stale = [v for name, v in registered.items() if name not in views]
+    stale += [s for s in store.list_feature_services() if s.name not in services]
+    store.apply([entity, *views.values(), *services.values()], objects_to_delete=stale, partial=False)
+    store.refresh_registry()  # a thread-mode registry cache would otherwise serve the old objects for a while
+    _SERVICES.pop(store, None)
+    return sorted(services)
+
+
+def _signature(view: feast.FeatureView) -> list[tuple[str, str]]:
+    return sorted((f.name, str(f.dtype)) for f in view.features)
+
+
+# --- offline → online ---------------------------------------------------------------------------------------
+def _utc(value: datetime | pd.Timestamp) -> datetime:
+    ts = pd.Timestamp(value)
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+
+
+def _rows_between(view: feast.FeatureView, start: datetime, end: datetime) -> int:
+    """Personas with a snapshot row in [start, end] (Feast's materialisation window is inclusive at both ends)."""
+    path = view.batch_source.path
+    ts = pads.field(defs.TIMESTAMP)
+    table = pads.dataset(path, format="parquet").to_table(
+        columns=[defs.JOIN_KEY], filter=(ts >= pd.Timestamp(start)) & (ts <= pd.Timestamp(end)))
+    return int(pc.count_distinct(table[defs.JOIN_KEY]).as_py())
+
+
+def materialize(store: feast.FeatureStore, end: datetime) -> dict:
+    """Load the latest snapshot values up to `end` into the online store.
+
+    A view never materialised gets everything up to `end`; afterwards only what is newer than the last end
+    (materialize_incremental). Returns per view the mode, window and personas written, and the seconds taken.
+    """
+    t0 = time.perf_counter()
+    end = _utc(end)
+    report: dict = {"end": end.isoformat(), "views": {}}
+    full, incremental = [], []
+    for view in store.list_feature_views():
+        last = max((e for _, e in view.materialization_intervals), default=None)
+        if last is None:
+            full.append(view)
+            start, mode = EPOCH, "full"
+        elif _utc(last) >= end:
+            report["views"][view.name] = {"mode": "up_to_date", "start": _utc(last).isoformat(), "rows": 0}
+            continue
+        else:
+            incremental.append(view)
+            start, mode = _utc(last), "incremental"
+        report["views"][view.name] = {"mode": mode, "start": start.isoformat(), "rows": _rows_between(view, start, end)}
+    if full:
+        store.materialize(start_date=EPOCH, end_date=end, feature_views=[v.name for v in full])
+    if incremental:
+        store.materialize_incremental(end_date=end, feature_views=[v.name for v in incremental])
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    return report
+
+
+# --- reading ------------------------------------------------------------------------------------------------
+# Feast rebuilds a FeatureService from its protobuf on every registry lookup, even from its cache: about 10 ms,
+# ten times the online read of one persona. Services are kept per store for the registry's own cache TTL (the
+# staleness Feast already accepts), and dropped when this process applies.
+_SERVICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _service(store: feast.FeatureStore, service: str) -> feast.FeatureService:
+    cached = _SERVICES.setdefault(store, {})
+    hit = cached.get(service)
+    ttl = store.config.registry.cache_ttl_seconds
+    if hit is not None and (ttl == 0 or time.monotonic() - hit[0] < ttl):
+        return hit[1]
+    try:
+        found = store.get_feature_service(service, allow_cache=True)
+    except feast.errors.FeatureServiceNotFoundException:
+        known = sorted(s.name for s in store.list_feature_services())
+        raise KeyError(f"no feature service {service!r} in Feast project {store.project!r} "
+                       f"(registered: {known}; run `persona features` to apply the repository)") from None
+    cached[service] = (time.monotonic(), found)
+    return found
+
+
+def service_features(service: feast.FeatureService) -> list[str]:
+    """The feature columns a service returns, in its views' order."""
+    return [f.name for p in service.feature_view_projections for f in p.features]
+
+
+def historical_features(store: feast.FeatureStore, service: str, entity_df: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time features of a service for (persona_id, event_timestamp) rows, in the rows' order.
+
+    Each row gets, per view, the latest snapshot dated at or before its timestamp (within the view's TTL), never
+    a later one. Other columns of `entity_df` are passed through.
+    """
+    missing = [c for c in (defs.JOIN_KEY, defs.TIMESTAMP) if c not in entity_df.columns]
+    if missing:
+        raise ValueError(f"entity_df lacks columns {missing} (expected {defs.JOIN_KEY}, {defs.TIMESTAMP})")
+    chosen = _service(store, service)
+    features = service_features(chosen)
+    clash = [c for c in entity_df.columns if c in features]
+    if clash:
+        raise ValueError(f"entity_df columns {clash} have the names of features of {service!r}; "
+                         "drop or rename them (the features are read from the store)")
+    order = "__persona_row"
+    frame = entity_df.reset_index(drop=True)
+    frame = frame.assign(**{defs.JOIN_KEY: frame[defs.JOIN_KEY].astype(str),
+                            defs.TIMESTAMP: pd.to_datetime(frame[defs.TIMESTAMP], utc=True)})
+    if frame.empty:
+        return frame.assign(**{f: pd.Series(dtype="float64") for f in features})
+    # Only the keys go to Feast: the other columns (labels, anything of any type) never reach the offline store's
+    # SQL, where a column named like a feature or of a type it cannot load breaks the point-in-time join.
+    keys = frame[[defs.JOIN_KEY, defs.TIMESTAMP]].assign(**{order: range(len(frame))})
+    found = store.get_historical_features(entity_df=keys, features=chosen).to_df()
+    # Join the features back onto the rows by position: Feast returns rows in its own order, and the file offline
+    # store drops a row that predates every snapshot of a persona instead of giving it nulls.
+    found = found[[order, *features]].set_index(order).reindex(range(len(frame)))
+    return pd.concat([frame, found.reset_index(drop=True)], axis=1)
+
+
+def online_features(store: feast.FeatureStore, service: str, persona_ids: Sequence[str]) -> pd.DataFrame:
+    """The latest materialised (or pushed) features of a service for personas; unknown personas get nulls."""
+    found = _service(store, service)
+    columns = [defs.JOIN_KEY, *service_features(found)]
+    rows = [{defs.JOIN_KEY: str(p)} for p in persona_ids]
+    if not rows:  # Feast fails on an empty request (IndexError)
+        return pd.DataFrame({c: pd.Series(dtype="object" if c == defs.JOIN_KEY else "float64") for c in columns})
+    frame = store.get_online_features(features=found, entity_rows=rows).to_df()
+    return frame[columns]
+
+
+def push_realtime(store: feast.FeatureStore, frame: pd.DataFrame) -> None:
+    """Write rows of the realtime view (persona_id, event_timestamp, rt_*) to the online store at once.
+
+    Online only: Feast's offline write for a Parquet source rewrites the whole snapshot file in place (not
+    atomically, racing the snapshot writer that owns it), and the next snapshot recomputes these values from the
+    raw events anyway. Naive timestamps are taken as UTC.
+
+    Rows should carry the time of the events they summarise (now, typically): Redis keeps a persona's newest values
+    and silently ignores a row dated at or before what it holds (the materialised snapshot's date included), while
+    SQLite (embedded) overwrites whatever it holds.
+    """
+    try:
+        view = store.get_feature_view(defs.REALTIME, allow_registry_cache=True)
+    except feast.errors.FeatureViewNotFoundException:
+        raise KeyError(f"no {defs.REALTIME!r} feature view in Feast project {store.project!r}: push_realtime needs "
+                       f"the realtime snapshot ({defs.REALTIME}.parquet) applied first (run `persona features`)"
+                       ) from None
+    features = {f.name: defs.NUMPY_DTYPES[f.dtype] for f in view.features}
+    expected = [defs.JOIN_KEY, defs.TIMESTAMP, *features]
+    missing = [c for c in expected if c not in frame.columns]
+    unknown = [c for c in frame.columns if c not in expected and c != defs.CREATED]
+    if missing or unknown:
+        raise ValueError(f"push_realtime: frame columns do not match the realtime view: missing {missing}, "
+                         f"unknown {unknown} (expected {expected})")
+    frame = frame.reset_index(drop=True)  # Feast rejects a frame whose index would become a column
+    when = pd.to_datetime(frame[defs.TIMESTAMP], utc=True)
+    created = pd.to_datetime(frame[defs.CREATED], utc=True) if defs.CREATED in frame.columns else when
+    out = pd.DataFrame({defs.JOIN_KEY: frame[defs.JOIN_KEY].astype(str), defs.TIMESTAMP: when,
+                        defs.CREATED: created})
+    for name, dtype in features.items():
+        try:
+            out[name] = frame[name].astype(dtype)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"push_realtime: column {name!r} cannot be read as {dtype} ({exc})") from None
+    store.push(defs.PUSH_SOURCE, out, to=feast.data_source.PushMode.ONLINE)

@@ -1,0 +1,432 @@
+"""Transaction features (`tx_`): recency, frequency and spend in windows, purchase rhythm, BTYD inputs.
+
+Point in time: a feature for date `as_of` only sees transactions with `ts < as_of`.
+
+How all dates are computed at once (the helpers below are shared by every feature group):
+- days are counted on a grid aligned with the dates (midnight UTC for the usual grid), so "day < as_of's day" is
+  exactly "ts < as_of" and a window of n days is exactly [as_of - n days, as_of);
+- the day axis is cut at every window edge of every date (as_of, as_of - 7 d, as_of - 30 d, ...): the *periods*;
+- ONE DuckDB query sums the records per (persona, period) with plain aggregates;
+- numpy turns those sums into a (personas x periods) cumulative matrix per measure, and a windowed value for a
+  date is the difference of two of its columns; "last/first" values use a running max/min instead.
+The cost is linear in the records (one scan, one aggregation) plus personas x periods per measure, instead of
+records x dates for a join of records with a table of dates; memory stays bounded at 1M customers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+DAY_US = 86_400_000_000
+# Epoch microseconds of `ts`, truncated (a cast to TIMESTAMPTZ would round 999 ns up into the next microsecond).
+T_US = "(epoch_ns(ts) // 1000)"
+WINDOWS = (7, 30, 90, 180, 365)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared by the feature groups
+# ----------------------------------------------------------------------------------------------------------------
+
+def as_of_index(as_of_dates: Sequence[pd.Timestamp]) -> pd.DatetimeIndex:
+    """The as_of dates as a sorted, de-duplicated UTC index; naive dates are refused (their zone is a guess)."""
+    idx = pd.DatetimeIndex([pd.Timestamp(d) for d in as_of_dates])
+    if len(idx) and idx.tz is None:
+        raise ValueError("as_of_dates must be timezone-aware (e.g. pd.Timestamp('2026-01-01', tz='UTC')); "
+                         f"found naive {idx[0]}")
+    if not len(idx):
+        return pd.DatetimeIndex([], tz="UTC").as_unit("ns")
+    return idx.tz_convert("UTC").as_unit("ns").unique().sort_values()
+
+
+def columns_of(con: duckdb.DuckDBPyConnection, source: str) -> set[str]:
+    """Column names of a relation or `read_parquet(...)` expression."""
+    return {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+
+
+def require(cols: set[str], needed: Sequence[str], source: str) -> None:
+    missing = [c for c in needed if c not in cols]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {missing}; found {sorted(cols)}")
+
+
+def return_expr(cols: set[str]) -> str:
+    """A return is `is_return OR status = 'returned'`, with whichever of the two columns exists."""
+    parts = []
+    if "is_return" in cols:
+        parts.append("coalesce(is_return, false)")
+    if "status" in cols:
+        parts.append("coalesce(status, '') = 'returned'")
+    return " OR ".join(parts) if parts else "false"
+
+
+def sanitise(name: str) -> str:
+    """A category as it appears in a column name: lower case, [a-z0-9_]."""
+    return re.sub(r"[^a-z0-9]+", "_", str(name).strip().lower()).strip("_")
+
+
+def category_index(con: duckdb.DuckDBPyConnection, sources: Sequence[tuple[str, str]]) -> tuple[list[str], str]:
+    """Sanitised categories seen in `(source, column)` pairs (sorted) and a SQL template mapping a raw value to its
+    0-based index (-1 for none): `expr.format(col=...)`. The set describes the data's schema, not its values over
+    time, so all rows are read: the columns stay the same for every date."""
+    raw: set[str] = set()
+    for source, col in sources:
+        raw |= {r[0] for r in con.execute(f"SELECT DISTINCT {col} FROM {source} WHERE {col} IS NOT NULL").fetchall()}
+    raw_sorted = sorted(raw)
+    names = sorted({sanitise(r) for r in raw_sorted} - {""})
+    if not names:
+        return [], "-1"
+    pos = {n: i for i, n in enumerate(names)}
+    lits = ", ".join("'" + r.replace("'", "''") + "'" for r in raw_sorted)
+    idx = ", ".join("-1" if sanitise(r) == "" else str(pos[sanitise(r)]) for r in raw_sorted)
+    return names, f"([{idx}, -1]::INTEGER[])[coalesce(list_position([{lits}], {{col}}), {len(raw_sorted) + 1})]"
+
+
+@dataclass(frozen=True)
+class Periods:
+    """The day axis cut at every window edge of every date (one time-of-day group of dates).
+
+    Period j holds the days d with edges[j-1] <= d < edges[j] (period 0: everything before edges[0]), so the records
+    before the edge edges[i] are exactly periods 0..i: column i of a cumulative matrix.
+    """
+
+    dates: pd.DatetimeIndex
+    offset_us: int
+    edges: np.ndarray  # grid days, ascending
+
+    @classmethod
+    def of(cls, dates: pd.DatetimeIndex, offset_us: int, windows: Sequence[int]) -> Periods:
+        days = (dates.asi8 // 1000 - offset_us) // DAY_US
+        edges = np.unique(np.concatenate([days] + [days - w for w in windows])) if len(days) else days
+        return cls(dates, offset_us, edges.astype(np.int64))
+
+    @property
+    def n(self) -> int:
+        return len(self.edges)
+
+    @property
+    def days(self) -> np.ndarray:
+        """Each date's grid day."""
+        return (self.dates.asi8 // 1000 - self.offset_us) // DAY_US
+
+    @property
+    def as_of_us(self) -> np.ndarray:
+        return self.dates.asi8 // 1000
+
+    def at(self, k: int, back_days: int = 0) -> int:
+        """The column holding everything before date k minus `back_days` days."""
+        return int(np.searchsorted(self.edges, self.days[k] - back_days))
+
+    def day_sql(self) -> str:
+        """The grid day of a record (floor, so times before 1970 are right too)."""
+        return f"floor(({T_US} - {self.offset_us}) / {DAY_US}.0)::BIGINT"
+
+    def period_sql(self, day: str) -> str:
+        """The period of a grid day, by table lookup (records at or after the last date must be filtered)."""
+        e = self.edges
+        if not len(e):
+            return "0"
+        lut = np.searchsorted(e, np.arange(e[0], e[-1]), side="right").tolist()
+        return (f"CASE WHEN {day} < {e[0]} THEN 0 ELSE ({lut or [0]}::INTEGER[])[{day} - {e[0]} + 1] END")
+
+    def keep_sql(self) -> str:
+        """Rows worth reading: persona and time known, before the last date."""
+        if not len(self.dates):
+            return "false"
+        return f"persona_id IS NOT NULL AND ts IS NOT NULL AND epoch_ns(ts) < {int(self.dates[-1].value)}"
+
+
+@dataclass
+class PeriodTable:
+    """A (persona, period) aggregate fetched from DuckDB: persona codes 0..P-1 in persona_id order."""
+
+    pids: pa.Array  # sorted persona ids; code c is pids[c]
+    code: np.ndarray
+    j: np.ndarray
+    table: pa.Table  # the measures
+    periods: Periods
+
+    @classmethod
+    def fetch(cls, con: duckdb.DuckDBPyConnection, sql: str, periods: Periods,
+              pids: pa.Array | None = None) -> PeriodTable:
+        """Run `sql` (columns persona_id, j, measures...); with `pids`, code into that persona list instead."""
+        table = con.sql(sql).to_arrow_table()
+        pid = table.column("persona_id")
+        if pids is None:
+            enc = pc.dictionary_encode(pid).combine_chunks() if len(pid) else pa.array([], pa.string()
+                                                                                       ).dictionary_encode()
+            order = pc.sort_indices(enc.dictionary).to_numpy()
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order))
+            code = rank[enc.indices.to_numpy(zero_copy_only=False)] if len(order) else np.zeros(0, np.int64)
+            pids = enc.dictionary.take(pa.array(order)).cast(pa.string())
+        else:
+            code = pc.index_in(pid, value_set=pids).to_numpy(zero_copy_only=False).astype(np.int64)
+        # one contiguous chunk per column: DuckDB returns many small ones, slow to convert column by column
+        table = table.drop_columns(["persona_id"]).combine_chunks()
+        # DuckDB sums integers into HUGEINT, which arrives as decimal128: numpy would make Python objects of it
+        for i, field in enumerate(table.schema):
+            if pa.types.is_decimal(field.type):
+                table = table.set_column(i, field.name, table.column(i).cast(pa.float64()))
+        j = table.column("j").to_numpy().astype(np.int64)
+        return cls(pids, code, j, table.drop_columns(["j"]), periods)
+
+    @property
+    def n_personas(self) -> int:
+        return len(self.pids)
+
+    def col(self, name: str) -> np.ndarray:
+        """A measure as numpy (NaN for null numbers)."""
+        return self.table.column(name).chunk(0).to_numpy(zero_copy_only=False) if self.table.num_rows else \
+            np.zeros(0)
+
+    def cumsum(self, weights: np.ndarray | str | None = None, where: np.ndarray | None = None) -> np.ndarray:
+        """(personas x periods) running sums of a measure (a column name or values per row; null counts as 0)."""
+        w = self.col(weights) if isinstance(weights, str) else weights
+        code, j = self.code, self.j
+        if where is not None:
+            code, j, w = code[where], j[where], (w[where] if w is not None else None)
+        if w is not None:
+            w = np.nan_to_num(np.asarray(w, dtype=np.float64))
+        flat = np.bincount(code * self.periods.n + j, weights=w, minlength=self.n_personas * self.periods.n)
+        out = flat.reshape(self.n_personas, self.periods.n).astype(np.float64, copy=False)
+        return np.cumsum(out, axis=1, out=out)
+
+    def running(self, values: np.ndarray | str, how: str) -> np.ndarray:
+        """(personas x periods) running max (`how="max"`) or min of a per-(persona, period) value; NaN before the
+        first non-null. Each (persona, period) appears once in the table."""
+        v = np.asarray(self.col(values) if isinstance(values, str) else values, dtype=np.float64)
+        fill = -np.inf if how == "max" else np.inf
+        out = np.full((self.n_personas, self.periods.n), fill)
+        ok = ~np.isnan(v)
+        out[self.code[ok], self.j[ok]] = v[ok]
+        (np.maximum if how == "max" else np.minimum).accumulate(out, axis=1, out=out)
+        out[np.isinf(out)] = np.nan
+        return out
+
+
+class FeatureBlock:
+    """The output of a group for one time-of-day group of dates: for date k, the personas whose running record
+    count is positive before it, in persona_id order; features in one float32 block (no copy into pandas)."""
+
+    def __init__(self, periods: Periods, pids: pa.Array, records: np.ndarray, names: Sequence[str]) -> None:
+        self.periods, self.pids, self.names = periods, pids, list(names)
+        self.rows = [np.flatnonzero(records[:, periods.at(k)] > 0) for k in range(len(periods.dates))]
+        self.start = np.concatenate([[0], np.cumsum([len(r) for r in self.rows])]).astype(np.int64)
+        self.block = np.full((len(self.names), int(self.start[-1])), np.nan, dtype=np.float32)
+        self.extra: dict[str, np.ndarray] = {}
+
+    def put(self, name: str, per_date: Callable[[int], np.ndarray]) -> None:
+        """Set feature `name` from a function of the date index returning a value per persona."""
+        f = self.names.index(name)
+        for k, rows in enumerate(self.rows):
+            self.block[f, self.start[k]:self.start[k + 1]] = np.asarray(per_date(k))[rows]
+
+    def put_int64(self, name: str, per_date: Callable[[int], np.ndarray]) -> None:
+        """An int64 feature, kept out of the float32 block."""
+        self.extra[name] = np.concatenate([np.asarray(per_date(k))[rows].astype(np.int64)
+                                           for k, rows in enumerate(self.rows)] or [np.zeros(0, np.int64)])
+
+    def frame(self, order: Sequence[str] | None = None) -> pd.DataFrame:
+        """persona_id, event_timestamp, then the features (in `order` when given)."""
+        take = np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64)
+        ts = np.repeat(self.periods.dates.asi8, [len(r) for r in self.rows])
+        keys = pd.DataFrame({
+            "persona_id": pd.array(self.pids.take(pa.array(take, pa.int64())), dtype=pd.StringDtype("pyarrow")),
+            "event_timestamp": pd.DatetimeIndex(ts, tz="UTC").as_unit("ns")})
+        parts = [keys, pd.DataFrame(self.block.T, columns=self.names, copy=False)]
+        if self.extra:
+            parts.append(pd.DataFrame(self.extra))
+        out = pd.concat(parts, axis=1, copy=False)
+        return out if order is None else out[["persona_id", "event_timestamp", *order]]
+
+
+def empty_frame(names: Sequence[str], int64: Sequence[str] = ()) -> pd.DataFrame:
+    """A group's frame without rows (no date, or nothing before any date)."""
+    cols = {"persona_id": pd.array([], dtype=pd.StringDtype("pyarrow")),
+            "event_timestamp": pd.DatetimeIndex([], tz="UTC").as_unit("ns")}
+    cols.update({n: np.zeros(0, np.int64 if n in int64 else np.float32) for n in names})
+    return pd.DataFrame(cols)
+
+
+def by_offset(fn: Callable[..., pd.DataFrame], as_of_dates: Sequence[pd.Timestamp], **kwargs) -> pd.DataFrame:
+    """Run `fn(dates, offset_us, **kwargs)` once per time-of-day group of the dates (one group for any grid of
+    midnights) and stack the results in (event_timestamp, persona_id) order."""
+    dates = as_of_index(as_of_dates)
+    offsets = (dates.asi8 // 1000) % DAY_US
+    groups = [(int(o), dates[offsets == o]) for o in np.unique(offsets)] or [(0, dates)]
+    frames = [fn(g, off, **kwargs) for off, g in groups]
+    if len(frames) == 1:
+        return frames[0]
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values(["event_timestamp", "persona_id"], kind="stable", ignore_index=True)
+
+
+def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den != 0, num / np.where(den != 0, den, 1), np.nan)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The transaction group
+# ----------------------------------------------------------------------------------------------------------------
+
+def transaction_features(con: duckdb.DuckDBPyConnection, source: str, *,
+                         as_of_dates: Sequence[pd.Timestamp]) -> pd.DataFrame:
+    """`tx_` features for every persona with any transaction (a return included) before each as_of date.
+
+    `source`: a relation with at least persona_id, ts, amount; channel, discount, category, status and is_return
+    are used when present (their features are absent otherwise). One row is one purchase. Returns are left out of
+    counts, spend, intervals and BTYD inputs, and counted in tx_return_rate_365d.
+
+    BTYD inputs count whole days on the as_of's grid (a "period" of the lifetimes convention is a day):
+    tx_btyd_frequency = purchase days - 1, tx_btyd_recency = last - first purchase day,
+    tx_btyd_T = as_of's day - first purchase day (so recency <= T - 1), tx_btyd_monetary = mean spend of the
+    repeat purchase days (0 without repeat). All are NaN for a persona whose only records are returns.
+    """
+    cols = columns_of(con, source)
+    require(cols, ["persona_id", "ts", "amount"], source)
+    categories, cat_map = (category_index(con, [(source, "category")]) if "category" in cols else ([], "-1"))
+    return by_offset(_transactions, as_of_dates, con=con, source=source, cols=cols, categories=categories,
+                     cat_map=cat_map)
+
+
+def transaction_feature_names(cols: set[str], has_categories: bool) -> list[str]:
+    names = ["tx_recency_days", "tx_tenure_days"]
+    for w in WINDOWS:
+        names += [f"tx_count_{w}d", f"tx_spend_{w}d"]
+    names += ["tx_count_all", "tx_spend_all", "tx_aov_365d", "tx_spend_trend", "tx_count_trend", "tx_ipi_mean_days",
+              "tx_ipi_std_days", "tx_recency_over_ipi", "tx_return_rate_365d"]
+    names += ["tx_online_share_365d"] if "channel" in cols else []
+    names += ["tx_discount_share_365d", "tx_discount_rate_365d"] if "discount" in cols else []
+    names += ["tx_categories_365d"] if has_categories else []
+    return names + ["tx_btyd_frequency", "tx_btyd_recency", "tx_btyd_T", "tx_btyd_monetary"]
+
+
+def _transactions(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConnection, source: str, cols: set[str],
+                  categories: list[str], cat_map: str) -> pd.DataFrame:
+    names = transaction_feature_names(cols, bool(categories))
+    if not len(dates):
+        return empty_frame(names)
+    per = Periods.of(dates, off, WINDOWS)
+    online, disc = "channel" in cols, "discount" in cols
+    P = "(NOT is_ret)"
+    raw = [f"coalesce(channel = 'online', false) AS online"] if online else []
+    raw += ["discount"] if disc else []
+    daily = [f"sum({P}::INTEGER) AS n", f"sum(CASE WHEN {P} THEN amount END) AS spend",
+             "sum(is_ret::INTEGER) AS n_ret", f"min(CASE WHEN {P} THEN t END) AS first_t",
+             f"max(CASE WHEN {P} THEN t END) AS last_t", "sum(gap) AS gap_s", "sum(gap * gap) AS gap_s2",
+             "count(gap) AS gap_n"]
+    per_period = ["sum(n) AS n", "sum(spend) AS spend", "sum(n_ret) AS n_ret", "min(first_t) AS first_t",
+                  "max(last_t) AS last_t", "sum(gap_s) AS gap_s", "sum(gap_s2) AS gap_s2", "sum(gap_n) AS gap_n",
+                  "count(*) FILTER (WHERE n > 0) AS pdays", "min(day) FILTER (WHERE n > 0) AS first_day",
+                  "max(day) FILTER (WHERE n > 0) AS last_day",
+                  "arg_min(spend, day) FILTER (WHERE n > 0) AS first_day_spend"]
+    if online:
+        daily.append(f"sum(({P} AND online)::INTEGER) AS n_online")
+        per_period.append("sum(n_online) AS n_online")
+    if disc:
+        daily += [f"sum(({P} AND discount IS NOT NULL)::INTEGER) AS n_disc_known",
+                  f"sum(({P} AND discount > 0)::INTEGER) AS n_disc", f"sum(CASE WHEN {P} THEN discount END) AS disc",
+                  f"sum(CASE WHEN {P} AND discount IS NOT NULL THEN amount END) AS disc_base"]
+        per_period += ["sum(n_disc_known) AS n_disc_known", "sum(n_disc) AS n_disc", "sum(disc) AS disc",
+                       "sum(disc_base) AS disc_base"]
+    base = f"""
+        SELECT persona_id, {T_US} AS t, {per.day_sql()} AS day, amount, ({return_expr(cols)}) AS is_ret
+               {"".join(", " + r for r in raw)}{", " + cat_map.format(col="category") + " AS cat" if categories else ""}
+        FROM {source} WHERE {per.keep_sql()}"""
+    # Intervals between consecutive purchases (a lag over each persona's purchases), summed per day, then per period.
+    tab = PeriodTable.fetch(con, f"""
+        WITH r AS ({base}),
+        g AS (SELECT *, CASE WHEN NOT is_ret
+                            THEN (t - lag(t) OVER (PARTITION BY persona_id, is_ret ORDER BY t)) / {DAY_US}.0 END AS gap
+              FROM r),
+        daily AS (SELECT persona_id, day, {", ".join(daily)} FROM g GROUP BY persona_id, day)
+        SELECT persona_id, {per.period_sql("day")} AS j, {", ".join(per_period)}
+        FROM daily GROUP BY ALL""", per)
+    out = FeatureBlock(per, tab.pids, tab.cumsum(tab.col("n") + tab.col("n_ret")), names)
+    at = per.at
+
+    def window(c: np.ndarray, k: int, w: int | None) -> np.ndarray:
+        return c[:, at(k)] - (c[:, at(k, w)] if w else 0)
+
+    n, spend = tab.cumsum("n"), tab.cumsum("spend")
+    for w in WINDOWS:
+        out.put(f"tx_count_{w}d", lambda k, w=w: window(n, k, w))
+        out.put(f"tx_spend_{w}d", lambda k, w=w: window(spend, k, w))
+    out.put("tx_count_all", lambda k: n[:, at(k)])
+    out.put("tx_spend_all", lambda k: spend[:, at(k)])
+    out.put("tx_aov_365d", lambda k: ratio(window(spend, k, 365), window(n, k, 365)))
+    out.put("tx_spend_trend", lambda k: window(spend, k, 90) / (spend[:, at(k, 90)] - spend[:, at(k, 180)] + 1))
+    out.put("tx_count_trend", lambda k: window(n, k, 90) / (n[:, at(k, 90)] - n[:, at(k, 180)] + 1))
+    n_ret = tab.cumsum("n_ret")
+    out.put("tx_return_rate_365d", lambda k: ratio(window(n_ret, k, 365), window(n_ret, k, 365) + window(n, k, 365)))
+    del n_ret
+    if online:
+        c = tab.cumsum("n_online")
+        out.put("tx_online_share_365d", lambda k: ratio(window(c, k, 365), window(n, k, 365)))
+        del c
+    if disc:
+        known, nd = tab.cumsum("n_disc_known"), tab.cumsum("n_disc")
+        out.put("tx_discount_share_365d", lambda k: ratio(window(nd, k, 365), window(known, k, 365)))
+        del known, nd
+        d, b = tab.cumsum("disc"), tab.cumsum("disc_base")
+        out.put("tx_discount_rate_365d", lambda k: ratio(window(d, k, 365), window(b, k, 365) + window(d, k, 365)))
+        del d, b
+    last = tab.running("last_t", "max")
+    out.put("tx_recency_days", lambda k: (per.as_of_us[k] - last[:, at(k)]) / DAY_US)
+    del last
+    first = tab.running("first_t", "min")
+    out.put("tx_tenure_days", lambda k: (per.as_of_us[k] - first[:, at(k)]) / DAY_US)
+    del first
+    gs, gs2, gn = tab.cumsum("gap_s"), tab.cumsum("gap_s2"), tab.cumsum("gap_n")
+    out.put("tx_ipi_mean_days", lambda k: ratio(gs[:, at(k)], gn[:, at(k)]))
+
+    def ipi_std(k: int) -> np.ndarray:
+        s, s2, m = gs[:, at(k)], gs2[:, at(k)], gn[:, at(k)]
+        var = ratio(s2 - ratio(s * s, m), m - 1)
+        return np.where(m >= 2, np.sqrt(np.maximum(var, 0)), np.nan)
+
+    out.put("tx_ipi_std_days", ipi_std)
+    f = out.names.index
+    # recency / mean interval, from the two features already in the block
+    out.block[f("tx_recency_over_ipi")] = ratio(out.block[f("tx_recency_days")], out.block[f("tx_ipi_mean_days")])
+    out.block[f("tx_recency_over_ipi")][out.block[f("tx_ipi_mean_days")] == 0] = np.nan
+    del gs, gs2, gn
+    pdays = tab.cumsum("pdays")
+    first_day, last_day = tab.running("first_day", "min"), tab.running("last_day", "max")
+    # spend on the first purchase day: the first period with a purchase holds it
+    has = tab.col("pdays") > 0
+    fds = np.full(tab.n_personas, np.nan)
+    order = np.lexsort((tab.j[has], tab.code[has]))
+    codes_h, fds_h = tab.code[has][order], np.asarray(tab.col("first_day_spend"), dtype=np.float64)[has][order]
+    firsts = np.flatnonzero(np.r_[True, codes_h[1:] != codes_h[:-1]]) if len(codes_h) else np.zeros(0, np.int64)
+    fds[codes_h[firsts]] = fds_h[firsts]
+    out.put("tx_btyd_frequency", lambda k: np.where(pdays[:, at(k)] > 0, pdays[:, at(k)] - 1, np.nan))
+    out.put("tx_btyd_recency", lambda k: last_day[:, at(k)] - first_day[:, at(k)])
+    out.put("tx_btyd_T", lambda k: per.days[k] - first_day[:, at(k)])
+    out.put("tx_btyd_monetary", lambda k: np.where(
+        pdays[:, at(k)] > 1, ratio(spend[:, at(k)] - fds, pdays[:, at(k)] - 1),
+        np.where(pdays[:, at(k)] == 1, 0.0, np.nan)))
+    del pdays, first_day, last_day, n, spend
+    if categories:
+        cats = PeriodTable.fetch(con, f"""
+            SELECT persona_id, {per.period_sql("day")} AS j, cat, count(*) AS buys
+            FROM ({base}) WHERE NOT is_ret AND cat >= 0 GROUP BY ALL""", per, pids=tab.pids)
+        cat = cats.col("cat")
+        distinct = [np.zeros(tab.n_personas) for _ in range(len(dates))]
+        for i in range(len(categories)):
+            c = cats.cumsum("buys", where=cat == i)
+            for k in range(len(dates)):
+                distinct[k] += window(c, k, 365) > 0
+            del c
+        out.put("tx_categories_365d", lambda k: distinct[k])
+    return out.frame()

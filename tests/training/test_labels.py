@@ -1,0 +1,106 @@
+"""Labels look only at the window after a snapshot date; splits keep the held-out period untouched."""
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from training import labels as lab
+from training.metrics import calibration_table, classification_metrics, grade, regression_metrics
+from training.train import EligibilityError, plan_split
+
+D = pd.Timestamp("2026-01-01", tz="UTC")
+
+
+def tx(*rows):
+    frame = pd.DataFrame(rows, columns=["persona_id", "ts", "amount", "category", "is_return"])
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame
+
+
+@pytest.fixture
+def con():
+    c = duckdb.connect()
+    c.execute("SET TimeZone = 'UTC'")
+    return c
+
+
+def test_churn_label_window_edges(con):
+    con.register("t", tx(
+        ("a", "2025-12-01", 10, "food", False),   # bought before; buys again inside the window -> 0
+        ("a", "2026-03-31", 10, "food", False),   # day 89 after D: inside a 90-day window
+        ("b", "2025-12-01", 10, "food", False),   # bought before; next purchase on day 90 exactly -> churned
+        ("b", "2026-04-01", 10, "food", False),
+        ("c", "2026-01-05", 10, "food", False),   # first purchase after D: not eligible at D
+        ("d", "2025-11-01", 10, "food", False),   # returns do not count as purchases
+        ("d", "2026-01-10", 10, "food", True),
+    ))
+    got = lab.churn_labels(con, "t", dates=[D], horizon_days=90).set_index("persona_id")["label"]
+    assert got.to_dict() == {"a": 0, "b": 1, "d": 1}
+
+
+def test_a_future_purchase_never_changes_an_earlier_dates_label_beyond_its_window(con):
+    base = [("a", "2025-12-01", 10, "food", False)]
+    con.register("t1", tx(*base))
+    con.register("t2", tx(*base, ("a", "2026-06-01", 99999, "food", False)))
+    for table in ("t1", "t2"):
+        assert lab.churn_labels(con, table, dates=[D], horizon_days=90)["label"].tolist() == [1]
+        assert lab.value_labels(con, table, dates=[D], horizon_days=90)["label"].tolist() == [0.0]
+
+
+def test_value_label_sums_spend_in_window(con):
+    con.register("t", tx(("a", "2025-10-01", 5, "food", False), ("a", "2026-01-02", 20, "food", False),
+                         ("a", "2026-02-01", 30.5, "home", False), ("a", "2026-02-02", 7, "home", True)))
+    got = lab.value_labels(con, "t", dates=[D], horizon_days=60)
+    assert got["label"].tolist() == [50.5]
+
+
+def test_interest_labels_per_category_for_whole_population(con):
+    con.register("t", tx(("a", "2025-10-01", 5, "food", False), ("a", "2026-01-02", 20, "home", False),
+                         ("b", "2025-10-01", 5, "food", False)))
+    population = pd.DataFrame({"persona_id": ["a", "b"], "event_timestamp": [D, D]})
+    got = lab.interest_labels(con, "t", dates=[D], horizon_days=30, population=population).set_index("persona_id")
+    assert got.loc["a", "home"] == 1 and got.loc["b", "home"] == 0
+    assert "food" not in got.columns or got["food"].sum() == 0
+
+
+def grid(n, every=30):
+    return [D + pd.Timedelta(days=every * i) for i in range(n)]
+
+
+def test_split_keeps_training_windows_before_the_held_out_date():
+    dates = grid(16)
+    end = dates[-1]
+    split = plan_split(dates, data_end=end, horizon_days=90, cutoffs=6, tag="churn_risk")
+    h = pd.Timedelta(days=90)
+    assert split.test + h <= end
+    assert split.val + h <= split.test
+    assert all(d + h <= split.test for d in split.train)
+    assert len(split.train) == 6 and max(split.train) < split.val
+
+
+def test_split_refuses_too_little_history():
+    with pytest.raises(EligibilityError, match="too little history"):
+        plan_split(grid(5), data_end=grid(5)[-1], horizon_days=90, cutoffs=6, tag="churn_risk")
+    with pytest.raises(EligibilityError, match="no snapshot date"):
+        plan_split(grid(2), data_end=grid(2)[-1], horizon_days=180, cutoffs=6, tag="high_value")
+
+
+def test_classification_metrics_and_calibration():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=20000)
+    y = (rng.uniform(size=p.size) < p).astype(int)  # perfectly calibrated by construction
+    m = classification_metrics(y, p)
+    assert 0.81 < m["auc"] < 0.86 and m["ece"] < 0.02  # calibrated uniform scores: AUC = 5/6
+    assert m["lift_top_decile"] > 1.5 and 0 < m["capture_top_decile"] < 1
+    cal = calibration_table(y, p)
+    assert np.allclose(cal["predicted"], cal["observed"], atol=0.03)
+    assert grade("auc", m["auc"]) == "excellent" and grade("auc", 0.65) == "fair" and grade("auc", 0.55) == "poor"
+
+
+def test_regression_metrics():
+    actual = np.array([0, 0, 10, 100, 1000.0] * 20)
+    m = regression_metrics(actual, actual * 2)
+    # The top 10 of 100 rows are half of the twenty 1000s: 10,000 of 22,200.
+    assert m["spearman"] == pytest.approx(1.0) and m["capture_top_decile"] == pytest.approx(10000 / 22200)
+    assert grade("spearman", 0.5) == "good"

@@ -1,0 +1,98 @@
+"""End to end: integrate -> features -> train, MLflow registration, the promotion gate, eligibility, BYO data."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from features.build import build_features
+from features.generate import generate
+from features.integrate import integrate
+from persona.cli import app
+from persona.workspace import Workspace
+from training import tracking
+from training.train import train
+
+pytestmark = pytest.mark.slow
+
+
+def _configure(root, **training):
+    path = root / "persona.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["training"] = {"min_positives": 20, "min_negatives": 20, **training}
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_demo")
+    generate(root, 1500, seed=3)
+    _configure(root, cutoffs=3)
+    ws = Workspace.open(root)
+    integrate(ws)
+    build_features(ws)
+    return ws
+
+
+def test_train_registers_every_tag_and_the_gate_promotes_only_a_better_challenger(demo):
+    first = train(demo, promote=True)
+    tags = {m["tag"] for m in first["models"]}
+    assert {"churn_risk", "high_value"} <= tags and any(t.startswith("interest_") for t in tags)
+    for m in first["models"]:
+        assert m["metric"] in {"auc", "spearman"} and m["baselines"] and m["version"]
+    assert first["promotions"]["churn_risk"]["promoted"] and "no champion" in first["promotions"]["churn_risk"]["reason"]
+
+    # Same data, same seed: the challenger ties the champion on the same held-out period, so it is not promoted.
+    second = train(demo, promote=True, tags=["churn_risk"])
+    gate = second["promotions"]["churn_risk"]
+    assert not gate["promoted"] and "does not beat" in gate["reason"]
+    assert gate["champion"] == pytest.approx(gate["challenger"])
+
+    client = tracking.connect(demo, demo.config())
+    name = tracking.model_name("churn_risk")
+    assert tracking.alias_version(client, name, tracking.CHAMPION) == first["models"][0]["version"]
+    assert tracking.alias_version(client, name, tracking.CHALLENGER) == second["models"][0]["version"]
+
+    listed = CliRunner().invoke(app, ["models", "-w", str(demo.root), "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = [r for r in __import__("json").loads(listed.stdout)["models"] if r["model"] == name]
+    assert {tuple(r["aliases"]) for r in rows} >= {("champion",), ("challenger",)}
+    assert all(r["metric"] == "auc" and r["held_out"] for r in rows)
+
+
+def test_a_tag_without_enough_positives_is_refused_with_the_reason(tmp_path):
+    generate(tmp_path, 400, seed=5)
+    _configure(tmp_path, min_positives=100_000)
+    ws = Workspace.open(tmp_path)
+    integrate(ws)
+    build_features(ws)
+    result = train(ws, tags=["churn_risk"])
+    assert result["models"] == []
+    assert "not eligible" in result["skipped"]["churn_risk"] and "min_positives" in result["skipped"]["churn_risk"]
+
+
+def test_a_single_transactions_file_trains_churn_and_value(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 900
+    rate = rng.gamma(1.5, 1 / 60, size=n)  # purchases per day
+    stop = rng.uniform(0, 900, size=n)  # some customers stop buying
+    rows = []
+    for cid in range(n):  # test data: a few thousand rows
+        t = rng.exponential(1 / rate[cid])
+        while t < min(stop[cid], 730):
+            rows.append((f"c{cid}", pd.Timestamp("2024-10-01") + pd.Timedelta(days=float(t)),
+                         round(float(rng.lognormal(4, 0.6)), 2)))
+            t += rng.exponential(1 / rate[cid])
+    frame = pd.DataFrame(rows, columns=["customer", "paid_at", "total"])
+    frame.to_csv(tmp_path / "orders.csv", index=False)
+    runner = CliRunner()
+    init = runner.invoke(app, ["init", "-w", str(tmp_path), "--transactions", str(tmp_path / "orders.csv"),
+                               "--customer-id", "customer", "--timestamp", "paid_at", "--amount", "total"])
+    assert init.exit_code == 0, init.output
+    _configure(tmp_path, cutoffs=3)
+    ws = Workspace.open(tmp_path)
+    integrate(ws)
+    build_features(ws)
+    result = train(ws, tags=["churn_risk", "high_value"])
+    assert {m["tag"] for m in result["models"]} == {"churn_risk", "high_value"}, result["skipped"]

@@ -1,0 +1,93 @@
+"""Labels: what each model tag predicts, computed from the purchases in the window after a snapshot date.
+
+A label for snapshot date c looks only at [c, c + horizon); features for c look only before c. A date is
+usable only when its whole window is observed (c + horizon <= end of data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+import pandas as pd
+
+# A purchase is a transaction that is not a return; the same rule the transaction features use.
+_RETURN = "coalesce(is_return, false) OR coalesce(status, '') = 'returned'"
+
+
+def _dates_table(con: duckdb.DuckDBPyConnection, dates: Sequence[pd.Timestamp]) -> str:
+    name = "_label_dates"
+    frame = pd.DataFrame({"as_of": pd.to_datetime(list(dates), utc=True).astype("datetime64[us, UTC]")})
+    con.register(name, frame)
+    return name
+
+
+def _purchases(con: duckdb.DuckDBPyConnection, source: str) -> str:
+    cols = {c[0] for c in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    ret = _RETURN if {"is_return", "status"} <= cols else (
+        "coalesce(is_return, false)" if "is_return" in cols else
+        "coalesce(status, '') = 'returned'" if "status" in cols else "false")
+    category = "category" if "category" in cols else "NULL::VARCHAR"
+    # ts::TIMESTAMPTZ: DuckDB 2.0 will not compare nanosecond and microsecond time-zone timestamps directly.
+    return f"(SELECT persona_id, ts::TIMESTAMPTZ AS ts, amount, {category} AS category FROM {source} WHERE NOT ({ret}))"
+
+
+def labelled_dates(dates: Sequence[pd.Timestamp], *, data_end: pd.Timestamp, horizon_days: int) -> list[pd.Timestamp]:
+    """Snapshot dates whose label window is fully observed."""
+    return [d for d in dates if d + pd.Timedelta(days=horizon_days) <= data_end]
+
+
+def churn_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
+                 horizon_days: int) -> pd.DataFrame:
+    """churned = 1 when a customer who bought before the date makes no purchase in the next `horizon_days`."""
+    d = _dates_table(con, dates)
+    p = _purchases(con, source)
+    return con.execute(f"""
+        SELECT t.persona_id, d.as_of AS event_timestamp,
+               CAST(count(*) FILTER (WHERE t.ts >= d.as_of AND t.ts < d.as_of + INTERVAL {int(horizon_days)} DAY) = 0
+                    AS INTEGER) AS label
+        FROM {p} t JOIN {d} d ON t.ts < d.as_of + INTERVAL {int(horizon_days)} DAY
+        GROUP BY t.persona_id, d.as_of
+        HAVING count(*) FILTER (WHERE t.ts < d.as_of) > 0
+        ORDER BY 2, 1""").df()
+
+
+def value_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
+                 horizon_days: int) -> pd.DataFrame:
+    """Spend in the next `horizon_days` (0 for those who do not buy) for everyone with a purchase before the date."""
+    d = _dates_table(con, dates)
+    p = _purchases(con, source)
+    return con.execute(f"""
+        SELECT t.persona_id, d.as_of AS event_timestamp,
+               coalesce(sum(t.amount) FILTER (WHERE t.ts >= d.as_of), 0)::DOUBLE AS label
+        FROM {p} t JOIN {d} d ON t.ts < d.as_of + INTERVAL {int(horizon_days)} DAY
+        GROUP BY t.persona_id, d.as_of
+        HAVING count(*) FILTER (WHERE t.ts < d.as_of) > 0
+        ORDER BY 2, 1""").df()
+
+
+def interest_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
+                    horizon_days: int, population: pd.DataFrame) -> pd.DataFrame:
+    """One 0/1 column per category: bought in it within the next `horizon_days`, for every persona of `population`.
+
+    `population` (persona_id, event_timestamp) lists who is scored at each date (everyone known by then).
+    """
+    d = _dates_table(con, dates)
+    p = _purchases(con, source)
+    bought = con.execute(f"""
+        SELECT DISTINCT t.persona_id, d.as_of AS event_timestamp, t.category
+        FROM {p} t JOIN {d} d ON t.ts >= d.as_of AND t.ts < d.as_of + INTERVAL {int(horizon_days)} DAY
+        WHERE t.category IS NOT NULL""").df()
+    wide = pd.crosstab([bought["persona_id"], bought["event_timestamp"]], bought["category"]).clip(upper=1)
+    out = population[["persona_id", "event_timestamp"]].merge(
+        wide.reset_index(), on=["persona_id", "event_timestamp"], how="left")
+    cats = [c for c in wide.columns]
+    out[cats] = out[cats].fillna(0).astype("int8")
+    return out
+
+
+def purchase_categories(con: duckdb.DuckDBPyConnection, source: str) -> list[str]:
+    """Categories with purchases, most purchased first."""
+    p = _purchases(con, source)
+    rows = con.execute(f"SELECT category, count(*) n FROM {p} WHERE category IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1")
+    return [r[0] for r in rows.fetchall()]
