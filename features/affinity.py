@@ -79,8 +79,8 @@ def _affinity(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConnecti
                    {views} AS views, {carts} AS carts, 0 AS buys
             FROM {events} WHERE {per.keep_sql()}""")
     tab = PeriodTable.fetch(con, f"""
-        SELECT persona_id, {per.period_sql("day")} AS j, cat, count(*) AS n, sum(views) AS views,
-               sum(carts) AS carts, sum(buys) AS buys
+        SELECT persona_id, {per.period_sql("day")} AS j, cat, count(*)::INTEGER AS n,
+               sum(views)::INTEGER AS views, sum(carts)::INTEGER AS carts, sum(buys)::INTEGER AS buys
         FROM ({" UNION ALL ".join(parts)}) GROUP BY ALL""", per)
     out = FeatureBlock(per, tab.pids, tab.cumsum("n"), names)
     at = per.at

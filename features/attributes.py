@@ -57,13 +57,13 @@ def _channels(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConnecti
         ch = f"coalesce(channel, {label})" if chans[name] else label
         parts.append(f"SELECT persona_id, {ch} AS ch, {per.day_sql()} AS day FROM {rel} WHERE {per.keep_sql()}")
     tab = PeriodTable.fetch(con, f"""
-        SELECT persona_id, {per.period_sql("day")} AS j, ch, count(*) AS n
+        SELECT persona_id, {per.period_sql("day")} AS j, ch, count(*)::INTEGER AS n
         FROM ({" UNION ALL ".join(parts)}) GROUP BY ALL""", per)
     out = FeatureBlock(per, tab.pids, tab.cumsum("n"), ["attr_n_channels_365d"])
-    ch = tab.table.column("ch").combine_chunks()
-    n_channels = [np.zeros(tab.n_personas) for _ in range(len(dates))]
-    for value in pc.unique(ch).to_pylist():
-        c = tab.cumsum("n", where=pc.equal(ch, value).to_numpy(zero_copy_only=False))
+    ch = tab.col("ch")
+    n_channels = [np.zeros(tab.n_personas, dtype=np.float32) for _ in range(len(dates))]
+    for value in np.unique(ch):
+        c = tab.cumsum("n", where=ch == value)
         for k in range(len(dates)):
             n_channels[k] += (c[:, per.at(k)] - c[:, per.at(k, 365)]) > 0
         del c

@@ -55,7 +55,7 @@ def _engagement(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConnec
     if source:
         counts = "".join(f", sum((event_type = '{t}')::INTEGER) AS {s}" for t, s in EVENT_TYPES.items() if s in stems)
         parts.append(f"""
-            SELECT persona_id, {per.day_sql()} AS day, count(*) AS events, 1 AS active, max({T_US}) AS last_t,
+            SELECT persona_id, {per.day_sql()} AS day, count(*)::INTEGER AS events, 1 AS active, max({T_US}) AS last_t,
                    0 AS social{counts}
             FROM {source} WHERE {per.keep_sql()} GROUP BY ALL""")
     if interactions:
@@ -64,7 +64,7 @@ def _engagement(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConnec
             SELECT persona_id, {per.day_sql()} AS day, 0 AS events, 0 AS active, NULL::BIGINT AS last_t,
                    1 AS social{zeros}
             FROM {interactions} WHERE {per.keep_sql()}""")
-    sums = "".join(f", sum({c}) AS {c}" for c in ["events", "active", "social", *stems])
+    sums = "".join(f", sum({c})::INTEGER AS {c}" for c in ["events", "active", "social", *stems])
     tab = PeriodTable.fetch(con, f"""
         SELECT persona_id, {per.period_sql("day")} AS j, max(last_t) AS last_t{sums}
         FROM ({" UNION ALL ".join(parts)}) GROUP BY ALL""", per)

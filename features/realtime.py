@@ -51,7 +51,7 @@ def _realtime(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConnecti
     parts = [f"SELECT persona_id, {per.day_sql()} AS day, max({T_US}) AS last_t FROM {rel} "
              f"WHERE {per.keep_sql()} GROUP BY ALL" for rel in (source, transactions) if rel]
     tab = PeriodTable.fetch(con, f"""
-        SELECT persona_id, {per.period_sql("day")} AS j, max(last_t) AS last_t, count(*) AS n
+        SELECT persona_id, {per.period_sql("day")} AS j, max(last_t) AS last_t, count(*)::INTEGER AS n
         FROM ({" UNION ALL ".join(parts)}) GROUP BY ALL""", per)
     out = FeatureBlock(per, tab.pids, tab.cumsum("n"), names)
     last = tab.running("last_t", "max")
@@ -75,8 +75,8 @@ def _realtime(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConnecti
         code = pc.index_in(recent.column("persona_id"), value_set=tab.pids).to_numpy(zero_copy_only=False)
         kk = recent.column("k").to_numpy(zero_copy_only=False)
         for name, col in zip(COUNTS, ("v1", "c1", "v24", "c24")):
-            values = recent.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
-            dense = np.zeros((len(dates), tab.n_personas))
+            values = recent.column(col).to_numpy(zero_copy_only=False).astype(np.float32)
+            dense = np.zeros((len(dates), tab.n_personas), dtype=np.float32)
             dense[kk, code] = values
             out.put(name, lambda k, dense=dense: dense[k])
     return out.frame(order=["rt_last_event_ts", *names])

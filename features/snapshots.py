@@ -85,39 +85,40 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
     tx_path = integrated / "transactions.parquet"
     if not tx_path.exists():
         raise FileNotFoundError(f"{tx_path}: no transactions: run `persona integrate` first")
+    rel = {name: name for name in ACTIVITY if (integrated / f"{name}.parquet").exists()}
+    tx, ev, ix = rel.get("transactions"), rel.get("events"), rel.get("interactions")
+    steps: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], pd.DataFrame | None]]] = [
+        ("attributes", lambda con: profile_features(
+            _read_profiles(integrated / "profiles.parquet"), as_of_dates=dates,
+            activity_first_seen=first_activity(con, list(rel.values())),
+            channels=channel_features(con, rel, as_of_dates=dates))),
+        ("transactions", lambda con: transaction_features(con, tx, as_of_dates=dates)),
+        ("engagement", lambda con: engagement_features(con, ev, as_of_dates=dates, interactions=ix)
+         if (ev or ix) else None),
+        ("affinity", lambda con: affinity_features(con, tx, as_of_dates=dates, events=ev)),
+        ("realtime", lambda con: realtime_features(con, ev, as_of_dates=dates, transactions=tx)),
+    ]
     spill = tempfile.mkdtemp(prefix="persona-features-")
-    con = duckdb.connect(config={"threads": threads, "memory_limit": memory_limit, "temp_directory": spill,
-                                 "preserve_insertion_order": False})
     try:
-        rel: dict[str, str] = {}
-        for name in ACTIVITY:
-            path = integrated / f"{name}.parquet"
-            if path.exists():
-                con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{_sql_path(path)}')")
-                rel[name] = name
-        tx, ev, ix = rel.get("transactions"), rel.get("events"), rel.get("interactions")
-        steps: list[tuple[str, Callable[[], pd.DataFrame | None]]] = [
-            ("attributes", lambda: profile_features(
-                _read_profiles(integrated / "profiles.parquet"), as_of_dates=dates,
-                activity_first_seen=first_activity(con, list(rel.values())),
-                channels=channel_features(con, rel, as_of_dates=dates))),
-            ("transactions", lambda: transaction_features(con, tx, as_of_dates=dates)),
-            ("engagement", lambda: engagement_features(con, ev, as_of_dates=dates, interactions=ix)
-             if (ev or ix) else None),
-            ("affinity", lambda: affinity_features(con, tx, as_of_dates=dates, events=ev)),
-            ("realtime", lambda: realtime_features(con, ev, as_of_dates=dates, transactions=tx)),
-        ]
         for i, (group, step) in enumerate(steps):
             if progress:
                 progress(f"features: {group} for {len(dates)} date(s)", i / len(steps))
-            frame = step()
+            # a connection per group: what DuckDB holds after one group's queries is released before the next
+            con = duckdb.connect(config={"threads": threads, "memory_limit": memory_limit,
+                                         "temp_directory": spill, "preserve_insertion_order": False})
+            try:
+                for name in rel:
+                    path = _sql_path(integrated / f"{name}.parquet")
+                    con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+                frame = step(con)
+            finally:
+                con.close()
             if frame is not None:
                 yield group, frame
             del frame
         if progress:
             progress("features computed", 1.0)
     finally:
-        con.close()
         shutil.rmtree(spill, ignore_errors=True)
 
 

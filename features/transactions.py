@@ -16,6 +16,7 @@ records x dates for a join of records with a table of dates; memory stays bounde
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -150,45 +151,53 @@ class PeriodTable:
     pids: pa.Array  # sorted persona ids; code c is pids[c]
     code: np.ndarray
     j: np.ndarray
-    table: pa.Table  # the measures
+    measures: dict[str, np.ndarray]
     periods: Periods
 
     @classmethod
     def fetch(cls, con: duckdb.DuckDBPyConnection, sql: str, periods: Periods,
               pids: pa.Array | None = None) -> PeriodTable:
-        """Run `sql` (columns persona_id, j, measures...); with `pids`, code into that persona list instead."""
-        table = con.sql(sql).to_arrow_table()
-        pid = table.column("persona_id")
-        if pids is None:
-            enc = pc.dictionary_encode(pid).combine_chunks() if len(pid) else pa.array([], pa.string()
-                                                                                       ).dictionary_encode()
-            order = pc.sort_indices(enc.dictionary).to_numpy()
-            rank = np.empty(len(order), dtype=np.int64)
-            rank[order] = np.arange(len(order))
-            code = rank[enc.indices.to_numpy(zero_copy_only=False)] if len(order) else np.zeros(0, np.int64)
-            pids = enc.dictionary.take(pa.array(order)).cast(pa.string())
-        else:
-            code = pc.index_in(pid, value_set=pids).to_numpy(zero_copy_only=False).astype(np.int64)
-        # one contiguous chunk per column: DuckDB returns many small ones, slow to convert column by column
-        table = table.drop_columns(["persona_id"]).combine_chunks()
-        # DuckDB sums integers into HUGEINT, which arrives as decimal128: numpy would make Python objects of it
-        for i, field in enumerate(table.schema):
-            if pa.types.is_decimal(field.type):
-                table = table.set_column(i, field.name, table.column(i).cast(pa.float64()))
-        j = table.column("j").to_numpy().astype(np.int64)
-        return cls(pids, code, j, table.drop_columns(["j"]), periods)
+        """Run `sql` (columns persona_id, j, measures...) and fetch it with integer persona codes: each persona_id
+        crosses over once, not once per row. With `pids`, code into that list (rows of other personas are left out).
+        The aggregate waits in a temporary table of `con` (spillable), dropped at the end."""
+        tag = uuid.uuid4().hex
+        agg, codes = f"_persona_periods_{tag}", f"_persona_codes_{tag}"
+        con.execute(f"CREATE TEMP TABLE {agg} AS {sql}")
+        try:
+            if pids is None:
+                pids = con.sql(f"SELECT DISTINCT persona_id FROM {agg} ORDER BY persona_id").to_arrow_table()
+                pids = pids.column(0).combine_chunks().cast(pa.string())
+            con.register(codes, pa.table({"persona_id": pids, "code": np.arange(len(pids), dtype=np.int32)}))
+            try:
+                table = con.sql(f"SELECT c.code, t.* EXCLUDE (persona_id) FROM {agg} t "
+                                f"JOIN {codes} c ON t.persona_id = c.persona_id").to_arrow_table()
+            finally:
+                con.unregister(codes)
+        finally:
+            con.execute(f"DROP TABLE IF EXISTS {agg}")
+        measures = {}
+        for name in table.column_names:
+            col = table.column(name)
+            # an integer sum is HUGEINT in DuckDB, decimal128 in Arrow: numpy would make Python objects of it
+            col = col.cast(pa.float64()) if pa.types.is_decimal(col.type) else col
+            numeric_with_nulls = col.null_count and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type))
+            measures[name] = (col.cast(pa.float64()) if numeric_with_nulls else col).to_numpy(zero_copy_only=False)
+        del table
+        code, j = measures.pop("code").astype(np.int64), measures.pop("j").astype(np.int64)
+        return cls(pids, code, j, measures, periods)
 
     @property
     def n_personas(self) -> int:
         return len(self.pids)
 
     def col(self, name: str) -> np.ndarray:
-        """A measure as numpy (NaN for null numbers)."""
-        return self.table.column(name).chunk(0).to_numpy(zero_copy_only=False) if self.table.num_rows else \
-            np.zeros(0)
+        """A measure as numpy (float64 with NaN where the value was null)."""
+        return self.measures[name]
 
-    def cumsum(self, weights: np.ndarray | str | None = None, where: np.ndarray | None = None) -> np.ndarray:
-        """(personas x periods) running sums of a measure (a column name or values per row; null counts as 0)."""
+    def cumsum(self, weights: np.ndarray | str | None = None, where: np.ndarray | None = None, *,
+               exact: bool = False) -> np.ndarray:
+        """(personas x periods) running sums of a measure (a column name or values per row; null counts as 0).
+        float32, which counts exactly up to 16M per persona; `exact` (money) gives float64."""
         w = self.col(weights) if isinstance(weights, str) else weights
         code, j = self.code, self.j
         if where is not None:
@@ -196,7 +205,10 @@ class PeriodTable:
         if w is not None:
             w = np.nan_to_num(np.asarray(w, dtype=np.float64))
         flat = np.bincount(code * self.periods.n + j, weights=w, minlength=self.n_personas * self.periods.n)
-        out = flat.reshape(self.n_personas, self.periods.n).astype(np.float64, copy=False)
+        out = flat.reshape(self.n_personas, self.periods.n)
+        if not exact:
+            out = out.astype(np.float32)
+            del flat
         return np.cumsum(out, axis=1, out=out)
 
     def running(self, values: np.ndarray | str, how: str) -> np.ndarray:
@@ -321,23 +333,23 @@ def _transactions(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConn
     P = "(NOT is_ret)"
     raw = [f"coalesce(channel = 'online', false) AS online"] if online else []
     raw += ["discount"] if disc else []
-    daily = [f"sum({P}::INTEGER) AS n", f"sum(CASE WHEN {P} THEN amount END) AS spend",
-             "sum(is_ret::INTEGER) AS n_ret", f"min(CASE WHEN {P} THEN t END) AS first_t",
+    daily = [f"sum({P}::INTEGER)::INTEGER AS n", f"sum(CASE WHEN {P} THEN amount END) AS spend",
+             "sum(is_ret::INTEGER)::INTEGER AS n_ret", f"min(CASE WHEN {P} THEN t END) AS first_t",
              f"max(CASE WHEN {P} THEN t END) AS last_t", "sum(gap) AS gap_s", "sum(gap * gap) AS gap_s2",
-             "count(gap) AS gap_n"]
-    per_period = ["sum(n) AS n", "sum(spend) AS spend", "sum(n_ret) AS n_ret", "min(first_t) AS first_t",
-                  "max(last_t) AS last_t", "sum(gap_s) AS gap_s", "sum(gap_s2) AS gap_s2", "sum(gap_n) AS gap_n",
-                  "count(*) FILTER (WHERE n > 0) AS pdays", "min(day) FILTER (WHERE n > 0) AS first_day",
+             "count(gap)::INTEGER AS gap_n"]
+    per_period = ["sum(n)::INTEGER AS n", "sum(spend) AS spend", "sum(n_ret)::INTEGER AS n_ret", "min(first_t) AS first_t",
+                  "max(last_t) AS last_t", "sum(gap_s) AS gap_s", "sum(gap_s2) AS gap_s2", "sum(gap_n)::INTEGER AS gap_n",
+                  "(count(*) FILTER (WHERE n > 0))::INTEGER AS pdays", "min(day) FILTER (WHERE n > 0) AS first_day",
                   "max(day) FILTER (WHERE n > 0) AS last_day",
                   "arg_min(spend, day) FILTER (WHERE n > 0) AS first_day_spend"]
     if online:
         daily.append(f"sum(({P} AND online)::INTEGER) AS n_online")
-        per_period.append("sum(n_online) AS n_online")
+        per_period.append("sum(n_online)::INTEGER AS n_online")
     if disc:
         daily += [f"sum(({P} AND discount IS NOT NULL)::INTEGER) AS n_disc_known",
                   f"sum(({P} AND discount > 0)::INTEGER) AS n_disc", f"sum(CASE WHEN {P} THEN discount END) AS disc",
                   f"sum(CASE WHEN {P} AND discount IS NOT NULL THEN amount END) AS disc_base"]
-        per_period += ["sum(n_disc_known) AS n_disc_known", "sum(n_disc) AS n_disc", "sum(disc) AS disc",
+        per_period += ["sum(n_disc_known)::INTEGER AS n_disc_known", "sum(n_disc)::INTEGER AS n_disc", "sum(disc) AS disc",
                        "sum(disc_base) AS disc_base"]
     base = f"""
         SELECT persona_id, {T_US} AS t, {per.day_sql()} AS day, amount, ({return_expr(cols)}) AS is_ret
@@ -358,7 +370,7 @@ def _transactions(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConn
     def window(c: np.ndarray, k: int, w: int | None) -> np.ndarray:
         return c[:, at(k)] - (c[:, at(k, w)] if w else 0)
 
-    n, spend = tab.cumsum("n"), tab.cumsum("spend")
+    n, spend = tab.cumsum("n"), tab.cumsum("spend", exact=True)
     for w in WINDOWS:
         out.put(f"tx_count_{w}d", lambda k, w=w: window(n, k, w))
         out.put(f"tx_spend_{w}d", lambda k, w=w: window(spend, k, w))
@@ -378,7 +390,7 @@ def _transactions(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConn
         known, nd = tab.cumsum("n_disc_known"), tab.cumsum("n_disc")
         out.put("tx_discount_share_365d", lambda k: ratio(window(nd, k, 365), window(known, k, 365)))
         del known, nd
-        d, b = tab.cumsum("disc"), tab.cumsum("disc_base")
+        d, b = tab.cumsum("disc", exact=True), tab.cumsum("disc_base", exact=True)
         out.put("tx_discount_rate_365d", lambda k: ratio(window(d, k, 365), window(b, k, 365) + window(d, k, 365)))
         del d, b
     last = tab.running("last_t", "max")
@@ -387,7 +399,7 @@ def _transactions(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConn
     first = tab.running("first_t", "min")
     out.put("tx_tenure_days", lambda k: (per.as_of_us[k] - first[:, at(k)]) / DAY_US)
     del first
-    gs, gs2, gn = tab.cumsum("gap_s"), tab.cumsum("gap_s2"), tab.cumsum("gap_n")
+    gs, gs2, gn = tab.cumsum("gap_s", exact=True), tab.cumsum("gap_s2", exact=True), tab.cumsum("gap_n")
     out.put("tx_ipi_mean_days", lambda k: ratio(gs[:, at(k)], gn[:, at(k)]))
 
     def ipi_std(k: int) -> np.ndarray:
@@ -419,7 +431,7 @@ def _transactions(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConn
     del pdays, first_day, last_day, n, spend
     if categories:
         cats = PeriodTable.fetch(con, f"""
-            SELECT persona_id, {per.period_sql("day")} AS j, cat, count(*) AS buys
+            SELECT persona_id, {per.period_sql("day")} AS j, cat, count(*)::INTEGER AS buys
             FROM ({base}) WHERE NOT is_ret AND cat >= 0 GROUP BY ALL""", per, pids=tab.pids)
         cat = cats.col("cat")
         distinct = [np.zeros(tab.n_personas) for _ in range(len(dates))]

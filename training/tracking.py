@@ -63,7 +63,7 @@ def list_models(client: MlflowClient) -> list[dict]:
             run = client.get_run(mv.run_id) if mv.run_id else None
             metrics = run.data.metrics if run else {}
             rows.append({
-                "model": rm.name, "version": mv.version, "aliases": sorted(aliases.get(str(mv.version), [])),
+                "model": rm.name, "version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
                 "created": mv.creation_timestamp, "run_id": mv.run_id,
                 "metric": (run.data.params.get("metric") if run else None),
                 "value": metrics.get("test_metric"),
