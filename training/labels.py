@@ -37,33 +37,32 @@ def labelled_dates(dates: Sequence[pd.Timestamp], *, data_end: pd.Timestamp, hor
     return [d for d in dates if d + pd.Timedelta(days=horizon_days) <= data_end]
 
 
-def churn_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
-                 horizon_days: int) -> pd.DataFrame:
-    """churned = 1 when a customer who bought before the date makes no purchase in the next `horizon_days`."""
+def _customer_labels(con: duckdb.DuckDBPyConnection, source: str, dates: Sequence[pd.Timestamp],
+                     horizon_days: int, label: str) -> pd.DataFrame:
+    """One row per (customer who bought before the date, date), with `label` computed over the purchases up to the
+    end of the window (`t.ts >= d.as_of` selects those inside it)."""
     d = _dates_table(con, dates)
     p = _purchases(con, source)
     return con.execute(f"""
-        SELECT t.persona_id, d.as_of AS event_timestamp,
-               CAST(count(*) FILTER (WHERE t.ts >= d.as_of AND t.ts < d.as_of + INTERVAL {int(horizon_days)} DAY) = 0
-                    AS INTEGER) AS label
+        SELECT t.persona_id, d.as_of AS event_timestamp, {label} AS label
         FROM {p} t JOIN {d} d ON t.ts < d.as_of + INTERVAL {int(horizon_days)} DAY
         GROUP BY t.persona_id, d.as_of
         HAVING count(*) FILTER (WHERE t.ts < d.as_of) > 0
         ORDER BY 2, 1""").df()
+
+
+def churn_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
+                 horizon_days: int) -> pd.DataFrame:
+    """churned = 1 when a customer who bought before the date makes no purchase in the next `horizon_days`."""
+    return _customer_labels(con, source, dates, horizon_days,
+                            "CAST(count(*) FILTER (WHERE t.ts >= d.as_of) = 0 AS INTEGER)")
 
 
 def value_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
                  horizon_days: int) -> pd.DataFrame:
     """Spend in the next `horizon_days` (0 for those who do not buy) for everyone with a purchase before the date."""
-    d = _dates_table(con, dates)
-    p = _purchases(con, source)
-    return con.execute(f"""
-        SELECT t.persona_id, d.as_of AS event_timestamp,
-               coalesce(sum(t.amount) FILTER (WHERE t.ts >= d.as_of), 0)::DOUBLE AS label
-        FROM {p} t JOIN {d} d ON t.ts < d.as_of + INTERVAL {int(horizon_days)} DAY
-        GROUP BY t.persona_id, d.as_of
-        HAVING count(*) FILTER (WHERE t.ts < d.as_of) > 0
-        ORDER BY 2, 1""").df()
+    return _customer_labels(con, source, dates, horizon_days,
+                            "coalesce(sum(t.amount) FILTER (WHERE t.ts >= d.as_of), 0)::DOUBLE")
 
 
 def interest_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
