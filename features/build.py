@@ -15,6 +15,7 @@ import pandas as pd
 
 from features import snapshots
 from features import store as feature_store
+from persona.errors import InsufficientDataError
 from persona.workspace import Workspace, read_json, write_json_atomic
 
 Progress = Callable[[str, float], None]
@@ -37,7 +38,7 @@ def data_span(con: duckdb.DuckDBPyConnection, integrated) -> tuple[pd.Timestamp,
     start, end = con.execute(
         f"SELECT min(ts), max(ts) FROM read_parquet('{integrated / 'transactions.parquet'}')").fetchone()
     if start is None:
-        raise ValueError(f"{integrated}: no transactions: nothing to compute features from")
+        raise InsufficientDataError(f"{integrated}: no transactions: nothing to compute features from")
     return pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
 
 
@@ -55,7 +56,7 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
     dates = snapshot_dates(start, end, every_days=cfg.training.cutoff_every_days,
                            min_history_days=cfg.training.min_history_days)
     if len(dates) < 2:
-        raise ValueError(
+        raise InsufficientDataError(
             f"too little history for features: data covers {start.date()}..{end.date()}, and the first snapshot "
             f"needs {cfg.training.min_history_days} days of history (training.min_history_days)")
     offline = ws.root / "features" / "offline"

@@ -148,7 +148,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC whatever the machine's zone
     mention_files = _staged(ws, cfg, manifest, "mentions")
     # Arrow-backed strings straight from DuckDB: resolution factorises them without a Python-object detour.
-    mentions = con.execute(
+    mentions = con.sql(
         f"SELECT DISTINCT mention_key, id_type, value FROM read_parquet({mention_files!r}, union_by_name=true)"
     ).to_arrow_table().to_pandas(types_mapper={pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}.get)
     current = ws.current(STAGE)

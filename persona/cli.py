@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from persona.config import CONFIG_NAME, ConfigError, parse_config
+from persona.errors import InsufficientDataError
 from persona.workspace import SecretError, Workspace, write_text_atomic
 
 app = typer.Typer(help="persona: predictive customer tagging (OneID, features, rule and model tags, serving).",
@@ -38,7 +39,8 @@ def _errors() -> Iterator[None]:
 
     try:
         yield
-    except (ConfigError, SourceFileError, SecretError, FileNotFoundError, FileExistsError) as exc:
+    except (ConfigError, SourceFileError, SecretError, InsufficientDataError, FileNotFoundError,
+            FileExistsError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -168,13 +170,10 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train every model tag, compare with baselines on the held-out period, log and register in MLflow."""
-    from training.train import EligibilityError, train as run
+    from training.train import train as run
 
     with _errors(), _progress(not as_json) as progress:
-        try:
-            result = run(Workspace.open(workspace), promote=promote, tags=tag, progress=progress)
-        except EligibilityError as exc:
-            raise FileNotFoundError(str(exc)) from None
+        result = run(Workspace.open(workspace), promote=promote, tags=tag, progress=progress)
     _emit(result, as_json, render_train)
     if not result["models"]:
         raise typer.Exit(2)

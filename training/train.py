@@ -29,6 +29,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from features import store as feature_store  # noqa: E402
 from persona.config import PersonaConfig  # noqa: E402
+from persona.errors import InsufficientDataError  # noqa: E402
 from persona.workspace import Workspace, read_json  # noqa: E402
 from training import labels as lab  # noqa: E402
 from training import models as mdl  # noqa: E402
@@ -42,7 +43,7 @@ LINEAR_ROWS = 100_000  # the linear baselines converge on far fewer rows
 PIP_REQUIREMENTS = ["lightgbm==4.7.0", "scikit-learn==1.9.1", "pandas>=2.3,<3", "numpy>=2.4,<3", "scipy"]
 
 
-class EligibilityError(ValueError):
+class EligibilityError(InsufficientDataError):
     """A tag cannot be trained; the message says exactly what is missing."""
 
 
