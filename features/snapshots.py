@@ -7,6 +7,7 @@ per group (the Feast feature view's source), replacing the rows of any date comp
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -116,6 +117,9 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
             if frame is not None:
                 yield group, frame
             del frame
+            # Arrow's allocator keeps freed memory for reuse: give it back before the next group
+            gc.collect()
+            pa.default_memory_pool().release_unused()
         if progress:
             progress("features computed", 1.0)
     finally:

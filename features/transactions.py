@@ -183,7 +183,7 @@ class PeriodTable:
             numeric_with_nulls = col.null_count and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type))
             measures[name] = (col.cast(pa.float64()) if numeric_with_nulls else col).to_numpy(zero_copy_only=False)
         del table
-        code, j = measures.pop("code").astype(np.int64), measures.pop("j").astype(np.int64)
+        code, j = measures.pop("code").astype(np.int32), measures.pop("j").astype(np.int32)
         return cls(pids, code, j, measures, periods)
 
     @property
@@ -204,19 +204,21 @@ class PeriodTable:
             code, j, w = code[where], j[where], (w[where] if w is not None else None)
         if w is not None:
             w = np.nan_to_num(np.asarray(w, dtype=np.float64))
-        flat = np.bincount(code * self.periods.n + j, weights=w, minlength=self.n_personas * self.periods.n)
+        flat = np.bincount(code.astype(np.int64) * self.periods.n + j, weights=w,
+                           minlength=self.n_personas * self.periods.n)
         out = flat.reshape(self.n_personas, self.periods.n)
         if not exact:
             out = out.astype(np.float32)
             del flat
         return np.cumsum(out, axis=1, out=out)
 
-    def running(self, values: np.ndarray | str, how: str) -> np.ndarray:
+    def running(self, values: np.ndarray | str, how: str, dtype: type = np.float64) -> np.ndarray:
         """(personas x periods) running max (`how="max"`) or min of a per-(persona, period) value; NaN before the
-        first non-null. Each (persona, period) appears once in the table."""
-        v = np.asarray(self.col(values) if isinstance(values, str) else values, dtype=np.float64)
+        first non-null. Each (persona, period) appears once in the table. float64 for times in microseconds;
+        float32 is exact for days."""
+        v = np.asarray(self.col(values) if isinstance(values, str) else values, dtype=dtype)
         fill = -np.inf if how == "max" else np.inf
-        out = np.full((self.n_personas, self.periods.n), fill)
+        out = np.full((self.n_personas, self.periods.n), fill, dtype=dtype)
         ok = ~np.isnan(v)
         out[self.code[ok], self.j[ok]] = v[ok]
         (np.maximum if how == "max" else np.minimum).accumulate(out, axis=1, out=out)
@@ -413,8 +415,10 @@ def _transactions(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConn
     out.block[f("tx_recency_over_ipi")] = ratio(out.block[f("tx_recency_days")], out.block[f("tx_ipi_mean_days")])
     out.block[f("tx_recency_over_ipi")][out.block[f("tx_ipi_mean_days")] == 0] = np.nan
     del gs, gs2, gn
+    del n
     pdays = tab.cumsum("pdays")
-    first_day, last_day = tab.running("first_day", "min"), tab.running("last_day", "max")
+    first_day = tab.running("first_day", "min", np.float32)
+    last_day = tab.running("last_day", "max", np.float32)
     # spend on the first purchase day: the first period with a purchase holds it
     has = tab.col("pdays") > 0
     fds = np.full(tab.n_personas, np.nan)
@@ -428,7 +432,7 @@ def _transactions(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConn
     out.put("tx_btyd_monetary", lambda k: np.where(
         pdays[:, at(k)] > 1, ratio(spend[:, at(k)] - fds, pdays[:, at(k)] - 1),
         np.where(pdays[:, at(k)] == 1, 0.0, np.nan)))
-    del pdays, first_day, last_day, n, spend
+    del pdays, first_day, last_day, spend
     if categories:
         cats = PeriodTable.fetch(con, f"""
             SELECT persona_id, {per.period_sql("day")} AS j, cat, count(*)::INTEGER AS buys
