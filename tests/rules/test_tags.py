@@ -356,6 +356,27 @@ def test_score_value_and_top(tmp_path):
     assert cat["likes_books"]["inputs"] == ["churn_risk", "interest_beauty", "interest_books", "interest_food"]
 
 
+def test_top_matches_a_per_row_reference(tmp_path):
+    """Largest first, ties by category name, nulls and values under `min` skipped, None when all are null."""
+    ts = load(tmp_path, f"""
+        tags:
+          - id: t
+            {HEAD}
+            kind: top
+            pattern: s_*
+            n: 3
+            min: 0.2
+        """, columns={f"s_c{j}": "number" for j in range(6)})
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({f"s_c{j}": np.round(rng.random(600), 1) for j in range(6)})
+    frame = frame.mask(rng.random(frame.shape) < 0.3)
+    got = ts.evaluate(frame, {})["t"].tolist()
+    for i, row in enumerate(frame.itertuples(index=False)):
+        pairs = [(v, f"c{j}") for j, v in enumerate(row) if not np.isnan(v)]
+        expected = None if not pairs else tuple(c for _, c in sorted((-v, c) for v, c in pairs if v >= 0.2))[:3]
+        assert got[i] == expected, (i, row)
+
+
 def test_a_score_must_name_one_column(tmp_path):
     message = load_error(tmp_path, f"""
         tags:
@@ -756,3 +777,13 @@ def test_catalog_has_every_field(tmp_path):
         "version": 3, "source": f"{tmp_path / 'tags.yaml'}:2", "inputs": ["attr_age"], "depends_on": [],
     }
     json.dumps(ts.catalog())
+
+
+def test_an_empty_population_fits_to_nulls_and_an_empty_frame_evaluates(tmp_path):
+    ts = load(tmp_path, RFM)
+    frame, _ = rfm_frame()
+    stats = ts.fit(frame.iloc[:0])
+    assert stats["rfm"]["population"] == 0 and stats["rfm"]["recency"] is None
+    assert ts.evaluate(frame, stats)["rfm"].isna().all()
+    empty = ts.evaluate(frame.iloc[:0], ts.fit(frame))
+    assert empty.shape == (0, 1) and isinstance(empty["rfm"].dtype, pd.CategoricalDtype)
