@@ -336,7 +336,7 @@ def column_types(frame: pd.DataFrame) -> dict[str, str]:
 
 
 def load_tagset(paths: Sequence[Path | str], *, columns: Mapping[str, str]) -> TagSet:
-    """Load, validate and order the tags of `paths` (files, or directories: every *.yaml inside, sorted).
+    """Load, validate and order the tags of `paths` (files, or directories: every *.yaml / *.yml inside, sorted).
 
     `columns`: the input columns available in this workspace -> "number" | "string" ("bool" and "list" also
     accepted). An id defined twice, an unknown column or tag, a type mismatch, a dependency cycle or any malformed
@@ -349,7 +349,7 @@ def load_tagset(paths: Sequence[Path | str], *, columns: Mapping[str, str]) -> T
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(sorted(p.glob("*.yaml")))
+            files.extend(sorted([*p.glob("*.yaml"), *p.glob("*.yml")]))   # as the segment loader reads them
         elif p.exists():
             files.append(p)
         else:

@@ -422,14 +422,15 @@ def test_tags_across_files(tmp_path):
             kind: flag
             when: b_flag or attr_age > 90
         """)
-    b = write(tmp_path, "b.yaml", f"""
+    b = write(tmp_path, "b.yml", f"""
         tags:
           - id: b_flag
             {HEAD}
             kind: flag
             when: attr_age < 10
         """)
-    ts = load_tagset([tmp_path], columns=COLS)       # a directory: every *.yaml, sorted
+    (tmp_path / "notes.txt").write_text("not a tag file")
+    ts = load_tagset([tmp_path], columns=COLS)       # a directory: every *.yaml / *.yml, sorted
     assert [t.id for t in ts.tags] == ["b_flag", "uses_b"]
     assert ts["uses_b"].source == f"{a}:2" and ts["b_flag"].source == f"{b}:2"
 
