@@ -33,6 +33,10 @@ GROUPS: dict[str, str] = {
 }
 REALTIME = "realtime"
 PUSH_SOURCE = "realtime_push"
+# The latest batch tags of every persona, written online by `persona rescore` (and by the service after an event),
+# for programs that read the online store directly. Its columns follow the tag set, so it is built from the rescored
+# frame rather than from a snapshot file; its offline source is the dated tag history (`<ws>/tags`).
+TAGS_VIEW = "tags"
 
 # Point-in-time lookback. Feast joins an entity row at time D to the latest snapshot row in [D - ttl, D]; anything
 # older counts as missing. Snapshots are 30 days apart by default (training.cutoff_every_days, at least 7), and a
@@ -128,6 +132,21 @@ def group_view(group: str, path: Path, schema: pa.Schema, entity: Entity, *, ttl
         online=True,
         description=f"{group} features of a persona, one row per snapshot date",
         tags={"group": group},
+    )
+
+
+def tags_view(columns: Mapping[str, str], history_path: Path, entity: Entity) -> FeatureView:
+    """The online view of the latest tags: `columns` maps a tag (or score) to "string" or "number"."""
+    types = {"string": String, "number": Float64}
+    bad = {c: k for c, k in columns.items() if k not in types}
+    if bad:
+        raise ValueError(f"tags view: columns {bad} must be 'string' or 'number'")
+    source = FileSource(name="tag_history", path=str(history_path), file_format=ParquetFormat(),
+                        timestamp_field=TIMESTAMP, description="dated tag snapshots written by persona rescore")
+    return FeatureView(
+        name=TAGS_VIEW, entities=[entity], ttl=timedelta(0), online=True, source=source,
+        schema=[Field(name=JOIN_KEY, dtype=String), *(Field(name=c, dtype=types[k]) for c, k in columns.items())],
+        description="the latest rule and model tags of a persona (persona rescore)", tags={"group": TAGS_VIEW},
     )
 
 

@@ -42,9 +42,10 @@ def data_span(con: duckdb.DuckDBPyConnection, integrated) -> tuple[pd.Timestamp,
     return pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
 
 
-def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bool = False,
+def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bool = False, online: bool = True,
                    progress: Progress | None = None) -> dict:
-    """Compute missing snapshots (all with `full`), apply the Feast repository, materialise; return a report."""
+    """Compute missing snapshots (all with `full`), apply the Feast repository, materialise (unless not `online`:
+    batch-only use needs the offline snapshots and the registry); return a report."""
     t0 = time.perf_counter()
     cfg = ws.config()
     integrated = ws.require_current("integrated", "run `persona integrate` first")
@@ -80,7 +81,8 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
     if progress:
         progress("materialising online features", 0.95)
     t = time.perf_counter()
-    materialised = feature_store.materialize(store, (end + pd.Timedelta(days=1)).to_pydatetime())
+    materialised = feature_store.materialize(store, (end + pd.Timedelta(days=1)).to_pydatetime(),
+                                             first_start=dates[-1].to_pydatetime()) if online else None
     report = {
         "data_start": str(start), "data_end": str(end), "dates": [str(d) for d in dates],
         "grid_dates": [str(d) for d in dates[:-1]], "computed": [str(d) for d in todo],

@@ -8,8 +8,10 @@ whose commented templates are `feature_repo/feature_store.<profile>.yaml`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 import weakref
 from collections.abc import Sequence
@@ -128,7 +130,7 @@ def apply(store: feast.FeatureStore, ws: Workspace, cfg: PersonaConfig, *,
     reshaped = [old for name, old in registered.items() if name in views and _signature(old) != _signature(views[name])]
     if reshaped:
         store.apply([], objects_to_delete=reshaped, partial=False)
-    stale = [v for name, v in registered.items() if name not in views]
+    stale = [v for name, v in registered.items() if name not in views and name != defs.TAGS_VIEW]
     stale += [s for s in store.list_feature_services() if s.name not in services]
     store.apply([entity, *views.values(), *services.values()], objects_to_delete=stale, partial=False)
     store.refresh_registry()  # a thread-mode registry cache would otherwise serve the old objects for a while
@@ -155,21 +157,25 @@ def _rows_between(view: feast.FeatureView, start: datetime, end: datetime) -> in
     return int(pc.count_distinct(table[defs.JOIN_KEY]).as_py())
 
 
-def materialize(store: feast.FeatureStore, end: datetime) -> dict:
+def materialize(store: feast.FeatureStore, end: datetime, *, first_start: datetime | None = None) -> dict:
     """Load the latest snapshot values up to `end` into the online store.
 
-    A view never materialised gets everything up to `end`; afterwards only what is newer than the last end
-    (materialize_incremental). Returns per view the mode, window and personas written, and the seconds taken.
+    A view never materialised gets everything from `first_start` (default: the epoch) up to `end`; afterwards only
+    what is newer than the last end (materialize_incremental). Snapshots are cumulative (a persona present at one
+    date is present at every later one), so the last snapshot date is a sufficient `first_start`: the online store
+    keeps one row per persona, and loading older dates only overwrites it again. Returns per view the mode, window
+    and personas written, and the seconds taken.
     """
     t0 = time.perf_counter()
     end = _utc(end)
+    begin = EPOCH if first_start is None else _utc(first_start)
     report: dict = {"end": end.isoformat(), "views": {}}
     full, incremental = [], []
     for view in store.list_feature_views():
         last = max((e for _, e in view.materialization_intervals), default=None)
         if last is None:
             full.append(view)
-            start, mode = EPOCH, "full"
+            start, mode = begin, "full"
         elif _utc(last) >= end:
             report["views"][view.name] = {"mode": "up_to_date", "start": _utc(last).isoformat(), "rows": 0}
             continue
@@ -177,10 +183,12 @@ def materialize(store: feast.FeatureStore, end: datetime) -> dict:
             incremental.append(view)
             start, mode = _utc(last), "incremental"
         report["views"][view.name] = {"mode": mode, "start": start.isoformat(), "rows": _rows_between(view, start, end)}
-    if full:
-        store.materialize(start_date=EPOCH, end_date=end, feature_views=[v.name for v in full])
-    if incremental:
-        store.materialize_incremental(end_date=end, feature_views=[v.name for v in incremental])
+    # Feast prints its progress to stdout; a library must not write there (`persona features --json` prints JSON).
+    with contextlib.redirect_stdout(sys.stderr):
+        if full:
+            store.materialize(start_date=begin, end_date=end, feature_views=[v.name for v in full])
+        if incremental:
+            store.materialize_incremental(end_date=end, feature_views=[v.name for v in incremental])
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report
 
@@ -244,6 +252,23 @@ def historical_features(store: feast.FeatureStore, service: str, entity_df: pd.D
     return pd.concat([frame, found.reset_index(drop=True)], axis=1)
 
 
+def online_refs(store: feast.FeatureStore, features: Sequence[str] | None = None) -> list[str]:
+    """`view:feature` references of every registered view's features (or only of `features`), cached like services.
+
+    Feature names are unique across views (each group has its prefix), so a name identifies its view.
+    """
+    cached = _SERVICES.setdefault(store, {})
+    hit = cached.get("__all_views__")
+    ttl = store.config.registry.cache_ttl_seconds
+    if hit is None or (ttl and time.monotonic() - hit[0] >= ttl):
+        refs = [(f.name, f"{v.name}:{f.name}") for v in store.list_feature_views(allow_cache=True)
+                if v.name in defs.GROUPS for f in v.features]
+        hit = (time.monotonic(), refs)
+        cached["__all_views__"] = hit
+    wanted = None if features is None else set(features)
+    return [ref for name, ref in hit[1] if wanted is None or name in wanted]
+
+
 def online_features(store: feast.FeatureStore, service: str, persona_ids: Sequence[str]) -> pd.DataFrame:
     """The latest materialised (or pushed) features of a service for personas; unknown personas get nulls."""
     found = _service(store, service)
@@ -290,3 +315,37 @@ def push_realtime(store: feast.FeatureStore, frame: pd.DataFrame) -> None:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"push_realtime: column {name!r} cannot be read as {dtype} ({exc})") from None
     store.push(defs.PUSH_SOURCE, out, to=feast.data_source.PushMode.ONLINE)
+
+
+def push_tags(store: feast.FeatureStore, frame: pd.DataFrame, when: datetime, *, chunk: int = 50_000,
+              progress=None) -> dict:
+    """Write the latest tags (persona_id, then string or float columns) to the online `tags` view.
+
+    The view is (re-)registered when its columns differ from the frame's, so a changed tag set needs no manual step.
+    Rows are dated `when` (the snapshot date); the online store keeps one row per persona.
+    """
+    t0 = time.perf_counter()
+    columns = {c: ("number" if pd.api.types.is_float_dtype(frame[c].dtype) else "string")
+               for c in frame.columns if c != defs.JOIN_KEY}
+    history = Path(store.repo_path).parent / "tags"
+    view = defs.tags_view(columns, history, defs.persona_entity())
+    try:
+        current = store.get_feature_view(defs.TAGS_VIEW)
+    except feast.errors.FeatureViewNotFoundException:
+        current = None
+    if current is None or _signature(current) != _signature(view):
+        if current is not None:
+            store.apply([], objects_to_delete=[current], partial=False)
+        store.apply([defs.persona_entity(), view])
+        store.refresh_registry()
+    rows = frame.reset_index(drop=True)
+    rows = rows.assign(**{defs.JOIN_KEY: rows[defs.JOIN_KEY].astype(str),
+                          defs.TIMESTAMP: pd.Timestamp(_utc(when)), defs.CREATED: pd.Timestamp.now(tz="UTC")})
+    for c, kind in columns.items():
+        rows[c] = rows[c].astype("float64") if kind == "number" else rows[c].astype(object).where(rows[c].notna(), None)
+    for start in range(0, len(rows), chunk):
+        store.write_to_online_store(defs.TAGS_VIEW, rows.iloc[start:start + chunk])
+        if progress:
+            progress("pushing tags online", min(1.0, (start + chunk) / max(len(rows), 1)))
+    return {"view": defs.TAGS_VIEW, "rows": int(len(rows)), "columns": len(columns),
+            "seconds": round(time.perf_counter() - t0, 2)}

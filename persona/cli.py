@@ -142,6 +142,7 @@ def features(
     workspace: WorkspaceOpt = Path("."),
     as_of: Annotated[str | None, typer.Option("--as-of", help="score as of this date (default: end of data)")] = None,
     full: Annotated[bool, typer.Option(help="recompute every snapshot, not only new dates")] = False,
+    online: Annotated[bool, typer.Option(help="load the online store (--no-online: offline snapshots only)")] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Compute point-in-time feature snapshots, apply the Feast repository and materialise the online store."""
@@ -149,7 +150,7 @@ def features(
 
     when = _as_of(as_of)
     with _errors(), _progress(not as_json) as progress:
-        report = build_features(Workspace.open(workspace), as_of=when, full=full, progress=progress)
+        report = build_features(Workspace.open(workspace), as_of=when, full=full, online=online, progress=progress)
     _emit(report, as_json, _render_features)
 
 
@@ -158,8 +159,9 @@ def _render_features(r: dict) -> None:
                   f"({len(r['computed'])} computed now); data {r['data_start'][:10]}..{r['data_end'][:10]}")
     for group, rows in r["rows"].items():
         console.print(f"  {group:<12} {rows:>10,} rows")
-    console.print(f"feature services: {', '.join(r['services'])}; store: {r['store']}; "
-                  f"materialised in {r['seconds']['materialize']} s; total {r['seconds']['total']} s")
+    online = f"materialised in {r['seconds']['materialize']} s" if r["materialized"] else "online store not loaded"
+    console.print(f"feature services: {', '.join(r['services'])}; store: {r['store']}; {online}; "
+                  f"total {r['seconds']['total']} s")
 
 
 @app.command()
@@ -214,6 +216,257 @@ def _render_models(r: dict) -> None:
         table.add_row(m["model"], str(m["version"]), ",".join(m["aliases"]), str(m["metric"]),
                       "" if m["value"] is None else f"{m['value']:.4f}", str(m["held_out"]), str(m["grade"]))
     console.print(table)
+
+
+@app.command()
+def rescore(
+    workspace: WorkspaceOpt = Path("."),
+    as_of: Annotated[str | None, typer.Option("--as-of", help="score the snapshot at or before this date")] = None,
+    push: Annotated[bool, typer.Option(help="write the latest tags to the online store")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score every persona with the champion models and the rules; write a dated tag snapshot; push tags online."""
+    from serving.batch import rescore as run
+
+    when = _as_of(as_of)
+    with _errors(), _progress(not as_json) as progress:
+        result = run(Workspace.open(workspace), as_of=when, push=push, progress=progress)
+    _emit(result, as_json, render_rescore)
+
+
+def render_rescore(r: dict) -> None:
+    s = r["seconds"]
+    console.print(f"rescored [bold]{r['personas']:,}[/] personas as of {r['date']} with models "
+                  f"{', '.join(f'{k} v{v}' for k, v in r['models'].items())}: {r['tags']} tags, "
+                  f"{r['personas_per_second']:,} personas/s; snapshot {r['snapshot']}")
+    console.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in s.items()))
+    if r.get("pushed"):
+        console.print(f"  online: {r['pushed']['rows']:,} rows to view '{r['pushed']['view']}' "
+                      f"in {r['pushed']['seconds']} s")
+    for tag, why in r.get("unavailable", {}).items():
+        console.print(f"  [yellow]tag {tag} unavailable:[/] {why}")
+
+
+@app.command()
+def serve(
+    workspace: WorkspaceOpt = Path("."),
+    port: Annotated[int | None, typer.Option(help="port (default: serving.port in persona.yaml)")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+) -> None:
+    """Start the online service (BentoML): /v1/profile, /v1/score, /v1/recommend, /v1/events, health, metrics."""
+    from serving.service import serve as run
+
+    with _errors():
+        ws = Workspace.open(workspace)
+        run(ws.root, port or ws.config().serving.port, host=host)
+
+
+@app.command()
+def schedule(
+    workspace: WorkspaceOpt = Path("."),
+    runs: Annotated[int | None, typer.Option(help="stop after this many runs (default: run forever)")] = None,
+) -> None:
+    """Rescore (and, if schedule.retrain_cron is set, retrain behind the promotion gate) on cron expressions."""
+    from serving.schedule import ScheduleError, jobs_for, run_loop
+
+    try:
+        with _errors():
+            ws = Workspace.open(workspace)
+            jobs = jobs_for(ws)
+            for job in jobs:
+                nxt = job.trigger.get_next_fire_time(None, __import__("datetime").datetime.now(
+                    __import__("datetime").timezone.utc))
+                console.print(f"{job.name}: next run {nxt.isoformat()}")
+            run_loop(ws, jobs, max_runs=runs, log=lambda e: console.print(
+                f"{e['started'][:19]} {e['job']}: {'ok' if e['ok'] else '[red]failed[/] ' + e['error']} "
+                f"in {e['seconds']} s"))
+    except ScheduleError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+tags_app = typer.Typer(help="The tag catalog: list tags, show one, diff two snapshots.", no_args_is_help=False,
+                       invoke_without_command=True)
+app.add_typer(tags_app, name="tags")
+
+
+@tags_app.callback()
+def tags_list(ctx: typer.Context, workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """List every tag with its category, type and coverage (share of personas with a value)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rules.catalog import listing
+
+    with _errors():
+        result = listing(Workspace.open(workspace))
+    _emit(result, as_json, _render_tags)
+
+
+def _render_tags(r: dict) -> None:
+    table = Table(title=f"tag catalog ({len(r['tags'])} tags; coverage as of {r['date'] or 'no snapshot yet'})")
+    for col in ("id", "名称", "name", "category", "type", "values", "coverage"):
+        table.add_column(col, justify="right" if col == "coverage" else "left")
+    for t in r["tags"]:
+        values = ", ".join(str(v["value"]) for v in t.get("values", [])[:4]) + (" ..." if len(t.get("values", [])) > 4 else "")
+        cov = "" if t["coverage"] is None else f"{t['coverage']:.1%}"
+        table.add_row(t["id"], t["name_zh"], t["name_en"], f"{t['category_zh']} {t['category']}", t["type"],
+                      values or t["value_type"], cov)
+    console.print(table)
+    for tag, why in r.get("unavailable", {}).items():
+        console.print(f"[yellow]unavailable here:[/] {tag}: {why}")
+
+
+@tags_app.command("show")
+def tags_show(tag_id: str, workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """One tag: definition, coverage, value distribution and its last change between snapshots."""
+    from rules.catalog import show
+
+    with _errors():
+        try:
+            result = show(Workspace.open(workspace), tag_id)
+        except KeyError as exc:
+            raise FileNotFoundError(exc.args[0]) from None
+    _emit(result, as_json, _render_tag)
+
+
+def _render_tag(r: dict) -> None:
+    t = r["tag"]
+    console.print(f"[bold]{t['id']}[/]  {t['name_zh']} / {t['name_en']}  ({t['category_zh'] if 'category_zh' in t else ''}"
+                  f" {t['category']}, {t['type']}, {t['kind']}, v{t['version']}, owner {t['owner'] or '-'}, "
+                  f"cadence {t['cadence'] or '-'})")
+    console.print(f"  {t['description']}")
+    console.print(f"  defined at {t['source']}; reads {', '.join(sorted(t.get('inputs', []))) or '-'}")
+    if r["date"] is None:
+        console.print("  no tag snapshot yet: run `persona rescore`")
+        return
+    console.print(f"  coverage {r['coverage']:.1%} as of {r['date']}")
+    table = Table(title="distribution")
+    for col in ("value", "personas", "share"):
+        table.add_column(col)
+    for d in r["distribution"]:
+        table.add_row(d["value"], f"{d['count']:,}", f"{d['share']:.1%}")
+    console.print(table)
+    if r["last_change"]:
+        ch = r["last_change"]
+        console.print(f"  last change {ch['from']} -> {ch['to']}: " + "; ".join(
+            f"{v}: +{c['entered']:,} / -{c['left']:,}" for v, c in ch["values"].items()))
+
+
+@tags_app.command("diff")
+def tags_diff(
+    a: Annotated[str, typer.Argument(help="earlier snapshot date (YYYY-MM-DD, or 'previous')")] = "previous",
+    b: Annotated[str, typer.Argument(help="later snapshot date (YYYY-MM-DD, or 'latest')")] = "latest",
+    workspace: WorkspaceOpt = Path("."),
+    tag: Annotated[list[str] | None, typer.Option(help="only these tags")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Who entered and who left each tag value between two tag snapshots."""
+    from rules.history import diff
+
+    with _errors():
+        try:
+            result = diff(Workspace.open(workspace), a, b, tags=tag)
+        except KeyError as exc:
+            raise FileNotFoundError(exc.args[0]) from None
+    _emit(result, as_json, _render_diff)
+
+
+def _render_diff(r: dict) -> None:
+    table = Table(title=f"tag changes {r['from']} -> {r['to']}")
+    for col in ("tag", "value", "before", "after", "entered", "left"):
+        table.add_column(col, justify="left" if col in ("tag", "value") else "right")
+    for tag, values in r["tags"].items():
+        for v, c in values.items():
+            if c["entered"] or c["left"]:
+                table.add_row(tag, v, f"{c['before']:,}", f"{c['after']:,}", f"+{c['entered']:,}", f"-{c['left']:,}")
+    console.print(table)
+
+
+segment_app = typer.Typer(help="Audience segments: count, export, profile, overlap.", no_args_is_help=True)
+app.add_typer(segment_app, name="segment")
+SegmentArg = Annotated[str, typer.Argument(help="a segment id, or an expression such as \"churn_risk >= 0.6\"")]
+OptedOutOpt = Annotated[bool, typer.Option(help="keep customers who opted out of marketing (expressions only)")]
+DateOpt = Annotated[str | None, typer.Option(help="tag snapshot date (default: the latest)")]
+
+
+@contextmanager
+def _audience(workspace: Path, date: str | None) -> Iterator:
+    from rules.segments import Audience, SegmentError, load_segments
+    from serving.scoring import rule_paths
+
+    with _errors():
+        try:
+            ws = Workspace.open(workspace)
+            yield Audience.open(ws, load_segments(rule_paths(ws, ws.config())), date)
+        except SegmentError as exc:
+            raise FileNotFoundError(str(exc)) from None
+
+
+@segment_app.command("count")
+def segment_count(target: SegmentArg, workspace: WorkspaceOpt = Path("."), date: DateOpt = None,
+                  include_opted_out: OptedOutOpt = False, as_json: JsonOpt = False) -> None:
+    """How many personas a segment or expression selects."""
+    from rules.segments import count
+
+    with _audience(workspace, date) as aud:
+        result = count(aud, target, include_opted_out=include_opted_out)
+    _emit(result, as_json, lambda r: console.print(
+        f"{r['count']:,} of {r['population']:,} personas ({r['share']:.1%}) as of {r['date']}"))
+
+
+@segment_app.command("export")
+def segment_export(target: SegmentArg, out: Annotated[Path, typer.Option("--out", help="a .csv or .parquet file")],
+                   workspace: WorkspaceOpt = Path("."), date: DateOpt = None,
+                   include_opted_out: OptedOutOpt = False, as_json: JsonOpt = False) -> None:
+    """Write the members' persona_id and hashed channel identifiers (CSV or Parquet)."""
+    from rules.segments import export
+
+    with _audience(workspace, date) as aud:
+        result = export(aud, target, out, include_opted_out=include_opted_out)
+    _emit(result, as_json, lambda r: console.print(f"wrote {r['rows']:,} rows to {r['path']}"))
+
+
+@segment_app.command("profile")
+def segment_profile(target: SegmentArg, workspace: WorkspaceOpt = Path("."), date: DateOpt = None,
+                    include_opted_out: OptedOutOpt = False, as_json: JsonOpt = False) -> None:
+    """Size, and how the segment differs from everyone else (over/under-indexed tag values, feature averages)."""
+    from rules.segments import profile
+
+    with _audience(workspace, date) as aud:
+        result = profile(aud, target, include_opted_out=include_opted_out)
+    _emit(result, as_json, render_segment_profile)
+
+
+def render_segment_profile(r: dict) -> None:
+    console.print(f"[bold]{r['segment']}[/]: {r['size']:,} of {r['population']:,} personas ({r['share']:.1%}) "
+                  f"as of {r['date']}")
+    table = Table(title="tag values: members vs everyone else (index 100 = same)")
+    for col in ("tag", "value", "members", "others", "index"):
+        table.add_column(col)
+    for t in r["tags"]:
+        table.add_row(t["tag"], t["value"], f"{t['share_in']:.1%}", f"{t['share_out']:.1%}",
+                      "-" if t["index"] is None else f"{t['index']:.0f}")
+    console.print(table)
+    table = Table(title="averages: members vs everyone else")
+    for col in ("feature", "members", "others", "index"):
+        table.add_column(col)
+    for f in r["features"]:
+        table.add_row(f["feature"], f"{f['mean_in']:.3g}", f"{f['mean_out']:.3g}",
+                      "-" if f["index"] is None else f"{f['index']:.0f}")
+    console.print(table)
+
+
+@segment_app.command("overlap")
+def segment_overlap(targets: Annotated[list[str], typer.Argument(help="two or more segment ids or expressions")],
+                    workspace: WorkspaceOpt = Path("."), date: DateOpt = None, as_json: JsonOpt = False) -> None:
+    """Pairwise overlap between segments."""
+    from rules.segments import overlap
+
+    with _audience(workspace, date) as aud:
+        result = overlap(aud, targets)
+    _emit(result, as_json, lambda r: [console.print(
+        f"{p['a']} & {p['b']}: {p['both']:,} ({p['share_of_a']:.1%} of {p['a']}, {p['share_of_b']:.1%} of {p['b']})")
+        for p in r["pairs"]])
 
 
 @app.command()

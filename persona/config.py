@@ -239,6 +239,36 @@ class TruthSpec(Strict):
     path: str = "truth"
 
 
+class TagsConfig(Strict):
+    """Where rule tags and segments are declared."""
+
+    defaults: bool = Field(True, description="load the default tag set shipped with persona (rules/default)")
+    paths: list[str] = Field(default_factory=lambda: ["rules"],
+                             description="workspace folders or files of tag and segment YAML (missing ones are skipped)")
+    keep_snapshots: int = Field(400, ge=1, description="dated tag snapshots kept by rescoring")
+
+
+class ServingConfig(Strict):
+    """The online service."""
+
+    port: int = Field(3000, ge=1, le=65535)
+    api_key_env: str = Field("PERSONA_API_KEY",
+                             description="environment variable holding the API key; unset means no key is required")
+    reload_seconds: float = Field(10.0, gt=0, description="how often the service checks for a new champion")
+    recommend_exclude_days: int = Field(30, ge=0, description="leave out categories bought in the last N days")
+    max_batch: int = Field(1000, ge=1, description="most customers in one /v1/score call")
+
+
+class ScheduleConfig(Strict):
+    """`persona schedule`: batch rescoring (and optional retraining) on a cron expression."""
+
+    cron: str = "0 2 * * *"
+    retrain_cron: str | None = Field(None, description="retrain with the promotion gate on this cron, if set")
+    timezone: str = "UTC"
+
+    _tz = field_validator("timezone")(lambda cls, v: _check_timezone(v))
+
+
 class PersonaConfig(Strict):
     """The whole persona.yaml."""
 
@@ -257,6 +287,9 @@ class PersonaConfig(Strict):
     labels: LabelConfig = LabelConfig()
     training: TrainingConfig = TrainingConfig()
     truth: TruthSpec | None = None
+    tags: TagsConfig = TagsConfig()
+    serving: ServingConfig = ServingConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     _tz = field_validator("timezone")(lambda cls, v: _check_timezone(v))
 

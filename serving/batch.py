@@ -1,0 +1,127 @@
+"""Batch rescoring: every persona scored with the champion models and the rules, as one dated tag snapshot.
+
+    features at the scoring date (offline snapshot) -> Scorer.score in chunks -> tag snapshot (atomic) -> online
+
+Statistics the rules learn from the population (quantile edges, RFM averages) are fitted on the model scores of
+everyone first, then every chunk is tagged with them and they are saved in the snapshot's metadata, where the
+online service reads them. Re-running on the same data writes the same snapshot; a run that crashes leaves the
+previous snapshot in place and the next run writes the whole date again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from feature_repo import definitions as defs
+from features import store as feature_store
+from persona.errors import InsufficientDataError
+from persona.workspace import Workspace
+from rules import history
+from serving import scoring
+from training import tracking
+
+Progress = Callable[[str, float], None]
+
+
+def _rules_hash(tagset) -> str:
+    blob = repr(sorted((t["id"], t["version"], t["source"]) for t in tagset.catalog())).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, push: bool = True,
+            progress: Progress | None = None) -> dict:
+    """Score every persona as of the scoring date (or the latest snapshot at or before `as_of`); see the module."""
+    t0 = time.perf_counter()
+    say = progress or (lambda stage, frac: None)
+    cfg = ws.config()
+    timings: dict[str, float] = {}
+    removed = history.clean_partial(ws)
+    date = scoring.snapshot_date(ws, as_of)
+
+    say("loading champion models", 0.02)
+    client = tracking.connect(ws, cfg)
+    models = scoring.ChampionLoader(client).load()
+    if not models.models:
+        raise InsufficientDataError("no champion model: run `persona train --promote` first (or promote a version "
+                                    "with the MLflow UI: alias 'champion' on persona_<tag>)")
+    say("reading features", 0.05)
+    t = time.perf_counter()
+    frame = scoring.offline_frame(ws, date)
+    timings["read_features"] = time.perf_counter() - t
+    if frame.empty:
+        raise InsufficientDataError(f"no persona has features at {date.date()}")
+
+    t = time.perf_counter()
+    n = len(frame)
+    chunks = range(0, n, scoring.SCORE_CHUNK)
+    scores = []
+    for i, start in enumerate(chunks):
+        say("scoring models", 0.1 + 0.5 * i / len(chunks))
+        scores.append(scoring.model_scores(frame.iloc[start:start + scoring.SCORE_CHUNK], models))
+    scores = pd.concat(scores)
+    timings["models"] = time.perf_counter() - t
+
+    say("fitting and evaluating rule tags", 0.6)
+    t = time.perf_counter()
+    full = pd.concat([frame, scores], axis=1)
+    tagset = scoring.load_rules(ws, cfg, full.columns)
+    stats = tagset.fit(full)
+    scorer = scoring.Scorer(models, tagset, stats, as_of=str(date.date()))
+    tags = tagset.evaluate(full, stats)
+    tags = tags.drop(columns=[c for c in tags.columns if c in scores.columns])
+    timings["rules"] = time.perf_counter() - t
+    del full
+
+    say("writing the tag snapshot", 0.8)
+    t = time.perf_counter()
+    out = pd.concat([frame[[defs.JOIN_KEY]], scores, tags], axis=1)
+    catalog = tagset.catalog()
+    tag_ids = [c["id"] for c in catalog if c["id"] in out.columns]
+    meta = {
+        "date": str(date.date()), "as_of": str(date), "created": pd.Timestamp.now(tz="UTC").isoformat(),
+        "personas": int(n), "models": models.versions(), "outputs": list(scores.columns),
+        "stats": stats, "rules_hash": _rules_hash(tagset), "unavailable": dict(tagset.unavailable),
+        "tags": [{"id": c["id"], "value_type": c["value_type"], "category": c["category"], "type": c["type"]}
+                 for c in catalog if c["id"] in out.columns],
+        "coverage": history.coverage(out, tag_ids),
+    }
+    folder = history.write(ws, meta["date"], history.to_arrow(out), meta)
+    pruned = history.prune(ws, cfg.tags.keep_snapshots)
+    timings["write"] = time.perf_counter() - t
+
+    pushed = None
+    if push:
+        say("pushing tags to the online store", 0.9)
+        t = time.perf_counter()
+        pushed = push_tags(ws, cfg, out, date)
+        timings["push_online"] = time.perf_counter() - t
+    seconds = time.perf_counter() - t0
+    del scorer
+    return {
+        "date": meta["date"], "personas": int(n), "models": models.versions(), "tags": len(tag_ids),
+        "unavailable": meta["unavailable"], "coverage": meta["coverage"], "snapshot": str(folder),
+        "pushed": pushed, "pruned": pruned, "cleaned": removed,
+        "seconds": {k: round(v, 2) for k, v in {**timings, "total": seconds}.items()},
+        "personas_per_second": round(n / max(timings["read_features"] + timings["models"] + timings["rules"]
+                                             + timings["write"], 1e-9)),
+    }
+
+
+def push_tags(ws: Workspace, cfg, out: pd.DataFrame, date: pd.Timestamp) -> dict:
+    """Write the snapshot's tags to the online store's `tags` view, one row per persona (latest wins)."""
+    store = feature_store.open_store(ws, cfg)
+    frame = out.copy()
+    for name, col in frame.items():
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            frame[name] = col.astype("object").where(col.notna(), None).astype("string")
+        elif str(col.dtype) == "boolean":
+            frame[name] = col.astype("float64")  # Feast's online store has no nullable bool: 1 / 0 / NaN
+        elif col.dtype == object or isinstance(col.dtype, pd.ArrowDtype):
+            frame[name] = col.map(lambda v: "|".join(v) if isinstance(v, (tuple, list, np.ndarray)) else None
+                                  ).astype("string")
+    return feature_store.push_tags(store, frame, date.to_pydatetime())
