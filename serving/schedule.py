@@ -30,8 +30,32 @@ class ScheduleError(ValueError):
     """A cron expression that does not parse; names the setting."""
 
 
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _cron_weekdays(field: str) -> str:
+    """A crontab weekday field (0 or 7 = Sunday) as day names, which APScheduler 3 reads as crontab does.
+
+    APScheduler 3 numbers weekdays from Monday = 0, so '0 3 * * 0' would otherwise run on Mondays.
+    """
+    if not any(ch.isdigit() for ch in field):
+        return field  # '*' or names (mon-fri): the same in both
+    days: list[int] = []
+    for part in field.split(","):
+        base, slash, step = part.partition("/")
+        lo, _, hi = base.partition("-")
+        first, last = (0, 6) if base == "*" else (int(lo), int(hi) if hi else (7 if slash else int(lo)))
+        if not 0 <= first <= last <= 7:
+            raise ValueError(f"weekday {part!r} is outside 0-7")
+        days += range(first, last + 1, int(step) if slash else 1)
+    return ",".join(dict.fromkeys(_WEEKDAYS[d] for d in days))
+
+
 def trigger(expression: str, timezone: str, setting: str) -> CronTrigger:
     try:
+        fields = expression.split()
+        if len(fields) == 5:
+            expression = " ".join([*fields[:4], _cron_weekdays(fields[4])])
         return CronTrigger.from_crontab(expression, timezone=timezone)
     except ValueError as exc:
         raise ScheduleError(f"persona.yaml {setting}: {expression!r} is not a cron expression "
