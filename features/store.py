@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 import weakref
 from collections.abc import Sequence
@@ -183,8 +182,9 @@ def materialize(store: feast.FeatureStore, end: datetime, *, first_start: dateti
             incremental.append(view)
             start, mode = _utc(last), "incremental"
         report["views"][view.name] = {"mode": mode, "start": start.isoformat(), "rows": _rows_between(view, start, end)}
-    # Feast prints its progress to stdout; a library must not write there (`persona features --json` prints JSON).
-    with contextlib.redirect_stdout(sys.stderr):
+    # Feast prints the views it materialises to stdout; a library must not write there (`persona features --json`
+    # prints JSON), and the report returned says the same per view.
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         if full:
             store.materialize(start_date=begin, end_date=end, feature_views=[v.name for v in full])
         if incremental:

@@ -28,6 +28,20 @@ app = typer.Typer(help="persona: predictive customer tagging (OneID, features, r
 console = Console()
 err = Console(stderr=True)
 
+@app.callback()
+def _main() -> None:
+    """persona: predictive customer tagging (OneID, features, rule and model tags, serving)."""
+    # Libraries under us (Feast, ibis, MLflow, scikit-learn) warn about their own deprecations on every run; a
+    # command line prints what the user asked for. Set here, when a command runs, not at import.
+    import logging
+    import warnings
+
+    for category in (DeprecationWarning, FutureWarning, UserWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for name in ("feast", "mlflow", "alembic", "urllib3", "bentoml"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="workspace folder holding persona.yaml")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON (for automation)")]
 
@@ -519,38 +533,11 @@ def demo(
     workspace: WorkspaceOpt = Path("demo_workspace"),
     customers: Annotated[int, typer.Option(min=100, help="demo size")] = 20_000,
 ) -> None:
-    """The main job on embedded defaults: generate a demo workspace, integrate it, and show what came out."""
-    from features.generate import generate as gen
-    from features.integrate import integrate as run
+    """The whole platform on embedded defaults: generate, integrate, features, train, rescore, serve and call it."""
+    from persona.demo import run_demo
 
-    start = time.perf_counter()
     with _errors():
-        ws = Workspace.open(workspace)
-        if not (ws.root / CONFIG_NAME).exists():
-            console.rule("1. generate demo data")
-            ws.root.mkdir(parents=True, exist_ok=True)
-            with _progress(True) as progress:
-                _render_generate(gen(ws.root, customers, progress=progress))
-        console.rule("2. integrate: standardise, quarantine, OneID, profiles, enrichment")
-        with _progress(True) as progress:
-            report = run(ws, progress=progress)
-        render_integrate(report)
-        _show_profile(ws)
-    console.print(f"demo finished in {time.perf_counter() - start:.0f} s; workspace: {ws.root}")
-
-
-def _show_profile(ws: Workspace) -> None:
-    import pandas as pd
-
-    profiles = pd.read_parquet(ws.require_current("integrated", "run persona integrate") / "profiles.parquet")
-    rich_one = profiles.sort_values(["records", "persona_id"], ascending=[False, True]).iloc[len(profiles) // 10]
-    table = Table(title=f"one unified profile: {rich_one['persona_id']}")
-    table.add_column("attribute")
-    table.add_column("value")
-    for k, v in rich_one.items():
-        if k != "persona_id" and not (isinstance(v, float) and v != v) and v is not None and v is not pd.NA:
-            table.add_row(k, str(v)[:48])
-    console.print(table)
+        run_demo(workspace, customers, console=console, progress=lambda: _progress(True))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class TagModel(mlflow.pyfunc.PythonModel):
         return btyd_columns(self.btyd, x, self.horizon_days)
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow 3 reads type hints as a schema
-        x = self.model_frame(model_input)
+        x = _matrix(self.model_frame(model_input))  # once for every output, not once per estimator
         out = {}
         for name, est in self.estimators.items():
             out[name] = est.predict_proba(x)[:, 1] if self.kind == "probability" else est.predict(x)
@@ -93,7 +93,10 @@ class CalibratedClassifier:
         return np.column_stack([1 - p, p])
 
 
-def _matrix(x: pd.DataFrame) -> np.ndarray:
+def _matrix(x: pd.DataFrame | np.ndarray) -> np.ndarray:
+    """The float32 C-ordered matrix LightGBM reads without another copy; a matrix already so passes through."""
+    if isinstance(x, np.ndarray):
+        return np.ascontiguousarray(x, dtype=np.float32)
     return np.ascontiguousarray(x.to_numpy(dtype=np.float32, na_value=np.nan))
 
 
