@@ -117,6 +117,8 @@ def push_tags(ws: Workspace, cfg, out: pd.DataFrame, date: pd.Timestamp) -> dict
     store = feature_store.open_store(ws, cfg)
     frame = out.copy()
     for name, col in frame.items():
+        if name == defs.JOIN_KEY:
+            continue  # an object column too: the list rule below would turn every id into None (one online row)
         if isinstance(col.dtype, pd.CategoricalDtype):
             frame[name] = col.astype("object").where(col.notna(), None).astype("string")
         elif str(col.dtype) == "boolean":

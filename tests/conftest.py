@@ -2,6 +2,7 @@
 profile's servers (reachable, or the test is skipped; mandatory in CI)."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,35 @@ def production_servers() -> dict[str, str]:
             pytest.fail(f"{message} (${REQUIRE_SERVERS_VAR}=1 makes these tests mandatory)", pytrace=False)
         pytest.skip(f"{message} (start them, or set ${REQUIRE_SERVERS_VAR}=1 to fail instead of skipping)")
     return servers
+
+
+# --- a trained workspace ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def trained_workspace(tmp_path_factory) -> Path:
+    """generate (1,500 customers) -> integrate -> features -> train --promote, once per session (about 75 s).
+
+    Read-only: a test that writes (rescores, prunes, promotes) copies it first with `shutil.copytree(...,
+    symlinks=True)`. A copy works on its own: its MLflow database and feature store are found under its own root
+    and the salt comes from the secrets.env that generate wrote, not from the environment.
+    """
+    import yaml
+
+    from features.build import build_features
+    from features.generate import generate
+    from features.integrate import integrate
+    from persona.workspace import Workspace
+    from training.train import train
+
+    root = tmp_path_factory.mktemp("trained") / "ws"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(SALT_VAR, raising=False)  # the salt of secrets.env, as a copy will use
+        generate(root, 1500, seed=3)
+        path = root / "persona.yaml"
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+        cfg["training"] = {**(cfg.get("training") or {}), "min_positives": 20, "min_negatives": 20, "cutoffs": 3}
+        path.write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        ws = Workspace.open(root)
+        integrate(ws)
+        build_features(ws)
+        train(ws, promote=True)
+    return root
