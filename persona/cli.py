@@ -531,7 +531,7 @@ def init(
 @app.command()
 def demo(
     workspace: WorkspaceOpt = Path("demo_workspace"),
-    customers: Annotated[int, typer.Option(min=100, help="demo size")] = 20_000,
+    customers: Annotated[int, typer.Option(min=2000, help="demo size")] = 10_000,
 ) -> None:
     """The whole platform on embedded defaults: generate, integrate, features, train, rescore, serve and call it."""
     from persona.demo import run_demo

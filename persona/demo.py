@@ -41,18 +41,26 @@ def _example_customer(ws: Workspace, snapshot: pd.DataFrame) -> tuple[str, str]:
     return str(pick), _pretty_phone(str(phone))
 
 
+def _fmt(v) -> str:
+    if isinstance(v, list):
+        return ", ".join(map(str, v))
+    if isinstance(v, float):
+        return f"{v:,.2f}"
+    return str(v)
+
+
 def _show_profile(console: Console, title: str, body: dict) -> None:
     table = Table(title=title, show_lines=False)
     table.add_column("")
     table.add_column("")
     table.add_row("persona", body["persona_id"])
     for k, v in (body.get("scores") or {}).items():
-        if not k.startswith("interest_"):
-            table.add_row(f"score {k}", f"{v:.3f}" if isinstance(v, float) else str(v))
+        if k in ("churn_risk", "high_value"):
+            table.add_row(f"model {k}", f"{v:.3f}" if isinstance(v, float) else str(v))
     table.add_row("top interests", ", ".join(f"{i['category']} {i['propensity']:.2f}" for i in body["top_interests"]))
     for category, tags in (body.get("tags") or {}).items():
         shown = {k: v for k, v in tags.items() if v not in (None, False, [], "")}
-        text = "; ".join(f"{k}={', '.join(v) if isinstance(v, list) else v}" for k, v in list(shown.items())[:8])
+        text = "; ".join(f"{k}={_fmt(v)}" for k, v in list(shown.items())[:8])
         table.add_row(category, text)
     rt = body.get("realtime") or {}
     if rt:
