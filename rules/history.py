@@ -84,15 +84,24 @@ def read(ws: Workspace, date: str | None = None, columns: list[str] | None = Non
     return frame
 
 
+def _is_list_column(col: pd.Series) -> bool:
+    """A column of tuples/lists (a list-valued tag), judged by its first non-null value (not every row)."""
+    if col.dtype != object or not len(col):
+        return False
+    idx = col.first_valid_index()
+    return idx is not None and isinstance(col.at[idx], (tuple, list))
+
+
 def to_arrow(frame: pd.DataFrame) -> pa.Table:
     """Snapshot columns to Arrow: categoricals as dictionary strings, tuples as list<string>, nullable booleans."""
     arrays, names = [], []
     for name, col in frame.items():
         if isinstance(col.dtype, pd.CategoricalDtype):
-            arr = pa.array(col.astype("object").where(col.notna(), None), type=pa.string()).dictionary_encode()
-        elif col.dtype == object and len(col) and isinstance(col.dropna().iloc[0] if col.notna().any() else None,
-                                                                (tuple, list)):
-            arr = pa.array([list(v) if isinstance(v, (tuple, list)) else [] for v in col], type=pa.list_(pa.string()))
+            # codes and categories straight into a dictionary array: no per-row strings
+            arr = pa.DictionaryArray.from_arrays(pa.array(col.cat.codes.to_numpy(), mask=col.isna().to_numpy()),
+                                                 pa.array([str(c) for c in col.cat.categories], type=pa.string()))
+        elif _is_list_column(col):
+            arr = pa.array(col.where(col.notna(), None).tolist(), type=pa.list_(pa.string()))
         elif str(col.dtype) == "boolean":
             arr = pa.array(col.to_numpy(dtype=object, na_value=None), type=pa.bool_())
         elif name == "persona_id":
@@ -155,7 +164,7 @@ def prune(ws: Workspace, keep: int) -> list[str]:
 def _memberships(frame: pd.DataFrame, tag: str) -> pd.DataFrame:
     """(persona_id, value) pairs holding each value of a tag; list tags contribute one pair per element."""
     col = frame[tag]
-    if col.dtype == object and col.map(lambda v: isinstance(v, tuple)).any():
+    if _is_list_column(col):
         pairs = pd.DataFrame({"persona_id": frame["persona_id"], "value": col}).explode("value").dropna()
     else:
         pairs = pd.DataFrame({"persona_id": frame["persona_id"], "value": col}).dropna()
@@ -207,8 +216,8 @@ def coverage(frame: pd.DataFrame, tag_ids: list[str]) -> dict[str, float]:
         if t not in frame.columns:
             continue
         col = frame[t]
-        if col.dtype == object and len(col) and col.map(lambda v: isinstance(v, tuple)).any():
-            has = col.map(lambda v: isinstance(v, tuple) and len(v) > 0).to_numpy()
+        if _is_list_column(col):
+            has = (col.str.len().fillna(0) > 0).to_numpy()
         else:
             has = col.notna().to_numpy()
         out[t] = float(np.count_nonzero(has) / n)
@@ -219,7 +228,7 @@ def distribution(frame: pd.DataFrame, tag: str, *, bins: int = 10) -> list[dict]
     """Value counts of a tag (share of personas); numeric tags are binned into deciles."""
     col = frame[tag]
     n = max(len(frame), 1)
-    if col.dtype == object and col.map(lambda v: isinstance(v, tuple)).any():
+    if _is_list_column(col):
         counts = col.explode().dropna().value_counts()
     elif pd.api.types.is_float_dtype(col.dtype):
         known = col.dropna()

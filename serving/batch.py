@@ -16,12 +16,13 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from feature_repo import definitions as defs
 from features import store as feature_store
 from persona.errors import InsufficientDataError
 from persona.workspace import Workspace
-from rules import history
+from rules import history, segments
 from serving import scoring
 from training import tracking
 
@@ -80,6 +81,9 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, push: bool = Tr
     say("writing the tag snapshot", 0.8)
     t = time.perf_counter()
     out = pd.concat([frame[[defs.JOIN_KEY]], scores, tags], axis=1)
+    # Consent as of this rescoring travels with the tags, so counting a segment never joins the profiles again.
+    out[segments.OPT_OUT_COLUMN] = segments.opted_out_of(ws, pa.array(out[defs.JOIN_KEY].astype(str).to_numpy(),
+                                                                      type=pa.string()))
     catalog = tagset.catalog()
     tag_ids = [c["id"] for c in catalog if c["id"] in out.columns]
     meta = {
@@ -121,7 +125,7 @@ def push_tags(ws: Workspace, cfg, out: pd.DataFrame, date: pd.Timestamp) -> dict
             continue  # an object column too: the list rule below would turn every id into None (one online row)
         if isinstance(col.dtype, pd.CategoricalDtype):
             frame[name] = col.astype("object").where(col.notna(), None).astype("string")
-        elif str(col.dtype) == "boolean":
+        elif str(col.dtype) in ("boolean", "bool"):
             frame[name] = col.astype("float64")  # Feast's online store has no nullable bool: 1 / 0 / NaN
         elif col.dtype == object or isinstance(col.dtype, pd.ArrowDtype):
             frame[name] = col.map(lambda v: "|".join(v) if isinstance(v, (tuple, list, np.ndarray)) else None

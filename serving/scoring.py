@@ -18,6 +18,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from mlflow import MlflowClient
 
@@ -163,27 +164,39 @@ def snapshot_date(ws: Workspace, as_of: pd.Timestamp | None = None) -> pd.Timest
 
 
 def offline_frame(ws: Workspace, date: pd.Timestamp, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Every snapshot group's features at `date`, one row per persona (groups joined on persona_id).
+    """Every snapshot group's features at `date`, one row per persona (sorted by persona_id).
 
-    `columns` restricts the features read (keys are always read). Personas missing from a group get NaN there.
+    `columns` restricts the features read (keys are always read). Personas missing from a group get NaN there
+    (integer columns come back as float64 for that reason). Groups are aligned by an Arrow hash lookup of their ids
+    into the sorted union of ids, not by a pandas join: at 1M personas x 5 groups that is seconds faster.
     """
-    frames = []
+    tables = []
+    at = pads.field(defs.TIMESTAMP) == pa.scalar(date.to_pydatetime(), pa.timestamp("us", "UTC"))
     for group, path in feature_store.snapshot_files(ws).items():
-        schema = pads.dataset(path, format="parquet").schema
-        wanted = [c for c in schema.names if c not in defs.KEY_COLUMNS and (columns is None or c in columns)]
-        if not wanted:
-            continue
-        table = pads.dataset(path, format="parquet").to_table(
-            columns=[defs.JOIN_KEY, *wanted], filter=pads.field(defs.TIMESTAMP) == pa.scalar(date.to_pydatetime(),
-                                                                                       pa.timestamp("us", "UTC")))
-        part = table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
-        frames.append(part.set_index(defs.JOIN_KEY))
-    if not frames:
+        dataset = pads.dataset(path, format="parquet")
+        wanted = [c for c in dataset.schema.names if c not in defs.KEY_COLUMNS and (columns is None or c in columns)]
+        if wanted:
+            tables.append(dataset.to_table(columns=[defs.JOIN_KEY, *wanted], filter=at))
+    if not tables:
         raise FileNotFoundError(f"{feature_store.offline_dir(ws)}: no feature snapshots (run `persona features`)")
-    out = frames[0].join(frames[1:], how="outer") if len(frames) > 1 else frames[0]
-    out = out.sort_index()
-    out.index.name = defs.JOIN_KEY
-    return out.reset_index()
+    ids = pc.unique(pa.chunked_array([t.column(defs.JOIN_KEY).cast(pa.string()) for t in tables]).combine_chunks())
+    ids = ids.take(pc.sort_indices(ids))
+    out: dict[str, object] = {defs.JOIN_KEY: ids.to_pandas(types_mapper=pd.ArrowDtype).astype(
+        pd.StringDtype("pyarrow"))}
+    for table in tables:
+        pos = pc.index_in(table.column(defs.JOIN_KEY).cast(pa.string()), value_set=ids).to_numpy(zero_copy_only=False)
+        full = len(pos) == len(ids)
+        for name in table.column_names[1:]:
+            col = table.column(name)
+            kind = np.float32 if pa.types.is_float32(col.type) else np.float64
+            values = col.to_numpy(zero_copy_only=False).astype(kind, copy=False)
+            if full and col.null_count == 0 and (pos == np.arange(len(ids))).all():
+                out[name] = values
+                continue
+            dense = np.full(len(ids), np.nan, dtype=kind)
+            dense[pos] = values
+            out[name] = dense
+    return pd.DataFrame(out)
 
 
 def online_frame(store, persona_ids: Sequence[str], features: Sequence[str] | None = None) -> pd.DataFrame:

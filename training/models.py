@@ -68,7 +68,8 @@ class TagModel(mlflow.pyfunc.PythonModel):
         missing = [f for f in self.features if f not in frame.columns]
         if missing:
             raise ValueError(f"{self.tag}: input lacks feature(s) {missing[:5]}{'...' if len(missing) > 5 else ''}")
-        x = frame[self.features].astype("float64")
+        # Kept in the snapshot's dtypes (float32 mostly): `_matrix` makes the one float32 copy LightGBM reads.
+        x = frame[self.features]
         return btyd_columns(self.btyd, x, self.horizon_days)
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow 3 reads type hints as a schema
