@@ -217,15 +217,15 @@ def engine_breakdown(root: Path, sizes: list[int], repeats: int = 15) -> list[di
         t: dict[str, list[float]] = {k: [] for k in ("resolve", "online_read", "models", "rules", "assemble", "total")}
         for r in range(repeats):
             batch = [Customer(persona_id=p) for p in pids[(r * n) % len(pids):][:n]]
-            t0 = time.perf_counter()
-            ids = engine.resolve(batch)
-            t1 = time.perf_counter()
-            feats = engine.features([p for p in ids if p])
-            t2 = time.perf_counter()
             live = engine._live
-            scores = scoring.model_scores(feats, live.scorer.models)
+            t0 = time.perf_counter()
+            ids = [p for p in engine.resolve(batch) if p]
+            t1 = time.perf_counter()
+            feats, _ = engine.features(live.reader, ids)
+            t2 = time.perf_counter()
+            scores = scoring.model_outputs(feats, len(ids), live.scorer.models)
             t3 = time.perf_counter()
-            live.scorer.score(feats)  # models + rules: the rules' share is the difference
+            live.scorer.score_columns(feats, len(ids))  # models + rules: the rules' share is the difference
             t4 = time.perf_counter()
             engine.profiles(batch)
             t5 = time.perf_counter()

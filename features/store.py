@@ -269,6 +269,67 @@ def online_refs(store: feast.FeatureStore, features: Sequence[str] | None = None
     return [ref for name, ref in hit[1] if wanted is None or name in wanted]
 
 
+class OnlineReader:
+    """The latest online features of every snapshot view for personas, as one float64 matrix (NaN = no value).
+
+    What `get_online_features` answers for these views, read more directly: one `online_read` per view through
+    Feast's provider (the SQLite or Redis online store the repository configures), values taken off the stored
+    protobufs into the matrix. `get_online_features` spends more time than the read itself resolving references,
+    building a response protobuf and converting it to a DataFrame (for 8 personas x 156 features: ~14 ms, of which
+    ~7 ms is the online store's own read). Feast ignores a view's TTL on online reads; so does this.
+
+    Built once for the views registered now (the online engine builds a new one on refresh).
+    """
+
+    def __init__(self, store: feast.FeatureStore) -> None:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        self.store = store
+        self._key, self._value = EntityKey, Value
+        self._provider = store._get_provider()  # what get_online_features reads through
+        self.views: list[tuple[feast.FeatureView, list[str], int]] = []
+        self.columns: list[str] = []
+        for view in store.list_feature_views(allow_cache=True):
+            if view.name in defs.GROUPS:
+                names = [f.name for f in view.features]
+                self.views.append((view, names, len(self.columns)))
+                self.columns += names
+
+    def read(self, persona_ids: Sequence[str]) -> tuple:
+        """(matrix n x len(columns) float64, found: bool per persona that any view holds)."""
+        import numpy as np
+
+        keys = [self._key(join_keys=[defs.JOIN_KEY], entity_values=[self._value(string_val=str(p))])
+                for p in persona_ids]
+        out = np.full((len(keys), len(self.columns)), np.nan)
+        found = np.zeros(len(keys), dtype=bool)
+        if not keys:
+            return out, found
+        for view, names, start in self.views:
+            rows = self._provider.online_read(config=self.store.config, table=view, entity_keys=keys,
+                                              requested_features=names)
+            for i, (_, values) in enumerate(rows):
+                if not values:
+                    continue
+                found[i] = True
+                line = out[i]
+                for j, name in enumerate(names, start):
+                    v = values.get(name)
+                    if v is not None:
+                        kind = v.WhichOneof("val")
+                        if kind is not None:
+                            line[j] = getattr(v, kind)
+        return out, found
+
+    def frame(self, persona_ids: Sequence[str]) -> pd.DataFrame:
+        """persona_id then every feature column (float64), in the order of `columns`."""
+        matrix, _ = self.read(persona_ids)
+        frame = pd.DataFrame(matrix, columns=self.columns, copy=False)
+        frame.insert(0, defs.JOIN_KEY, [str(p) for p in persona_ids])
+        return frame
+
+
 def online_features(store: feast.FeatureStore, service: str, persona_ids: Sequence[str]) -> pd.DataFrame:
     """The latest materialised (or pushed) features of a service for personas; unknown personas get nulls."""
     found = _service(store, service)

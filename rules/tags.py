@@ -263,9 +263,9 @@ class TagSet:
         JSON-serialisable. Tags the fitted ones depend on are evaluated on the way (with the statistics fitted so far:
         the order is the dependency order).
         """
-        self._check_frame(frame)
+        self._check_columns(frame.columns)
         stats: dict[str, Any] = {}
-        env = _Env(self, frame, stats)
+        env = _Env(self, frame, len(frame), stats, frame.index)
         for tag in self.tags:
             if tag.needs_fit:
                 stats[tag.id] = _fit(tag, env)
@@ -278,16 +278,23 @@ class TagSet:
         `stats` is what `fit` returned (possibly after a JSON round trip); nothing is recomputed from `frame`, so a
         one-row frame gets the same answer it would get inside the batch.
         """
-        self._check_frame(frame)
+        out = self.evaluate_columns(frame, len(frame), stats, labels=frame.index)
+        return pd.DataFrame(out, index=frame.index, copy=False)
+
+    def evaluate_columns(self, columns: Mapping[str, Any], n: int, stats: Mapping[str, Any], *,
+                         labels: Sequence | None = None) -> dict[str, Any]:
+        """`evaluate` on columns given by name (numpy arrays, Series...) of `n` rows, without building a DataFrame:
+        the tag columns `evaluate` would hold, by tag id. For a few rows (online scoring) a DataFrame's per-column
+        overhead costs more than the rules. `labels` name rows in error messages (default: their positions)."""
+        self._check_columns(columns.keys())
         for tag in self.tags:
             if tag.needs_fit:
                 _check_stats(tag, stats)
-        env = _Env(self, frame, stats)
-        out = {t.id: _to_column(t, env.tag(t.id)) for t in self.tags}
-        return pd.DataFrame(out, index=frame.index, copy=False)
+        env = _Env(self, columns, n, stats, labels)
+        return {t.id: _to_column(t, env.tag(t.id)) for t in self.tags}
 
-    def _check_frame(self, frame: pd.DataFrame) -> None:
-        missing = self._inputs.difference(frame.columns)
+    def _check_columns(self, names) -> None:
+        missing = self._inputs.difference(names)
         if missing:
             name = sorted(missing)[0]
             tag = next(t for t in self.tags if name in t.columns)
@@ -797,10 +804,12 @@ _SMALL = 256      # rows; below this, `top` takes the path with less Python over
 class _Env:
     """Columns of one frame and tag values, each computed once, on first use."""
 
-    def __init__(self, tagset: TagSet, frame: pd.DataFrame, stats: Mapping[str, Any]) -> None:
+    def __init__(self, tagset: TagSet, frame: Mapping[str, Any], n: int, stats: Mapping[str, Any],
+                 labels: Sequence | None = None) -> None:
         self.tagset = tagset
-        self.frame = frame
-        self.n = len(frame)
+        self.frame = frame  # a DataFrame or any mapping of column name -> values
+        self.n = n
+        self.labels = labels
         self.stats = stats
         self.columns: dict[str, ex.Value] = {}
         self.tags: dict[str, ex.Value] = {}
@@ -875,7 +884,7 @@ def _enum(tag: TagDef, env: _Env) -> ex.Value:
             row = int(np.argmax(many))
             both = [spec.values[i].value for i in range(len(spec.values))
                     if env.run(tag, f"values[{i}].when").value[row]]
-            label = env.frame.index[row]
+            label = env.labels[row] if env.labels is not None else row
             raise tag.error(f"exclusive, but {count} row(s) match more than one value (row {label!r} matches "
                             f"{' and '.join(map(repr, both))})")
     return ex.StringValue(codes, tuple(v for v, _, _ in tag.values))

@@ -1,7 +1,8 @@
 """The online engine behind the HTTP service: resolve a customer, read online features, score, answer.
 
 Everything here is plain Python, so the BentoML service (`serving.service`) stays a thin HTTP layer and tests can
-drive the engine directly. Scoring goes through `serving.scoring.Scorer.score`, the function the batch job uses.
+drive the engine directly. Scoring goes through `serving.scoring.Scorer.score_columns`: the model and rule functions
+the batch job calls (`model_outputs`, `TagSet.evaluate_columns`).
 
 State that can change while serving — the champion models, the tag set, the rule statistics of the last batch
 run — lives in one immutable `Scorer`; `refresh()` builds a new one and swaps the reference, so a request in flight
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from feast.type_map import feast_value_type_to_python_type
 
 from feature_repo import definitions as defs
 from features import store as feature_store
@@ -61,6 +61,7 @@ class Live:
 
     scorer: scoring.Scorer
     catalog: dict[str, dict]
+    reader: feature_store.OnlineReader  # the views registered when the scorer was built
 
 
 def redact(uri: str) -> str:
@@ -92,54 +93,8 @@ def ping_registry(uri: str, *, timeout: float = 5.0) -> None:
         raise Unavailable(f"model registry ({redact(uri)}) unreachable: {type(exc).__name__}: {first}") from None
 
 
-_INTS = frozenset({"int32_val", "int64_val"})
-_NUMBERS = _INTS | {"float_val", "double_val", None}
-
-
-def online_frame(store, persona_ids: Sequence[str]) -> pd.DataFrame:
-    """`scoring.online_frame` (the same Feast read, the same columns, order and values) built faster.
-
-    Feast's `OnlineResponse.to_df` converts every value through its generic type map, then pandas infers each of
-    the ~160 columns from a list: 1.3 ms of the 2.6 ms of a one-persona read here, 5.6 of 25 ms for 32 personas.
-    Numeric columns are read off the protobuf into one float64 block instead; a column of only integers becomes
-    int64 and text or booleans go through Feast's own conversion, as `to_df` would give them. One difference: a
-    numeric column with no value in the batch (a view that holds none of these personas) is float64 NaN where
-    `to_df` gives an object column of None. NaN is what the batch job's frame holds there (`offline_frame` joins
-    groups), so online and batch scoring see the same thing.
-    """
-    if not len(persona_ids):
-        return scoring.online_frame(store, persona_ids)
-    refs = feature_store.online_refs(store)
-    response = store.get_online_features(features=refs, entity_rows=[{defs.JOIN_KEY: str(p)} for p in persona_ids])
-    proto = response.proto
-    floats, float_names, inserts = [], [], []
-    for pos, (name, vector) in enumerate(zip(proto.metadata.feature_names.val, proto.results)):
-        values = vector.values
-        kinds = [v.WhichOneof("val") for v in values]
-        found = set(kinds)
-        if found <= _NUMBERS:
-            column = [getattr(v, k) if k is not None else None for v, k in zip(values, kinds)]
-            if found <= _INTS:  # integers and no gap: pandas infers int64
-                inserts.append((pos, name, np.array(column, dtype=np.int64)))
-            else:  # floats, or integers with a gap: float64 with NaN
-                floats.append(column)
-                float_names.append(name)
-        else:  # text, booleans: exactly Feast's conversion, and pandas' inference on insert
-            inserts.append((pos, name, [feast_value_type_to_python_type(v) for v in values]))
-    if floats:
-        frame = pd.DataFrame(np.array(floats, dtype=np.float64).T, columns=float_names)
-    else:
-        frame = pd.DataFrame(index=pd.RangeIndex(len(persona_ids)))
-    for pos, name, column in inserts:  # ascending positions: each lands where the response had it
-        frame.insert(pos, name, column)
-    return frame
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    out = []
-    for row in frame.to_dict(orient="records"):
-        out.append({k: _plain(v) for k, v in row.items()})
-    return out
+def _tolist(values) -> list:
+    return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
 def _plain(v):
@@ -150,6 +105,12 @@ def _plain(v):
     if isinstance(v, np.generic):
         return v.item()
     return v
+
+
+def _epoch(v) -> int | None:
+    """Epoch seconds (read as float64 with the other features) as the integer they are stored as."""
+    v = _plain(v)
+    return None if v is None else int(v)
 
 
 class OnlineEngine:
@@ -211,11 +172,11 @@ class OnlineEngine:
             except Exception as exc:  # an artifact missing or unreadable: keep serving the current models
                 raise Unavailable(f"model registry: cannot load champion versions {versions}: "
                                   f"{type(exc).__name__}: {exc}") from None
-            columns = [*feature_store.online_refs(self.store), *models.outputs()]
-            tagset = scoring.load_rules(self.ws, self.cfg, [c.split(":")[-1] for c in columns])
+            reader = feature_store.OnlineReader(self.store)
+            tagset = scoring.load_rules(self.ws, self.cfg, [*reader.columns, *models.outputs()])
             scorer = scoring.Scorer(models, tagset, meta.get("stats", {}), as_of=date)
-            # One assignment: a request reads either the old (scorer, catalog) pair or the new one, never a mix.
-            self._live = Live(scorer, {c["id"]: c for c in tagset.catalog()})
+            # One assignment: a request reads either the old (scorer, catalog, reader) or the new, never a mix.
+            self._live = Live(scorer, {c["id"]: c for c in tagset.catalog()}, reader)
             return True
 
     def ready(self) -> dict:
@@ -226,7 +187,10 @@ class OnlineEngine:
 
     def probe(self) -> None:
         """Raise Unavailable unless the online store answers a read now (the readiness check)."""
-        self.features([self._probe_id])
+        live = self._live
+        if live is None:
+            raise Unavailable("not ready: no scorer loaded")
+        self.features(live.reader, [self._probe_id])
 
     # --- resolution ----------------------------------------------------------------------------------------
     def resolve(self, customers: Sequence[Customer]) -> list[str | None]:
@@ -249,20 +213,23 @@ class OnlineEngine:
         return out
 
     # --- scoring -------------------------------------------------------------------------------------------
-    def features(self, persona_ids: Sequence[str]) -> pd.DataFrame:
+    def features(self, reader: feature_store.OnlineReader, persona_ids: Sequence[str]
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """({feature: float64 values (NaN = no value)}, found: bool per persona the online store holds)."""
         try:
-            frame = online_frame(self.store, persona_ids)
+            matrix, found = reader.read(persona_ids)
         except Exception as exc:  # the online store's client raises its own error types (sqlite3, redis...)
             raise Unavailable(f"online store ({self.cfg.store.profile}): {type(exc).__name__}: {exc}") from None
-        return frame
+        return {name: matrix[:, j] for j, name in enumerate(reader.columns)}, found
 
-    def score_frame(self, persona_ids: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame, Live]:
-        """(features, scores and tags, the state used) of personas, from the online store, with the current scorer."""
+    def score_frame(self, persona_ids: Sequence[str]) -> tuple[dict, np.ndarray, dict, Live]:
+        """(features, found, scores and tags, the state used) of personas, from the online store, with the current
+        scorer: the columns `Scorer.score` would give for the same features, by name."""
         live = self._live
         if live is None:
             raise Unavailable("not ready: no scorer loaded")
-        feats = self.features(persona_ids)
-        return feats, live.scorer.score(feats), live
+        feats, found = self.features(live.reader, persona_ids)
+        return feats, found, live.scorer.score_columns(feats, len(persona_ids)), live
 
     def _profile_of(self, pid: str, realtime: Mapping, scored: Mapping, live: Live) -> dict:
         scorer = live.scorer
@@ -284,8 +251,8 @@ class OnlineEngine:
             "top_interests": [{"category": c, "propensity": round(float(p), 6)} for c, p in interests[:3]],
             "models": scorer.models.versions(),
             "rules_as_of": scorer.as_of,
-            "last_event_ts": _plain(realtime.get("rt_last_event_ts")),
-            "realtime": {k: _plain(v) for k, v in realtime.items()},
+            "last_event_ts": _epoch(realtime.get("rt_last_event_ts")),
+            "realtime": {k: _epoch(v) if k == "rt_last_event_ts" else _plain(v) for k, v in realtime.items()},
         }
 
     def profiles(self, customers: Sequence[Customer]) -> list[dict | None]:
@@ -294,13 +261,12 @@ class OnlineEngine:
         known = [p for p in pids if p is not None]
         if not known:
             return [None] * len(pids)
-        feats, scored, live = self.score_frame(known)
-        has = scoring.known_mask(feats)
-        # Rows as dicts from whole columns: a pandas row (`.iloc[j]`) costs ~0.1 ms, `to_dict("records")` not much
-        # less; `tolist()` per column boxes the same values (categories as str, missing as nan or pd.NA).
-        names = list(scored.columns)
-        rows = [dict(zip(names, values)) for values in zip(*(scored[c].tolist() for c in names))]
-        rt = [c for c in feats.columns if c.startswith(defs.GROUPS[defs.REALTIME])]
+        feats, has, scored, live = self.score_frame(known)
+        # Rows as dicts from whole columns: `tolist()` per column boxes the values once (categories as str, missing
+        # as nan or pd.NA), far cheaper than a DataFrame row per persona.
+        names = list(scored)
+        rows = [dict(zip(names, values)) for values in zip(*(_tolist(scored[c]) for c in names))]
+        rt = [c for c in feats if c.startswith(defs.GROUPS[defs.REALTIME])]
         realtime = [dict(zip(rt, values)) for values in zip(*(feats[c].tolist() for c in rt))] if rt else \
             [{}] * len(known)
         found = {}
@@ -314,12 +280,13 @@ class OnlineEngine:
         (pid,) = self.resolve([customer])
         if pid is None:
             raise NotFound("unknown customer")
-        feats, scored, live = self.score_frame([pid])
+        feats, has, scored, live = self.score_frame([pid])
         scorer = live.scorer
-        if not scoring.known_mask(feats)[0]:
+        if not has[0]:
             raise NotFound(f"persona {pid} has no features online")
         days = self.cfg.serving.recommend_exclude_days if exclude_days is None else exclude_days
-        row, f = scored.iloc[0], feats.iloc[0]
+        row = {out: scored[out][0] for out in scorer.models.outputs()}
+        f = {name: values[0] for name, values in feats.items()}
         items, excluded = [], []
         for out in scorer.models.outputs():
             if not out.startswith("interest_"):
@@ -351,14 +318,16 @@ class OnlineEngine:
         ts = [pd.Timestamp(e["timestamp"]) if e.get("timestamp") else now for e in events]
         ts = [t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC") for t in ts]
         unique = list(dict.fromkeys(pids))
-        rt_cols = [c for c in feature_store.online_refs(self.store) if c.startswith(f"{defs.REALTIME}:")]
-        names = [c.split(":")[1] for c in rt_cols]
+        live = self._live
+        if live is None:
+            raise Unavailable("not ready: no scorer loaded")
+        names = next((names for view, names, _ in live.reader.views if view.name == defs.REALTIME), [])
         if not names:
             raise Unavailable("online store: no realtime feature view (run `persona features`)")
-        current = self.features(unique).set_index(defs.JOIN_KEY)
+        current, _ = self.features(live.reader, unique)
         rows = {}
-        for pid in unique:
-            rows[pid] = {n: (None if pd.isna(current.at[pid, n]) else float(current.at[pid, n])) for n in names}
+        for i, pid in enumerate(unique):
+            rows[pid] = {n: (None if np.isnan(current[n][i]) else float(current[n][i])) for n in names}
         order = np.argsort(np.array([t.value for t in ts]), kind="stable")
         for i in order:
             pid, e, t = pids[i], events[i], ts[i]
@@ -388,7 +357,7 @@ class OnlineEngine:
         return {"accepted": len(events), "personas": unique, "realtime": {p: rows[p] for p in unique}}
 
 
-def _bought_within(features: pd.Series, category: str, days: int) -> bool:
+def _bought_within(features: Mapping, category: str, days: int) -> bool:
     """Did the customer buy in the category within `days` days? From the affinity windows (90 / 365 days) and
     recency: exact for 90- and 365-day horizons, conservative (treated as bought) for shorter ones."""
     for window in (90, 365):

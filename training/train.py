@@ -38,7 +38,8 @@ from training.metrics import calibration_table, classification_metrics, grade, r
 
 Progress = Callable[[str, float], None]
 KEYS = ["persona_id", "event_timestamp"]
-MAX_TRAIN_ROWS = 200_000  # per estimator; a seeded sample beyond this keeps training within minutes at 1M
+MAX_TRAIN_ROWS = 200_000  # training rows over all training dates; a seeded sample beyond this
+MAX_EVAL_ROWS = 300_000  # rows of the validation date and of the held-out date, each
 LINEAR_ROWS = 100_000  # the linear baselines converge on far fewer rows
 PIP_REQUIREMENTS = ["lightgbm==4.7.0", "scikit-learn==1.9.1", "pandas>=2.3,<3", "numpy>=2.4,<3", "scipy"]
 
@@ -109,8 +110,16 @@ def _check_counts(tag: str, y: np.ndarray, period: str, date: str, cfg: PersonaC
             "(training.min_positives / min_negatives)")
 
 
-def _sample(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
-    return frame.sample(MAX_TRAIN_ROWS, random_state=seed) if len(frame) > MAX_TRAIN_ROWS else frame
+def sample_labels(labels: pd.DataFrame, split: Split, seed: int) -> pd.DataFrame:
+    """A seeded sample of the label rows, taken *before* the point-in-time join so that memory and time stay
+    bounded by the sample (at 1M customers the full join of every date is tens of GB): at most MAX_TRAIN_ROWS
+    over the training dates and MAX_EVAL_ROWS on each of the validation and held-out dates."""
+    when = pd.to_datetime(labels["event_timestamp"], utc=True)
+    parts = []
+    for dates, cap in ((split.train, MAX_TRAIN_ROWS), ([split.val], MAX_EVAL_ROWS), ([split.test], MAX_EVAL_ROWS)):
+        part = labels[when.isin(pd.to_datetime(pd.Series(dates), utc=True))]
+        parts.append(part.sample(cap, random_state=seed) if len(part) > cap else part)
+    return pd.concat(parts, ignore_index=True)
 
 
 def _data_hash(frame: pd.DataFrame) -> str:
@@ -172,7 +181,7 @@ class Trainer:
             cats = [c for c in labels.columns if c not in KEYS]
             labels = labels.rename(columns={c: f"label_{c}" for c in cats})
             outputs = {f"interest_{c}": f"label_{c}" for c in cats}
-        data = self.dataset(spec, split, labels)
+        data = self.dataset(spec, split, sample_labels(labels, split, cfg.training.seed))
         label_cols = set(outputs.values())
         features = _features_of(data, label_cols)
         when = data["event_timestamp"]
@@ -185,7 +194,7 @@ class Trainer:
         shell = mdl.TagModel(spec.tag, spec.kind, features, {}, spec.horizon_days, btyd=bg)
         x_test = shell.model_frame(test)
         estimators, results, skipped = {}, [], {}
-        tr = _sample(train, cfg.training.seed)
+        tr = train
         x_tr, x_val = shell.model_frame(tr), shell.model_frame(val)
         linear = mdl.LinearInputs(tr[features], test[features], max_rows=LINEAR_ROWS, seed=cfg.training.seed)
         for i, (out, col) in enumerate(outputs.items()):

@@ -169,6 +169,14 @@ def online(applied: Applied, personas, service="churn_risk_v1") -> pd.DataFrame:
     got = fs.online_features(applied.store, service, personas)
     assert got["persona_id"].tolist() == list(personas)
     assert list(got.columns) == ["persona_id", *features_of(SERVICES[service])]
+    # the serving path's direct read gives the same values (NaN where Feast answers None)
+    matrix, found = fs.OnlineReader(applied.store).read(personas)
+    fast = fs.OnlineReader(applied.store).frame(personas)
+    assert fast["persona_id"].tolist() == list(personas) and matrix.dtype == np.float64
+    for name in got.columns[1:]:
+        want = pd.to_numeric(got[name], errors="raise").astype("float64").to_numpy()
+        np.testing.assert_array_equal(fast[name].to_numpy(), want, err_msg=name)
+    assert found.tolist() == fast.drop(columns="persona_id").notna().any(axis=1).tolist()
     return got.set_index("persona_id")
 
 

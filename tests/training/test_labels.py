@@ -7,7 +7,8 @@ import pytest
 
 from training import labels as lab
 from training.metrics import calibration_table, classification_metrics, grade, regression_metrics
-from training.train import EligibilityError, plan_split
+from training import train as train_mod
+from training.train import EligibilityError, Split, plan_split, sample_labels
 
 D = pd.Timestamp("2026-01-01", tz="UTC")
 
@@ -84,6 +85,23 @@ def test_split_refuses_too_little_history():
         plan_split(grid(5), data_end=grid(5)[-1], horizon_days=90, cutoffs=6, tag="churn_risk")
     with pytest.raises(EligibilityError, match="no snapshot date"):
         plan_split(grid(2), data_end=grid(2)[-1], horizon_days=180, cutoffs=6, tag="high_value")
+
+
+def test_labels_are_sampled_per_period_before_the_join_and_the_sample_is_seeded(monkeypatch):
+    monkeypatch.setattr(train_mod, "MAX_TRAIN_ROWS", 50)
+    monkeypatch.setattr(train_mod, "MAX_EVAL_ROWS", 30)
+    dates = grid(5)
+    split = Split(train=dates[:3], val=dates[3], test=dates[4])
+    labels = pd.DataFrame({"persona_id": [f"p{i}" for i in range(40)] * 5,
+                           "event_timestamp": np.repeat(dates, 40), "label": np.arange(200) % 2})
+    got = sample_labels(labels, split, seed=1)
+    per_date = got.groupby("event_timestamp").size()
+    assert per_date.loc[dates[:3]].sum() == 50  # 120 training rows capped to 50 over the training dates
+    assert per_date.loc[dates[3]] == 30 and per_date.loc[dates[4]] == 30
+    assert not got.duplicated(["persona_id", "event_timestamp"]).any()
+    assert got.equals(sample_labels(labels, split, seed=1))
+    small = labels[labels["persona_id"].isin([f"p{i}" for i in range(10)])]  # under the caps: every row kept
+    assert len(sample_labels(small, split, seed=1)) == len(small) == 50
 
 
 def test_classification_metrics_and_calibration():
