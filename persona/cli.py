@@ -266,13 +266,14 @@ def serve(
     workspace: WorkspaceOpt = Path("."),
     port: Annotated[int | None, typer.Option(help="port (default: serving.port in persona.yaml)")] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    workers: Annotated[int | None, typer.Option(min=1, help="server processes (default: serving.workers)")] = None,
 ) -> None:
     """Start the online service (BentoML): /v1/profile, /v1/score, /v1/recommend, /v1/events, health, metrics."""
     from serving.service import serve as run
 
     with _errors():
         ws = Workspace.open(workspace)
-        run(ws.root, port or ws.config().serving.port, host=host)
+        run(ws.root, port or ws.config().serving.port, host=host, workers=workers)
 
 
 @app.command()

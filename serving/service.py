@@ -561,15 +561,17 @@ def _utc(ts: dt.datetime) -> dt.datetime:
 
 # --- running it -------------------------------------------------------------------------------------------------
 def serve(workspace: Path, port: int, *, host: str = "127.0.0.1", workers: int | None = None) -> None:
-    """Serve the workspace until interrupted (`persona serve`); `workers` processes (default: 1) share the port."""
+    """Serve the workspace until interrupted (`persona serve`); `workers` processes (default: `serving.workers`)
+    share the port."""
     root = Path(workspace).resolve()
     Workspace.open(root).config()  # a broken persona.yaml stops here with its message, not inside a worker
     os.environ[WORKSPACE_VAR] = str(root)
     # One OpenMP thread per worker: online batches are a few rows, and LightGBM's two threads (n_jobs=2 at training)
     # spin-wait against each other and the other worker on 2 cores, measured 2.5-4x slower per call under load.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if workers:
-        _config_option(f"services.{SERVICE_NAME}.workers={int(workers)}")
+    cfg = Workspace.open(root).config().serving
+    _config_option(f"services.{SERVICE_NAME}.workers={int(workers or cfg.workers)}")
+    _config_option(f"services.{SERVICE_NAME}.logging.access.enabled={str(cfg.access_log).lower()}")
     bentoml.serve(PersonaService, host=host, port=port, blocking=True,
                   working_dir=str(Path(__file__).resolve().parents[1]))
 
