@@ -6,6 +6,7 @@ the tests that change the workspace (events, a promotion, a locked online store)
 """
 
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -292,3 +293,22 @@ def test_an_unreachable_model_registry_is_503_saying_so(workspace, tmp_path, mon
             time.sleep(0.1)
         assert "unreachable" in body["detail"] and str(tmp_path) in body["detail"]
         assert c.get("/readyz").status_code == 503 and c.get("/healthz").status_code == 200
+
+
+def test_serve_starts_the_configured_workers_without_access_log_unless_asked(workspace, tmp_path, monkeypatch):
+    import yaml
+
+    seen = []
+    monkeypatch.setattr(service.bentoml, "serve", lambda *a, **k: seen.append(os.environ["BENTOML_CONFIG_OPTIONS"]))
+    monkeypatch.delenv("BENTOML_CONFIG_OPTIONS", raising=False)
+    for var in (service.WORKSPACE_VAR, "OMP_NUM_THREADS"):  # serve() sets them: restored after the test
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+    cfg = yaml.safe_load((workspace.root / "persona.yaml").read_text())
+    (tmp_path / "persona.yaml").write_text(yaml.safe_dump(cfg))
+    service.serve(tmp_path, 3999)
+    assert "services.persona.workers=2" in seen[-1] and "logging.access.enabled=false" in seen[-1]
+    monkeypatch.delenv("BENTOML_CONFIG_OPTIONS")
+    cfg["serving"] = {**cfg.get("serving", {}), "workers": 3, "access_log": True}
+    (tmp_path / "persona.yaml").write_text(yaml.safe_dump(cfg))
+    service.serve(tmp_path, 3999, workers=1)  # the command line wins over persona.yaml
+    assert "services.persona.workers=1" in seen[-1] and "logging.access.enabled=true" in seen[-1]
