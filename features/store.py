@@ -276,8 +276,10 @@ class OnlineReader:
     What `get_online_features` answers for these views, read more directly. `get_online_features` spends more time
     than the store's own read resolving references, building a response protobuf and converting it to a DataFrame
     (8 personas x 156 features: ~14 ms, of which ~7 ms is the online store's read). Here:
-    - Redis (and any other store): one `online_read` per view through Feast's provider, values taken off the
-      returned protobufs into the matrix;
+    - Redis (production): one pipeline of HMGETs for all views, as Feast's own batched read does, values parsed
+      straight into the matrix (8 personas: ~11 ms through `online_read`, one round trip per view);
+    - any other store: one `online_read` per view through Feast's provider, values taken off the returned
+      protobufs into the matrix;
     - SQLite (embedded): one query per view on Feast's own table (`<project>_<view>`: entity key, feature name,
       serialized value), on a connection of this reader's without per-row timestamp conversion, each value parsed
       once into the matrix. Feast's `online_read` spends ~60% of its time converting and regrouping rows it then
@@ -306,9 +308,18 @@ class OnlineReader:
                 self.columns += names
         self._sqlite = None
         self._sqlite_path: Path | None = None
+        self._redis = None
         config = store.config
+        versioned = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
+        if config.online_store.type == "redis" and not versioned:
+            from feast.infra.online_stores.helpers import compute_versioned_name
+
+            online = self._provider.online_store
+            # the hash fields Feast's Redis store keeps each view's features under (and its `_ts:<view>` field)
+            self._redis = (online, [(start, len(names), online._generate_hset_keys_for_features(
+                view, list(names), fv_name_override=compute_versioned_name(view, False))[1])
+                for view, names, start in self.views])
         if config.online_store.type == "sqlite":
-            versioned = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
             path = Path(config.online_store.path)
             self._sqlite_path = path if path.is_absolute() else Path(config.repo_path or ".") / path
             self._tables = [(compute_table_id(config.project, view, versioned),
@@ -338,6 +349,9 @@ class OnlineReader:
             return out, found
         if self._sqlite_path is not None:
             self._read_sqlite(keys, out, found)
+            return out, found
+        if self._redis is not None:
+            self._read_redis(keys, out, found)
             return out, found
         for view, names, start in self.views:
             rows = self._provider.online_read(config=self.store.config, table=view, entity_keys=keys,
@@ -381,6 +395,28 @@ class OnlineReader:
                     i = row_of[key]
                     out[i, j] = getattr(value, kind)
                     found[i] = True
+
+    def _read_redis(self, keys: list, out, found) -> None:
+        # Feast's Redis store answers get_online_features with one pipeline of HMGETs for all views (its
+        # `_read_features_per_fv`); `online_read` takes one round trip per view. This is the former, with the values
+        # parsed straight into the matrix instead of into dicts of protobufs with a datetime each.
+        online, views = self._redis
+        config = self.store.config
+        redis_keys = online._generate_redis_keys_for_entities(config, keys)
+        replies = online._read_hash_fields(config, [(k, fields) for _, _, fields in views for k in redis_keys])
+        value = self._value()
+        at = 0
+        for start, width, _ in views:
+            for i in range(len(keys)):
+                reply = replies[at]
+                at += 1
+                for j, blob in enumerate(reply[:width], start):
+                    if blob:
+                        value.ParseFromString(blob)
+                        kind = value.WhichOneof("val")
+                        if kind is not None:
+                            out[i, j] = getattr(value, kind)
+                            found[i] = True
 
     def frame(self, persona_ids: Sequence[str]) -> pd.DataFrame:
         """persona_id then every feature column (float64), in the order of `columns`."""
