@@ -320,7 +320,8 @@ class Coalescer:
 @bentoml.service(name=SERVICE_NAME, workers=1, traffic={"timeout": 60})
 @bentoml.asgi_app(app, path="/v1")
 class PersonaService:
-    """Loads the workspace named by $PERSONA_WORKSPACE; the engine is built and refreshed in a background thread."""
+    """Loads the workspace named by $PERSONA_WORKSPACE: the engine is built before the worker takes requests (retried
+    in a background thread if that fails) and refreshed in that thread."""
 
     def __init__(self) -> None:
         root = os.environ.get(WORKSPACE_VAR)
@@ -336,30 +337,34 @@ class PersonaService:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="persona-engine")
         self._profiles = Coalescer(self._run_profiles, self._executor, COALESCE_MAX, window_s=COALESCE_WINDOW_S)
         self._stop = threading.Event()
+        # The first load happens here, before this worker takes requests: with several workers sharing the port, a
+        # worker still loading would otherwise answer 503 beside one that is ready. If it fails (a store down), the
+        # worker serves anyway, answering 503 with the reason, and the background thread retries.
+        self._load()
         self._thread = threading.Thread(target=self._keep_fresh, name="persona-refresh", daemon=True)
         self._thread.start()
 
-    # --- engine lifecycle (background thread) --------------------------------------------------------------------
-    def _keep_fresh(self) -> None:
-        """Build the engine (retrying until it loads), then refresh it every `serving.reload_seconds`.
+    # --- engine lifecycle -------------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        try:
+            self.engine = OnlineEngine(self.ws)
+        except Exception as exc:
+            self.error = _describe(exc)
+            _refreshes("load_failed").inc()
+            logger.error("online engine not loaded: %s", self.error)
+            return
+        self.error = None
+        self.refreshed_at = time.time()
+        _freeze_heap()
+        logger.info("online engine loaded: %s", self.engine.ready())
 
-        A refresh that fails leaves the current models serving: the error shows in /v1/status and the log.
-        """
-        wait = 0.0
-        while not self._stop.wait(wait):
-            wait = self.cfg.serving.reload_seconds
+    def _keep_fresh(self) -> None:
+        """In a background thread: retry loading the engine until it loads, then refresh it, every
+        `serving.reload_seconds`. A refresh that fails leaves the current models serving: the error shows in
+        /v1/status and the log."""
+        while not self._stop.wait(self.cfg.serving.reload_seconds):
             if self.engine is None:
-                try:
-                    self.engine = OnlineEngine(self.ws)
-                except Exception as exc:
-                    self.error = _describe(exc)
-                    _refreshes("load_failed").inc()
-                    logger.error("online engine not loaded: %s", self.error)
-                    continue
-                self.error = None
-                self.refreshed_at = time.time()
-                _freeze_heap()
-                logger.info("online engine loaded: %s", self.engine.ready())
+                self._load()
                 continue
             try:
                 changed = self.engine.refresh()
