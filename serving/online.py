@@ -220,7 +220,7 @@ class OnlineEngine:
             matrix, found = reader.read(persona_ids)
         except Exception as exc:  # the online store's client raises its own error types (sqlite3, redis...)
             raise Unavailable(f"online store ({self.cfg.store.profile}): {type(exc).__name__}: {exc}") from None
-        return {name: matrix[:, j] for j, name in enumerate(reader.columns)}, found
+        return scoring.MatrixColumns(matrix, reader.columns), found
 
     def score_frame(self, persona_ids: Sequence[str]) -> tuple[dict, np.ndarray, dict, Live]:
         """(features, found, scores and tags, the state used) of personas, from the online store, with the current

@@ -116,15 +116,46 @@ def model_outputs(columns: Mapping[str, np.ndarray], n: int, models: ModelSet) -
     names, positions = models._plan
     if not models.models:
         return {}
-    x = np.empty((n, len(names)), dtype=np.float32)
-    for j, name in enumerate(names):
-        values = columns[name] if name in columns else None
-        x[:, j] = np.nan if values is None else _numbers(values)
+    if isinstance(columns, MatrixColumns):  # online: one gather from the matrix the store was read into
+        x = columns.take(names)
+    else:
+        x = np.empty((n, len(names)), dtype=np.float32)
+        for j, name in enumerate(names):
+            values = columns[name] if name in columns else None
+            x[:, j] = np.nan if values is None else _numbers(values)
     out: dict[str, np.ndarray] = {}
     for tag, m in models.models.items():
         for name, score in m.model.predict_matrix(x[:, positions[tag]]).items():
             out[name] = np.asarray(score, dtype=np.float64)
     return out
+
+
+class MatrixColumns(Mapping):
+    """Columns of one (rows x names) matrix by name, as the online store read them: the rules look columns up by
+    name, the models gather theirs with one fancy index (`take`) instead of one copy per column."""
+
+    def __init__(self, matrix: np.ndarray, names: Sequence[str]) -> None:
+        self.matrix = matrix
+        self.index = {name: j for j, name in enumerate(names)}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.matrix[:, self.index[name]]
+
+    def __iter__(self):
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.index
+
+    def take(self, names: Sequence[str]) -> np.ndarray:
+        """Columns `names` as a C-ordered float32 matrix; a name not held is NaN."""
+        at = np.array([self.index.get(name, -1) for name in names], dtype=np.intp)
+        x = self.matrix.take(np.maximum(at, 0), axis=1).astype(np.float32)
+        x[:, at < 0] = np.nan
+        return x
 
 
 def _numbers(values) -> np.ndarray:

@@ -67,3 +67,13 @@ def test_a_group_covering_everyone_in_order_is_taken_in_place(ws):
 def test_without_snapshots_the_error_says_to_build_features(ws):
     with pytest.raises(FileNotFoundError, match="persona features"):
         scoring.offline_frame(ws, D1)
+
+
+def test_matrix_columns_give_named_views_and_gather_float32_with_nan_for_absent_names():
+    matrix = np.array([[1.0, 2.0, np.nan], [4.0, 5.0, 6.0]])
+    cols = scoring.MatrixColumns(matrix, ["a", "b", "c"])
+    assert list(cols) == ["a", "b", "c"] and "b" in cols and "z" not in cols and len(cols) == 3
+    assert cols["b"].tolist() == [2.0, 5.0]
+    x = cols.take(["c", "zz", "a"])
+    assert x.dtype == np.float32 and x.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(x, np.array([[np.nan, np.nan, 1.0], [6.0, np.nan, 4.0]], dtype=np.float32))
