@@ -359,14 +359,11 @@ class OnlineReader:
             for i, (_, values) in enumerate(rows):
                 if not values:
                     continue
-                line = out[i]
                 for j, name in enumerate(names, start):
-                    v = values.get(name)
-                    if v is not None:
-                        kind = v.WhichOneof("val")
-                        if kind is not None:
-                            line[j] = getattr(v, kind)
-                            found[i] = True
+                    number = _number(values.get(name))
+                    if number is not None:
+                        out[i, j] = number
+                        found[i] = True
         return out, found
 
     def _read_sqlite(self, keys: list, out, found) -> None:
@@ -390,10 +387,10 @@ class OnlineReader:
                 if j is None:
                     continue
                 value.ParseFromString(blob)
-                kind = value.WhichOneof("val")
-                if kind is not None:
+                number = _number(value)
+                if number is not None:
                     i = row_of[key]
-                    out[i, j] = getattr(value, kind)
+                    out[i, j] = number
                     found[i] = True
 
     def _read_redis(self, keys: list, out, found) -> None:
@@ -413,9 +410,9 @@ class OnlineReader:
                 for j, blob in enumerate(reply[:width], start):
                     if blob:
                         value.ParseFromString(blob)
-                        kind = value.WhichOneof("val")
-                        if kind is not None:
-                            out[i, j] = getattr(value, kind)
+                        number = _number(value)
+                        if number is not None:
+                            out[i, j] = number
                             found[i] = True
 
     def frame(self, persona_ids: Sequence[str]) -> pd.DataFrame:
@@ -424,6 +421,12 @@ class OnlineReader:
         frame = pd.DataFrame(matrix, columns=self.columns, copy=False)
         frame.insert(0, defs.JOIN_KEY, [str(p) for p in persona_ids])
         return frame
+
+
+def _number(value) -> float | int | None:
+    """The scalar a Feast value protobuf holds (None: no value); the views hold numbers only."""
+    kind = None if value is None else value.WhichOneof("val")
+    return None if kind is None else getattr(value, kind)
 
 
 def online_features(store: feast.FeatureStore, service: str, persona_ids: Sequence[str]) -> pd.DataFrame:

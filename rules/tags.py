@@ -257,15 +257,15 @@ class TagSet:
         return {t.id: [v for v, _, _ in t.values] for t in self.tags if t.value_type in ("category", "list")}
 
     # --- fit / evaluate ---
-    def fit(self, frame: pd.DataFrame) -> dict:
+    def fit(self, frame: Mapping[str, Any], n: int | None = None) -> dict:
         """Population statistics of the tags that need them (quantile edges, RFM means or medians), keyed by tag id.
 
         JSON-serialisable. Tags the fitted ones depend on are evaluated on the way (with the statistics fitted so far:
-        the order is the dependency order).
+        the order is the dependency order). `frame` is a DataFrame, or columns by name with `n` rows.
         """
-        self._check_columns(frame.columns)
+        self._check_columns(frame.keys())
         stats: dict[str, Any] = {}
-        env = _Env(self, frame, len(frame), stats, frame.index)
+        env = _Env(self, frame, len(frame) if n is None else n, stats, getattr(frame, "index", None))
         for tag in self.tags:
             if tag.needs_fit:
                 stats[tag.id] = _fit(tag, env)

@@ -10,6 +10,7 @@ previous snapshot in place and the next run writes the whole date again.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import time
 from collections.abc import Callable
@@ -60,27 +61,26 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, push: bool = Tr
     t = time.perf_counter()
     n = len(frame)
     chunks = range(0, n, scoring.SCORE_CHUNK)
-    scores = []
+    parts = []
     for i, start in enumerate(chunks):
         say("scoring models", 0.1 + 0.5 * i / len(chunks))
-        scores.append(scoring.model_scores(frame.iloc[start:start + scoring.SCORE_CHUNK], models))
-    scores = pd.concat(scores)
+        chunk = frame.iloc[start:start + scoring.SCORE_CHUNK]
+        parts.append(scoring.model_outputs(chunk, len(chunk), models))
+    scores = {name: np.concatenate([p[name] for p in parts]) for name in models.outputs()}
+    del parts
     timings["models"] = time.perf_counter() - t
 
     say("fitting and evaluating rule tags", 0.6)
     t = time.perf_counter()
-    full = pd.concat([frame, scores], axis=1)
-    tagset = scoring.load_rules(ws, cfg, full.columns)
-    stats = tagset.fit(full)
+    tagset = scoring.load_rules(ws, cfg, [*frame.columns, *scores])
+    stats = tagset.fit(collections.ChainMap(scores, frame), n)  # the features and scores, not copied into one frame
     scorer = scoring.Scorer(models, tagset, stats, as_of=str(date.date()))
-    tags = tagset.evaluate(full, stats)
-    tags = tags.drop(columns=[c for c in tags.columns if c in scores.columns])
+    tags = scorer.rule_tags(frame, scores, n)
     timings["rules"] = time.perf_counter() - t
-    del full
 
     say("writing the tag snapshot", 0.8)
     t = time.perf_counter()
-    out = pd.concat([frame[[defs.JOIN_KEY]], scores, tags], axis=1)
+    out = pd.DataFrame({defs.JOIN_KEY: frame[defs.JOIN_KEY], **scores, **tags})
     # Consent as of this rescoring travels with the tags, so counting a segment never joins the profiles again.
     out[segments.OPT_OUT_COLUMN] = segments.opted_out_of(ws, pa.array(out[defs.JOIN_KEY].astype(str).to_numpy(),
                                                                       type=pa.string()))
@@ -88,7 +88,7 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, push: bool = Tr
     tag_ids = [c["id"] for c in catalog if c["id"] in out.columns]
     meta = {
         "date": str(date.date()), "as_of": str(date), "created": pd.Timestamp.now(tz="UTC").isoformat(),
-        "personas": int(n), "models": models.versions(), "outputs": list(scores.columns),
+        "personas": int(n), "models": models.versions(), "outputs": list(scores),
         "stats": stats, "rules_hash": _rules_hash(tagset), "unavailable": dict(tagset.unavailable),
         "tags": [{"id": c["id"], "value_type": c["value_type"], "category": c["category"], "type": c["type"]}
                  for c in catalog if c["id"] in out.columns],

@@ -2,7 +2,7 @@
 
 Everything here is plain Python, so the BentoML service (`serving.service`) stays a thin HTTP layer and tests can
 drive the engine directly. Scoring goes through `serving.scoring.Scorer.score_columns`: the model and rule functions
-the batch job calls (`model_outputs`, `TagSet.evaluate_columns`).
+the batch job calls (`model_outputs`, `Scorer.rule_tags`).
 
 State that can change while serving — the champion models, the tag set, the rule statistics of the last batch
 run — lives in one immutable `Scorer`; `refresh()` builds a new one and swaps the reference, so a request in flight

@@ -162,11 +162,6 @@ def _numbers(values) -> np.ndarray:
     return values.to_numpy(dtype=np.float32, na_value=np.nan) if isinstance(values, pd.Series) else values
 
 
-def model_scores(frame: pd.DataFrame, models: ModelSet) -> pd.DataFrame:
-    """`model_outputs` of the rows of a frame, as a frame with the same index."""
-    return pd.DataFrame(model_outputs(frame, len(frame), models), index=frame.index)
-
-
 @dataclass(frozen=True)
 class Scorer:
     """Models, rules and the population statistics of the last batch run: everything that scores a customer."""
@@ -180,15 +175,16 @@ class Scorer:
         """Model scores then rule tags for `n` rows of features given by column (numpy arrays by name).
 
         The rules see the features and the model scores; a tag whose id is a model output (none by default) is
-        left to the model. Online scoring calls this on the rows it reads; `score` on a frame is the same call.
+        left to the model. Online scoring calls this on the rows it reads; the batch job calls `model_outputs` per
+        chunk, then `rule_tags` on everyone once the rule statistics are fitted.
         """
         scores = model_outputs(columns, n, self.models)
-        tags = self.tagset.evaluate_columns(collections.ChainMap(scores, columns), n, self.stats)
-        return {**scores, **{k: v for k, v in tags.items() if k not in scores}}
+        return {**scores, **self.rule_tags(columns, scores, n)}
 
-    def score(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """`score_columns` of the rows of a frame (persona_id and feature columns), as a frame with its index."""
-        return pd.DataFrame(self.score_columns(frame, len(frame)), index=frame.index)
+    def rule_tags(self, columns: Mapping[str, object], scores: Mapping[str, np.ndarray], n: int) -> dict[str, object]:
+        """The rule tags of `n` rows from their features and model scores (the batch job's rule step too)."""
+        tags = self.tagset.evaluate_columns(collections.ChainMap(scores, columns), n, self.stats)
+        return {k: v for k, v in tags.items() if k not in scores}
 
 
 # --- rules for a workspace -------------------------------------------------------------------------------------

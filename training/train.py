@@ -38,8 +38,8 @@ from training.metrics import calibration_table, classification_metrics, grade, r
 
 Progress = Callable[[str, float], None]
 KEYS = ["persona_id", "event_timestamp"]
-MAX_TRAIN_ROWS = 200_000  # training rows over all training dates; a seeded sample beyond this
-MAX_EVAL_ROWS = 300_000  # rows of the validation date and of the held-out date, each
+MAX_TRAIN_ROWS = 200_000  # label rows over all training dates; beyond it, a seeded sample (see sample_labels)
+MAX_EVAL_ROWS = 300_000  # label rows of the validation date and of the held-out date, each
 LINEAR_ROWS = 100_000  # the linear baselines converge on far fewer rows
 PIP_REQUIREMENTS = ["lightgbm==4.7.0", "scikit-learn==1.9.1", "pandas>=2.3,<3", "numpy>=2.4,<3", "scipy"]
 
@@ -194,14 +194,13 @@ class Trainer:
         shell = mdl.TagModel(spec.tag, spec.kind, features, {}, spec.horizon_days, btyd=bg)
         x_test = shell.model_frame(test)
         estimators, results, skipped = {}, [], {}
-        tr = train
-        x_tr, x_val = shell.model_frame(tr), shell.model_frame(val)
-        linear = mdl.LinearInputs(tr[features], test[features], max_rows=LINEAR_ROWS, seed=cfg.training.seed)
+        x_tr, x_val = shell.model_frame(train), shell.model_frame(val)
+        linear = mdl.LinearInputs(train[features], test[features], max_rows=LINEAR_ROWS, seed=cfg.training.seed)
         for i, (out, col) in enumerate(outputs.items()):
             self._say(f"training {out}", i / len(outputs))
             try:
                 if spec.kind == "probability":
-                    for period, frame, date in (("training dates", tr, split.train[-1]), ("validation date", val, split.val),
+                    for period, frame, date in (("training dates", train, split.train[-1]), ("validation date", val, split.val),
                                                 ("held-out date", test, split.test)):
                         _check_counts(out, frame[col].to_numpy(), period, str(date.date()), cfg)
             except EligibilityError as exc:
@@ -209,7 +208,7 @@ class Trainer:
                     raise
                 skipped[out] = str(exc)
                 continue
-            y_tr, y_val, y_te = tr[col].to_numpy(), val[col].to_numpy(), test[col].to_numpy()
+            y_tr, y_val, y_te = train[col].to_numpy(), val[col].to_numpy(), test[col].to_numpy()
             params = mdl.LearnerParams(seed=cfg.training.seed)
             if spec.kind == "probability":
                 est = mdl.fit_classifier(x_tr, y_tr, x_val, y_val, params)
@@ -239,7 +238,7 @@ class Trainer:
             value = metrics[spec.metric]
             results.append(TagResult(out, spec.metric, value, base_scores, grade=grade(spec.metric, value), details={
                 "metrics": metrics, "score": score, "y": y_te, "importance": mdl.feature_importance(est),
-                "rows": {"train": len(tr), "validation": len(val), "test": len(test)},
+                "rows": {"train": len(train), "validation": len(val), "test": len(test)},
                 "calibration": calibration_table(y_te, score) if spec.kind == "probability" else None,
             }))
         if not estimators:

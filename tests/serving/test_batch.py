@@ -79,11 +79,11 @@ def test_a_crash_halfway_leaves_the_previous_snapshot_and_the_next_run_cleans_up
     first = rescore(ws, push=False)
     before = history.read(ws)
 
-    def broken(self, frame, stats):
+    def broken(self, *args, **kwargs):
         raise RuntimeError("rules crashed")
 
     with monkeypatch.context() as mp:
-        mp.setattr(TagSet, "evaluate", broken)
+        mp.setattr(TagSet, "evaluate_columns", broken)  # the rule step of batch (and online) scoring
         with pytest.raises(RuntimeError, match="rules crashed"):
             rescore(ws, push=False)
     assert history.list_dates(ws) == [first["date"]]
