@@ -233,6 +233,11 @@ class TrainingConfig(Strict):
     min_negatives: int = Field(50, ge=1)
     min_history_days: int = Field(180, ge=30, description="data needed before the first snapshot date")
     seed: int = 7
+    promotion_margin: float = Field(
+        0.005, ge=0, description="a challenger replaces the champion only if its held-out metric (AUC, Spearman) is "
+                                 "higher by at least this much, on the same rows")
+    promotion_bootstrap: bool = Field(
+        True, description="also require the paired bootstrap's 95% lower bound of that difference to be above 0")
 
 
 class TruthSpec(Strict):
@@ -261,6 +266,17 @@ class ServingConfig(Strict):
                                                 "hundreds of requests/s it costs ~0.6 ms of CPU per request, and "
                                                 "/metrics already counts requests by path, status and latency")
     workers: int = Field(2, ge=1, le=64, description="server processes sharing the port (one per core)")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body; larger is a 413")
+    max_id_length: int = Field(128, ge=8, le=4096, description="longest persona_id or identifier value; longer is a 422")
+    event_max_age_days: float = Field(7.0, gt=0, description="an event older than this is refused (422)")
+    event_future_seconds: float = Field(300.0, ge=0, description="client clock slack: a later event is refused (422)")
+    store_timeout_seconds: float = Field(1.0, gt=0, description="an online store call slower than this is a 503")
+    event_log_url: str | None = Field(
+        None, description="where accepted events are kept before the 200: default SQLite in <workspace>/events/ "
+                          "(embedded) or the registry's PostgreSQL (production); $PERSONA_EVENT_LOG_URL overrides")
+    auto_rebuild: bool = Field(True, description="rebuild an empty or stale online store from the offline snapshot "
+                                                 "and the event log without a restart")
+    docs: bool = Field(True, description="serve the interactive API docs at /docs (behind the API key when set)")
 
 
 class ScheduleConfig(Strict):
