@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import duckdb
 import pandas as pd
 
-from features import snapshots
+from features import eventlog, snapshots
 from features import store as feature_store
 from persona.errors import InsufficientDataError
+from persona.faults import kill_point
 from persona.workspace import Workspace, read_json, write_json_atomic
 
 Progress = Callable[[str, float], None]
@@ -67,22 +69,26 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
     done = set() if full else {pd.Timestamp(d) for d in previous.get("grid_dates", [])}
     todo = [d for d in dates if d not in done]
     t = time.perf_counter()
-    frames = snapshots.compute_snapshots(integrated, todo, progress=progress) if todo else {}
+    # Events the online service accepted since count like the integrated ones (the next snapshot sees them).
+    logged = eventlog.export(ws, cfg)
+    frames = snapshots.compute_snapshots(integrated, todo, progress=progress, extra_events=logged) if todo else {}
     # A group with no feature columns (no events in a transactions-only workspace) has nothing to serve.
     frames = {g: f for g, f in frames.items() if len(f.columns) > len(KEYS)}
     if frames:
         snapshots.write_snapshots(frames, offline)
+    kill_point("features.snapshots_written")
     compute_s = time.perf_counter() - t
 
     if progress:
         progress("applying the Feast repository", 0.9)
     store = feature_store.open_store(ws, cfg)
     services = feature_store.apply(store, ws, cfg)
+    kill_point("features.applied")
     if progress:
         progress("materialising online features", 0.95)
     t = time.perf_counter()
-    materialised = feature_store.materialize(store, (end + pd.Timedelta(days=1)).to_pydatetime(),
-                                             first_start=dates[-1].to_pydatetime()) if online else None
+    materialised = load_online(ws, cfg, store, end=end + pd.Timedelta(days=1), first_start=dates[-1]) \
+        if online else None
     report = {
         "data_start": str(start), "data_end": str(end), "dates": [str(d) for d in dates],
         "grid_dates": [str(d) for d in dates[:-1]], "computed": [str(d) for d in todo],
@@ -93,3 +99,39 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
     }
     write_json_atomic(manifest_path, report)
     return report
+
+
+def load_online(ws: Workspace, cfg, store, *, end: pd.Timestamp, first_start: pd.Timestamp,
+                force: bool = False) -> dict:
+    """Bring the online store up to the offline snapshots: incrementally when it holds the workspace's last load,
+    else (empty, stale, or `force`) in full, then the real-time state of events logged since the snapshot on top;
+    a new marker last. Returns the materialisation report with the store's state before the load."""
+    state = feature_store.online_state(store, ws)
+    full = force or state["state"] != "ok"
+    report = feature_store.materialize(store, end.to_pydatetime(), first_start=first_start.to_pydatetime(),
+                                       full=full)
+    report["state_before"] = state["state"]
+    if full:
+        report["replayed_events"] = replay_states(ws, cfg, store, since=first_start)
+    report["marker"] = feature_store.mark_loaded(store, ws, as_of=end, what="full" if full else "incremental")
+    return report
+
+
+def replay_states(ws: Workspace, cfg, store, *, since: pd.Timestamp) -> int:
+    """Push the real-time features of personas whose last logged event is after `since` (the snapshot date):
+    the state the online store held before it was lost. Returns the personas pushed."""
+    url = eventlog.default_url(ws, cfg)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return 0
+    log = eventlog.open_log(ws, cfg)
+    try:
+        states = log.states_since(since.to_pydatetime())
+    finally:
+        log.close()
+    if not states:
+        return 0
+    rows = [{"persona_id": pid, "event_timestamp": st.pushed, **st.values} for pid, st in states]
+    frame = pd.DataFrame(rows)
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    feature_store.push_realtime(store, frame)
+    return len(rows)

@@ -25,6 +25,7 @@ from features.attributes import channel_features, first_activity, profile_featur
 from features.engagement import engagement_features
 from features.realtime import realtime_features
 from features.transactions import as_of_index, transaction_features
+from persona.faults import kill_point
 
 Progress = Callable[[str, float], None]
 GROUPS = ("attributes", "transactions", "engagement", "affinity", "realtime")
@@ -64,7 +65,8 @@ def data_end(integrated: Path) -> pd.Timestamp:
 
 
 def compute_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, progress: Progress | None = None,
-                      threads: int = 2, memory_limit: str = "3GB") -> dict[str, pd.DataFrame]:
+                      threads: int = 2, memory_limit: str = "3GB",
+                      extra_events: Path | None = None) -> dict[str, pd.DataFrame]:
     """Every feature group (GROUPS order) for all `as_of_dates`, from the Parquet files in `integrated`.
 
     transactions.parquet is required; events, interactions and profiles are optional (a group with no input is
@@ -72,14 +74,17 @@ def compute_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, 
     grid should stream instead: `write_snapshots(iter_snapshots(...), out_dir)` holds one group at a time.
     """
     return dict(iter_snapshots(integrated, as_of_dates, progress=progress, threads=threads,
-                               memory_limit=memory_limit))
+                               memory_limit=memory_limit, extra_events=extra_events))
 
 
 def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, progress: Progress | None = None,
-                   threads: int = 2, memory_limit: str = "3GB") -> Iterator[tuple[str, pd.DataFrame]]:
+                   threads: int = 2, memory_limit: str = "3GB",
+                   extra_events: Path | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
     """(group, frame) for each feature group in GROUPS order, computed one at a time (see `compute_snapshots`).
 
     DuckDB runs with `threads` and `memory_limit` and spills to a temporary folder removed at the end.
+    `extra_events`: a Parquet file of events attributed elsewhere (the online service's event log: persona_id, ts,
+    event_type, category), counted with the integrated events.
     """
     integrated = Path(integrated)
     dates = list(as_of_index(as_of_dates))
@@ -87,6 +92,10 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
     if not tx_path.exists():
         raise FileNotFoundError(f"{tx_path}: no transactions: run `persona integrate` first")
     rel = {name: name for name in ACTIVITY if (integrated / f"{name}.parquet").exists()}
+    sources = {name: [integrated / f"{name}.parquet"] for name in rel}
+    if extra_events is not None and Path(extra_events).exists() and pq.read_metadata(extra_events).num_rows:
+        rel["events"] = "events"
+        sources.setdefault("events", []).append(Path(extra_events))
     tx, ev, ix = rel.get("transactions"), rel.get("events"), rel.get("interactions")
     steps: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], pd.DataFrame | None]]] = [
         ("attributes", lambda con: profile_features(
@@ -109,8 +118,9 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
                                          "temp_directory": spill, "preserve_insertion_order": False})
             try:
                 for name in rel:
-                    path = _sql_path(integrated / f"{name}.parquet")
-                    con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+                    union = " UNION ALL BY NAME ".join(f"SELECT * FROM read_parquet('{_sql_path(p)}')"
+                                                       for p in sources[name])
+                    con.execute(f"CREATE VIEW {name} AS {union}")
                 frame = step(con)
             finally:
                 con.close()
@@ -149,6 +159,7 @@ def write_snapshots(frames: Mapping[str, pd.DataFrame] | Iterable[tuple[str, pd.
         path = out_dir / f"{group}.parquet"
         _write_group(frame, path, stamp)
         paths[group] = path
+        kill_point("features.group_written")
         del frame  # with a generator, the next group is computed only after this one is released
     return paths
 

@@ -27,7 +27,7 @@ import yaml
 
 from feature_repo import definitions as defs
 from persona.config import PersonaConfig
-from persona.workspace import Workspace, write_text_atomic
+from persona.workspace import Workspace, read_json, write_json_atomic, write_text_atomic
 
 FEATURE_SERVICES: dict[str, tuple[str, ...]] = {
     "churn_risk": ("attributes", "transactions", "engagement", "realtime"),
@@ -38,6 +38,10 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "feature_repo"
 REDIS_VAR = "PERSONA_REDIS"
 REGISTRY_VAR = "PERSONA_REGISTRY_URL"
 STORE_DIR = "feature_store"
+BATCH_TIMEOUT_S = 60.0  # Redis calls of batch jobs (materialise, push): bulk pipelines, but never a hang forever
+MARKER_KEY = "persona:online_marker:"  # + project: the Redis key of the materialisation marker
+MARKER_TABLE = "persona_online_marker"  # its SQLite table in the embedded online store
+ONLINE_STATE = "online.json"  # <ws>/state/: the generation of the last completed load of the online store
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -64,17 +68,23 @@ def _from_env_or_config(var: str, configured: str, key: str) -> str:
     return configured
 
 
-def render_store_yaml(ws: Workspace, cfg: PersonaConfig) -> str:
-    """The text of feature_store.yaml: the profile's commented template with its __TOKENS__ filled in."""
+def render_store_yaml(ws: Workspace, cfg: PersonaConfig, *, timeout: float = BATCH_TIMEOUT_S) -> str:
+    """The text of feature_store.yaml: the profile's commented template with its __TOKENS__ filled in.
+
+    `timeout` bounds every Redis call (connect and reply) of the production profile: a frozen Redis then fails a
+    call after that many seconds instead of hanging it (redis-py waits forever by default).
+    """
     store = cfg.store
     folder = store_dir(ws)
     if store.profile == "embedded":
         # The production settings are not used (nor checked) here: a `$` in them must not stop the embedded store.
         values = {"__REGISTRY__": f"sqlite:///{folder / 'registry.db'}", "__ONLINE_PATH__": str(folder / "online.db")}
     else:
+        # Feast passes `key=value` pairs after the address to redis-py, JSON-decoded (so 1.5 arrives as a float)
+        options = f",socket_timeout={timeout:g},socket_connect_timeout={timeout:g}"
         values = {
             "__REGISTRY__": _from_env_or_config(REGISTRY_VAR, store.registry_url, "registry_url"),
-            "__REDIS__": _from_env_or_config(REDIS_VAR, store.redis, "redis"),
+            "__REDIS__": _from_env_or_config(REDIS_VAR, store.redis, "redis") + options,
             "__KEY_TTL_SECONDS__": store.key_ttl_seconds,
         }
     values["__PROJECT__"] = store.project
@@ -90,17 +100,46 @@ def store_config(ws: Workspace, cfg: PersonaConfig) -> dict:
     return yaml.safe_load(render_store_yaml(ws, cfg))
 
 
-def open_store(ws: Workspace, cfg: PersonaConfig) -> feast.FeatureStore:
+def open_store(ws: Workspace, cfg: PersonaConfig, *, serving: bool = False) -> feast.FeatureStore:
     """Render `<ws>/feature_store/feature_store.yaml` atomically and open the store it describes.
 
-    Opening connects to nothing: the registry and online store connect on first use.
+    `serving`: the online service's variant (`feature_store.serving.yaml`), whose Redis calls time out after
+    `serving.store_timeout_seconds` (batch jobs allow BATCH_TIMEOUT_S: a bulk write takes longer than a read).
+    The embedded registry and its data sources live in the workspace: a workspace copied or moved elsewhere has its
+    registered paths moved with it on first open (see `_relocate`). Otherwise opening connects to nothing.
     """
     folder = store_dir(ws)
-    target = folder / "feature_store.yaml"
-    text = render_store_yaml(ws, cfg)
+    name = "feature_store.serving.yaml" if serving else "feature_store.yaml"
+    target = folder / name
+    text = render_store_yaml(ws, cfg, timeout=cfg.serving.store_timeout_seconds if serving else BATCH_TIMEOUT_S)
     if not target.is_file() or target.read_text(encoding="utf-8") != text:
         write_text_atomic(target, text)
-    return feast.FeatureStore(repo_path=str(folder))
+    store = feast.FeatureStore(repo_path=str(folder), fs_yaml_file=target)
+    if cfg.store.profile == "embedded" and (folder / "registry.db").is_file():
+        _relocate(store, ws, cfg)
+    return store
+
+
+def _relocate(store: feast.FeatureStore, ws: Workspace, cfg: PersonaConfig) -> None:
+    """Point registered data sources at this workspace's files if the registry names another folder.
+
+    Feast stores absolute source paths; a copied workspace would otherwise materialise (and read for training) the
+    original's snapshots. Only the embedded registry (a file of the workspace) is rewritten: a production registry
+    is shared by every process of the project, whose sources are wherever that project's workspace is.
+    """
+    views = [v for v in store.list_feature_views(allow_cache=True) if getattr(v.batch_source, "path", None)]
+    offline, tags = offline_dir(ws), ws.root / "tags"
+    moved = [v for v in views if not Path(v.batch_source.path).is_relative_to(ws.root)]
+    if not moved:
+        return
+    if any(v.name in defs.GROUPS for v in moved) and snapshot_files(ws):
+        apply(store, ws, cfg)  # re-registers every snapshot view on this workspace's files
+    tag_view = next((v for v in moved if v.name == defs.TAGS_VIEW), None)
+    if tag_view is not None:
+        kinds = {f.name: ("number" if "Float" in str(f.dtype) else "string") for f in tag_view.features}
+        store.apply([defs.persona_entity(), defs.tags_view(kinds, tags, defs.persona_entity())])
+    store.refresh_registry()
+    _SERVICES.pop(store, None)
 
 
 # --- repository ---------------------------------------------------------------------------------------------
@@ -157,7 +196,8 @@ def _rows_between(view: feast.FeatureView, start: datetime, end: datetime) -> in
     return int(pc.count_distinct(table[defs.JOIN_KEY]).as_py())
 
 
-def materialize(store: feast.FeatureStore, end: datetime, *, first_start: datetime | None = None) -> dict:
+def materialize(store: feast.FeatureStore, end: datetime, *, first_start: datetime | None = None,
+                full: bool = False) -> dict:
     """Load the latest snapshot values up to `end` into the online store.
 
     A view never materialised gets everything from `first_start` (default: the epoch) up to `end`; afterwards only
@@ -171,8 +211,10 @@ def materialize(store: feast.FeatureStore, end: datetime, *, first_start: dateti
     begin = EPOCH if first_start is None else _utc(first_start)
     report: dict = {"end": end.isoformat(), "views": {}}
     full, incremental = [], []
-    for view in store.list_feature_views():
-        last = max((e for _, e in view.materialization_intervals), default=None)
+    # Only the snapshot views: the `tags` view's source is the tag history, which `persona rescore` pushes itself
+    # (its files have no event_timestamp column to materialise from).
+    for view in [v for v in store.list_feature_views() if v.name in defs.GROUPS]:
+        last = None if full else max((e for _, e in view.materialization_intervals), default=None)
         if last is None:
             full.append(view)
             start, mode = begin, "full"
@@ -192,6 +234,117 @@ def materialize(store: feast.FeatureStore, end: datetime, *, first_start: dateti
             store.materialize_incremental(end_date=end, feature_views=[v.name for v in incremental])
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report
+
+
+# --- the materialisation marker -----------------------------------------------------------------------------
+# A marker in the online store itself says it was loaded, and by which load (a generation number that only grows).
+# Redis restarted empty, or an older copy restored, is then told apart from a store that simply lacks a persona:
+# no marker (empty) or an older generation than the workspace last wrote (stale) means the store must be rebuilt
+# before it is read as the truth.
+def _sqlite_path(store: feast.FeatureStore) -> Path:
+    path = Path(store.config.online_store.path)
+    return path if path.is_absolute() else Path(store.config.repo_path or ".") / path
+
+
+def write_marker(store: feast.FeatureStore, marker: dict) -> None:
+    """Record `marker` (a JSON object with a `generation`) in the online store, replacing the previous one."""
+    text = json.dumps(marker, sort_keys=True)
+    kind = store.config.online_store.type
+    if kind == "redis":
+        online = store._get_provider().online_store
+        online._get_client(store.config.online_store).set(MARKER_KEY + store.project, text)
+    elif kind == "sqlite":
+        import sqlite3
+
+        path = _sqlite_path(store)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn, conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (project TEXT PRIMARY KEY, marker TEXT)")
+            conn.execute(f"INSERT OR REPLACE INTO {MARKER_TABLE} VALUES (?, ?)", (store.project, text))
+    else:
+        raise ValueError(f"online store {kind!r}: no materialisation marker support (embedded sqlite or redis)")
+
+
+def online_state(store: feast.FeatureStore, ws: Workspace) -> dict:
+    """Whether the online store holds the workspace's last load: {"state": "ok" | "empty" | "stale", "marker",
+    "expected"}. `empty`: no marker (never loaded, or the store lost its data); `stale`: an older load than the
+    workspace last wrote (an old copy restored). Raises the store client's error when the store does not answer."""
+    expected = read_json(ws.state / ONLINE_STATE, None)
+    found = OnlineReader(store).marker()
+    state = classify_marker(found, expected)
+    return {"state": state, "marker": found, "expected": expected}
+
+
+def classify_marker(found: dict | None, expected: dict | None) -> str:
+    if not found:
+        return "empty"
+    if expected and int(found.get("generation", 0)) < int(expected.get("generation", 0)):
+        return "stale"
+    return "ok"
+
+
+def mark_loaded(store: feast.FeatureStore, ws: Workspace, *, as_of: datetime | str | None, what: str) -> dict:
+    """After a load of the online store: a new generation in the store first, then in the workspace (so a reader
+    comparing the two never sees the store behind the workspace for a load that did complete)."""
+    previous = read_json(ws.state / ONLINE_STATE, None) or {}
+    marker = {"generation": int(previous.get("generation", 0)) + 1, "as_of": None if as_of is None else str(as_of),
+              "loaded": datetime.now(timezone.utc).isoformat(timespec="seconds"), "what": what}
+    write_marker(store, marker)
+    write_json_atomic(ws.state / ONLINE_STATE, marker)
+    return marker
+
+
+def fail_fast(store: feast.FeatureStore) -> None:
+    """Make the online store's client give up at its first timeout (Redis): redis-py retries a timed-out call three
+    times with backoff by default, so a frozen Redis would hold a request for 4 x the timeout plus the waits."""
+    if store.config.online_store.type != "redis":
+        return
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = store._get_provider().online_store._get_client(store.config.online_store)
+    no_retry = Retry(NoBackoff(), 0)
+    client.connection_pool.connection_kwargs["retry"] = no_retry
+    with contextlib.suppress(AttributeError):
+        client.retry = no_retry
+        for conn in list(getattr(client.connection_pool, "_available_connections", [])):
+            conn.retry = no_retry
+
+
+def delete_personas(store: feast.FeatureStore, persona_ids: Sequence[str]) -> int:
+    """Remove every online value (all views, the tags included) of these personas; returns the rows removed."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    if not persona_ids:
+        return 0
+    config = store.config
+    keys = [EntityKey(join_keys=[defs.JOIN_KEY], entity_values=[Value(string_val=str(p))]) for p in persona_ids]
+    if config.online_store.type == "redis":
+        online = store._get_provider().online_store
+        redis_keys = online._generate_redis_keys_for_entities(config, keys)
+        return int(online._get_client(config.online_store).delete(*redis_keys))
+    if config.online_store.type != "sqlite":
+        raise ValueError(f"online store {config.online_store.type!r}: cannot delete personas (sqlite or redis)")
+    import sqlite3
+
+    from feast.infra.online_stores.helpers import compute_table_id
+
+    path = _sqlite_path(store)
+    if not path.is_file():
+        return 0
+    blobs = [serialize_entity_key(k, entity_key_serialization_version=config.entity_key_serialization_version)
+             for k in keys]
+    marks = ",".join("?" * len(blobs))
+    removed = 0
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn, conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for view in store.list_feature_views():
+            table = compute_table_id(config.project, view, False)
+            if table in tables:
+                removed += conn.execute(f'DELETE FROM "{table}" WHERE entity_key IN ({marks})', blobs).rowcount
+    return removed
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -336,6 +489,27 @@ class OnlineReader:
                     self._sqlite = sqlite3.connect(f"{self._sqlite_path.resolve().as_uri()}?mode=ro", uri=True,
                                                    check_same_thread=False)
         return self._sqlite
+
+    def marker(self) -> dict | None:
+        """The materialisation marker the online store holds now (None: none, the store was never loaded or lost
+        its data). Raises the store client's error when the store does not answer."""
+        if self._redis is not None:
+            online = self._redis[0]
+            text = online._get_client(self.store.config.online_store).get(MARKER_KEY + self.store.project)
+        elif self._sqlite_path is not None:
+            conn = self._connection()
+            try:
+                with self._lock:
+                    row = conn.execute(f"SELECT marker FROM {MARKER_TABLE} WHERE project = ?",
+                                       (self.store.project,)).fetchone()
+            except Exception as exc:
+                if "no such table" in str(exc):
+                    return None
+                raise
+            text = row[0] if row else None
+        else:
+            return None
+        return json.loads(text) if text else None
 
     def read(self, persona_ids: Sequence[str]) -> tuple:
         """(matrix n x len(columns) float64, found: whether the store holds any feature value of each persona)."""

@@ -157,14 +157,25 @@ def features(
     as_of: Annotated[str | None, typer.Option("--as-of", help="score as of this date (default: end of data)")] = None,
     full: Annotated[bool, typer.Option(help="recompute every snapshot, not only new dates")] = False,
     online: Annotated[bool, typer.Option(help="load the online store (--no-online: offline snapshots only)")] = True,
+    reload_online: Annotated[bool, typer.Option(
+        "--reload-online", help="load the online store again in full: features, the real-time state of logged "
+                                "events and the latest tags (after Redis lost its data)")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Compute point-in-time feature snapshots, apply the Feast repository and materialise the online store."""
     from features.build import build_features
+    from serving import recovery
 
     when = _as_of(as_of)
+    ws = Workspace.open(workspace)
     with _errors(), _progress(not as_json) as progress:
-        report = build_features(Workspace.open(workspace), as_of=when, full=full, online=online, progress=progress)
+        report = build_features(ws, as_of=when, full=full, online=online and not reload_online, progress=progress)
+        if reload_online:
+            report["reloaded"] = recovery.rebuild_online(ws, force=True)
+            report["materialized"] = report["reloaded"]["features"]
+        elif online and (report["materialized"] or {}).get("state_before") != "ok":
+            # the store was empty or stale, so it was loaded in full: the tags go back too
+            report["tags_pushed"] = recovery.push_latest_tags(ws)
     _emit(report, as_json, _render_features)
 
 
@@ -173,7 +184,16 @@ def _render_features(r: dict) -> None:
                   f"({len(r['computed'])} computed now); data {r['data_start'][:10]}..{r['data_end'][:10]}")
     for group, rows in r["rows"].items():
         console.print(f"  {group:<12} {rows:>10,} rows")
-    online = f"materialised in {r['seconds']['materialize']} s" if r["materialized"] else "online store not loaded"
+    m = r["materialized"]
+    online = "online store not loaded"
+    if r.get("reloaded"):
+        online = (f"online store reloaded in full in {r['reloaded']['seconds']} s (was {m.get('state_before')}; "
+                  f"{r['reloaded']['replayed_events']} personas' real-time state from the event log)")
+    elif m:
+        how = "in full" if m.get("state_before") != "ok" else "incrementally"
+        online = f"materialised {how} in {r['seconds']['materialize']} s"
+        if m.get("state_before") not in (None, "ok"):
+            online += f" (the online store was {m['state_before']})"
     console.print(f"feature services: {', '.join(r['services'])}; store: {r['store']}; {online}; "
                   f"total {r['seconds']['total']} s")
 

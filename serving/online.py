@@ -11,6 +11,7 @@ keeps the scorer it started with and no request ever sees half a promotion.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -21,12 +22,15 @@ import numpy as np
 import pandas as pd
 
 from feature_repo import definitions as defs
+from features import eventlog
 from features import store as feature_store
 from persona.workspace import Workspace
 from rules import history
 from serving import scoring
 from serving.identity import IdentityIndex, UnknownIdentifierType
 from training import tracking
+
+logger = logging.getLogger("persona.serving")
 
 # Behaviour events that move real-time features: (feature of the last hour, of the last day).
 EVENT_COUNTERS = {"product_view": ("rt_views_1h", "rt_views_24h"), "cart_add": ("rt_cart_adds_1h", "rt_cart_adds_24h")}
@@ -65,8 +69,14 @@ class Live:
 
 
 def redact(uri: str) -> str:
-    """A URI fit for an error message: the password of `scheme://user:password@host` replaced by ***."""
+    """A URI fit for the log: the password of `scheme://user:password@host` replaced by ***. Answers to clients
+    name only the kind of store (`store_kind`): user, host, port and database stay in the log."""
     return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", uri)
+
+
+def store_kind(uri: str) -> str:
+    """`postgresql`, `sqlite`, ...: what a client may be told about a backend."""
+    return uri.split(":", 1)[0].split("+", 1)[0]
 
 
 def ping_registry(uri: str, *, timeout: float = 5.0) -> None:
@@ -90,7 +100,8 @@ def ping_registry(uri: str, *, timeout: float = 5.0) -> None:
             engine.dispose()
     except Exception as exc:  # the driver's own error types (sqlite3, psycopg, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise Unavailable(f"model registry ({redact(uri)}) unreachable: {type(exc).__name__}: {first}") from None
+        logger.error("model registry %s unreachable: %s: %s", redact(uri), type(exc).__name__, first)
+        raise Unavailable(f"model registry ({scheme}) unreachable ({type(exc).__name__})") from None
 
 
 def _tolist(values) -> list:
@@ -120,13 +131,19 @@ class OnlineEngine:
         self.ws = ws
         self.cfg = ws.config()
         self.identity = IdentityIndex.load(ws, self.cfg)
-        self.store = feature_store.open_store(ws, self.cfg)
+        self.store = feature_store.open_store(ws, self.cfg, serving=True)
+        feature_store.fail_fast(self.store)
+        self.store_name = f"online store ({self.store.config.online_store.type})"
+        self._expected = self._expected_marker()
+        self._store_problem: str | None = None  # "empty" / "stale" while the online store needs a rebuild
+        self._events: eventlog.EventLog | None = None
         self.registry_uri = tracking.tracking_uri(ws, self.cfg)
         ping_registry(self.registry_uri)
         try:
             self.client = tracking.connect(ws, self.cfg)
         except Exception as exc:  # MLflow wraps the database driver's errors in its own types
-            raise Unavailable(f"model registry ({redact(self.registry_uri)}): {type(exc).__name__}: {exc}") from None
+            logger.error("model registry %s: %s: %s", redact(self.registry_uri), type(exc).__name__, exc)
+            raise Unavailable(f"model registry ({store_kind(self.registry_uri)}): {type(exc).__name__}") from None
         self.loader = scoring.ChampionLoader(self.client)
         self._lock = threading.Lock()
         self._checked = 0.0
@@ -152,6 +169,10 @@ class OnlineEngine:
         Called by a background loop every `serving.reload_seconds`; cheap when nothing moved (one alias query per
         model tag and one folder listing).
         """
+        self._expected = self._expected_marker()
+        if self._store_problem is not None and self.cfg.serving.auto_rebuild:
+            self._rebuild()
+            force = True
         with self._lock:
             versions = self.loader.champion_versions()
             if not versions:
@@ -170,14 +191,38 @@ class OnlineEngine:
             try:
                 models = self.loader.load(versions)
             except Exception as exc:  # an artifact missing or unreadable: keep serving the current models
-                raise Unavailable(f"model registry: cannot load champion versions {versions}: "
-                                  f"{type(exc).__name__}: {exc}") from None
+                logger.error("cannot load champion versions %s: %s: %s", versions, type(exc).__name__, exc)
+                raise Unavailable(f"model registry: cannot load champion versions {versions} "
+                                  f"({type(exc).__name__})") from None
             reader = feature_store.OnlineReader(self.store)
             tagset = scoring.load_rules(self.ws, self.cfg, [*reader.columns, *models.outputs()])
             scorer = scoring.Scorer(models, tagset, meta.get("stats", {}), as_of=date)
             # One assignment: a request reads either the old (scorer, catalog, reader) or the new, never a mix.
             self._live = Live(scorer, {c["id"]: c for c in tagset.catalog()}, reader)
             return True
+
+    def _expected_marker(self) -> dict | None:
+        from persona.workspace import read_json
+
+        return read_json(self.ws.state / feature_store.ONLINE_STATE, None)
+
+    def _rebuild(self) -> None:
+        """Load the online store again from the workspace (another worker may have done it already: then this
+        only checks the marker). Called from the refresh thread, never from a request."""
+        from serving import recovery
+
+        problem = self._store_problem
+        logger.warning("%s is %s: rebuilding it from the offline snapshot, the tags and the event log",
+                       self.store_name, problem)
+        try:
+            done = recovery.rebuild_online(self.ws, self.cfg, force=False)
+        except Exception as exc:
+            logger.error("rebuilding the %s failed: %s: %s", self.store_name, type(exc).__name__, exc)
+            raise Unavailable(f"{self.store_name} is {problem}; the rebuild failed ({type(exc).__name__})") from None
+        self._expected = self._expected_marker()
+        self._store_problem = None
+        logger.warning("%s rebuilt: %s", self.store_name,
+                       {k: done.get(k) for k in ("rebuilt", "replayed_events", "seconds")})
 
     def ready(self) -> dict:
         live = self._live
@@ -217,9 +262,20 @@ class OnlineEngine:
                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """({feature: float64 values (NaN = no value)}, found: bool per persona the online store holds)."""
         try:
+            marker = reader.marker()
             matrix, found = reader.read(persona_ids)
         except Exception as exc:  # the online store's client raises its own error types (sqlite3, redis...)
-            raise Unavailable(f"online store ({self.cfg.store.profile}): {type(exc).__name__}: {exc}") from None
+            logger.error("%s: %s: %s", self.store_name, type(exc).__name__, exc)
+            raise Unavailable(f"{self.store_name} unreachable ({type(exc).__name__})") from None
+        # A store without the workspace's last load (Redis restarted empty, an old copy) would answer "unknown"
+        # for everyone and scores from missing features: refuse until it is rebuilt (see refresh).
+        state = feature_store.classify_marker(marker, self._expected)
+        if state != "ok":
+            self._store_problem = state
+            raise Unavailable(f"{self.store_name} is {state} (it does not hold the last load of the features); "
+                              + ("rebuilding it" if self.cfg.serving.auto_rebuild else
+                                 "run `persona features --reload-online`"))
+        self._store_problem = None
         return scoring.MatrixColumns(matrix, reader.columns), found
 
     def score_frame(self, persona_ids: Sequence[str]) -> tuple[dict, np.ndarray, dict, Live]:
@@ -304,9 +360,16 @@ class OnlineEngine:
     def ingest_events(self, events: Sequence[Mapping]) -> dict:
         """Apply behaviour events to the real-time features online; returns what changed per persona.
 
+        In one transaction of the event log (`features.eventlog`): the personas are locked across workers and
+        servers, their current real-time features read from the online store, the events applied, the result
+        pushed online, and the events and new state appended to the log; the call returns (and the service answers
+        200) only after that commit. Concurrent calls for one persona therefore apply one after the other: no
+        update is lost, and a lost online store is rebuilt from the log.
+
         Counters are windowed by the last event time: a window whose last event is older than the window starts
         again from zero, otherwise the event adds to it. That is exact whenever a customer's activity has gaps
-        longer than the window, and an upper bound otherwise; the nightly snapshot recomputes the exact values.
+        longer than the window, and an upper bound otherwise; the nightly snapshot recomputes the exact values
+        (the logged events are part of its input).
         """
         customers = [Customer(e.get("persona_id"), e.get("id_type"), e.get("value"), e.get("hashed", False))
                      for e in events]
@@ -317,44 +380,73 @@ class OnlineEngine:
         now = pd.Timestamp.now(tz="UTC")
         ts = [pd.Timestamp(e["timestamp"]) if e.get("timestamp") else now for e in events]
         ts = [t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC") for t in ts]
-        unique = list(dict.fromkeys(pids))
         live = self._live
         if live is None:
             raise Unavailable("not ready: no scorer loaded")
         names = next((names for view, names, _ in live.reader.views if view.name == defs.REALTIME), [])
         if not names:
             raise Unavailable("online store: no realtime feature view (run `persona features`)")
-        current, _ = self.features(live.reader, unique)
-        rows = {}
-        for i, pid in enumerate(unique):
-            rows[pid] = {n: (None if np.isnan(current[n][i]) else float(current[n][i])) for n in names}
         order = np.argsort(np.array([t.value for t in ts]), kind="stable")
-        for i in order:
-            pid, e, t = pids[i], events[i], ts[i]
-            row = rows[pid]
-            last = row.get("rt_last_event_ts")
-            gap = None if last is None else t.timestamp() - last
-            counters = EVENT_COUNTERS.get(e["event_type"], ())
-            for name, window in zip(("1h", "24h"), (3600, 86400)):
-                for col in [c for c in names if c.endswith(f"_{name}")]:
-                    if gap is not None and gap > window:
-                        row[col] = 0.0
-                    elif row.get(col) is None:
-                        row[col] = 0.0
-                for col in counters:
-                    if col.endswith(f"_{name}") and col in row:
-                        row[col] = (row[col] or 0.0) + 1.0
-            if last is None or t.timestamp() >= last:
-                row["rt_last_event_ts"] = float(int(t.timestamp()))
-        latest = max(ts)
-        push = pd.DataFrame([{defs.JOIN_KEY: pid, defs.TIMESTAMP: max(latest, now), **rows[pid]} for pid in unique])
+
+        def apply(unique: list[str], states: dict) -> dict:
+            current, _ = self.features(live.reader, unique)  # read under the persona locks
+            rows = {pid: {n: (None if np.isnan(current[n][i]) else float(current[n][i])) for n in names}
+                    for i, pid in enumerate(unique)}
+            for i in order:
+                _apply_event(rows[pids[i]], names, events[i]["event_type"], ts[i])
+            out = {}
+            for pid in unique:
+                # Strictly later than this persona's last push: Redis keeps a row only if it is newer than the
+                # one it holds, and two servers' clocks may disagree by a little.
+                previous = states.get(pid)
+                when = max(now, max(t for p, t in zip(pids, ts) if p == pid))
+                if previous is not None and pd.Timestamp(previous.pushed) >= when:
+                    when = pd.Timestamp(previous.pushed) + pd.Timedelta(microseconds=1)
+                out[pid] = eventlog.State(rows[pid], when.to_pydatetime())
+            push = pd.DataFrame([{defs.JOIN_KEY: pid, defs.TIMESTAMP: st.pushed, **st.values}
+                                 for pid, st in out.items()])
+            try:
+                feature_store.push_realtime(self.store, push)
+            except (KeyError, ValueError):
+                raise
+            except Exception as exc:
+                logger.error("%s: push failed: %s: %s", self.store_name, type(exc).__name__, exc)
+                raise Unavailable(f"{self.store_name} unreachable ({type(exc).__name__})") from None
+            return out
+
+        logged = [{"persona_id": p, "ts": t.to_pydatetime(), "event_type": e["event_type"],
+                   "category": e.get("category")} for p, t, e in zip(pids, ts, events)]
+        log = self._event_log()
         try:
-            feature_store.push_realtime(self.store, push)
-        except (KeyError, ValueError):
-            raise
-        except Exception as exc:
-            raise Unavailable(f"online store ({self.cfg.store.profile}): {type(exc).__name__}: {exc}") from None
-        return {"accepted": len(events), "personas": unique, "realtime": {p: rows[p] for p in unique}}
+            states = log.record(logged, apply)
+        except eventlog.EventLogUnavailable as exc:
+            logger.error("%s", exc.__cause__ or exc)
+            raise Unavailable(str(exc)) from None
+        unique = list(dict.fromkeys(pids))
+        return {"accepted": len(events), "personas": unique, "realtime": {p: states[p].values for p in unique}}
+
+    def _event_log(self) -> eventlog.EventLog:
+        if self._events is None:
+            self._events = eventlog.open_log(self.ws, self.cfg)
+        return self._events
+
+
+def _apply_event(row: dict, names: Sequence[str], event_type: str, t: pd.Timestamp) -> None:
+    """One event on a persona's real-time features (see `OnlineEngine.ingest_events`), in place."""
+    last = row.get("rt_last_event_ts")
+    gap = None if last is None else t.timestamp() - last
+    counters = EVENT_COUNTERS.get(event_type, ())
+    for name, window in zip(("1h", "24h"), (3600, 86400)):
+        for col in [c for c in names if c.endswith(f"_{name}")]:
+            if gap is not None and gap > window:
+                row[col] = 0.0
+            elif row.get(col) is None:
+                row[col] = 0.0
+        for col in counters:
+            if col.endswith(f"_{name}") and col in row:
+                row[col] = (row[col] or 0.0) + 1.0
+    if last is None or t.timestamp() >= last:
+        row["rt_last_event_ts"] = float(int(t.timestamp()))
 
 
 def _bought_within(features: Mapping, category: str, days: int) -> bool:

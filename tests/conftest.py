@@ -96,4 +96,21 @@ def trained_workspace(tmp_path_factory) -> Path:
         integrate(ws)
         build_features(ws)
         train(ws, promote=True)
+        _promote_every_challenger(ws)
     return root
+
+
+def _promote_every_challenger(ws) -> None:
+    """Make each tag's challenger the champion, as an operator may in the MLflow UI.
+
+    On 1,500 generated customers a model may not clear the promotion gate (it must beat every baseline and the
+    champion by a margin; tested in tests/training/test_promotion.py); the tests built on this workspace need
+    champions to serve, whatever the gate said.
+    """
+    from training import tracking
+
+    client = tracking.connect(ws, ws.config())
+    for rm in client.search_registered_models(f"name LIKE '{tracking.MODEL_PREFIX}%'"):
+        version = tracking.alias_version(client, rm.name, tracking.CHALLENGER)
+        if version is not None:
+            client.set_registered_model_alias(rm.name, tracking.CHAMPION, version)
