@@ -244,12 +244,44 @@ def models(workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> Non
 
 def _render_models(r: dict) -> None:
     table = Table(title="registered models")
-    for col in ("model", "version", "aliases", "metric", "value", "held out", "grade"):
+    for col in ("model", "version", "aliases", "metric", "value", "held out", "grade", "promotion gate"):
         table.add_column(col)
     for m in r["models"]:
+        gate = m.get("gate")
+        verdict = "-" if gate is None else f"{gate}: {m.get('gate_reason') or ''}".strip()
         table.add_row(m["model"], str(m["version"]), ",".join(m["aliases"]), str(m["metric"]),
-                      "" if m["value"] is None else f"{m['value']:.4f}", str(m["held_out"]), str(m["grade"]))
+                      "" if m["value"] is None else f"{m['value']:.4f}", str(m["held_out"]), str(m["grade"]),
+                      verdict if gate != "refused" else f"[yellow]{verdict}[/]")
     console.print(table)
+
+
+@app.command()
+def forget(
+    workspace: WorkspaceOpt = Path("."),
+    identifier: Annotated[str | None, typer.Option(
+        "--identifier", help="TYPE:VALUE of the person, e.g. phone:13800138000 or email:a@b.cn")] = None,
+    persona_id: Annotated[str | None, typer.Option("--persona-id", help="the person's persona id")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Erase one person (right to erasure, PIPL / GDPR) from every output, the online store and the event log, and
+    keep them out of later runs; the erasure is recorded without personal data."""
+    from persona.forget import forget as run
+
+    if (identifier is None) == (persona_id is None):
+        raise typer.BadParameter("give exactly one of --identifier TYPE:VALUE or --persona-id ID")
+    ident = None
+    if identifier is not None:
+        kind, sep, value = identifier.partition(":")
+        if not sep or not kind or not value:
+            raise typer.BadParameter(f"--identifier {identifier!r}: expected TYPE:VALUE, e.g. phone:13800138000")
+        ident = (kind.strip(), value.strip())
+    with _errors():
+        try:
+            result = run(Workspace.open(workspace), identifier=ident, persona_id=persona_id)
+        except (LookupError, ValueError) as exc:  # unknown person, bad identifier: say so, no trace
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+    _emit(result, as_json, lambda r: console.print_json(data=r))
 
 
 @app.command()
