@@ -71,3 +71,12 @@ def test_runs_registry_and_aliases_on_postgresql(tmp_path, tracking_db, monkeypa
     rows = {r["version"]: r for r in tracking.list_models(client) if r["model"] == name}
     assert rows[versions[0]]["aliases"] == ["champion"] and rows[versions[1]]["aliases"] == ["challenger"]
     assert rows[versions[1]]["value"] == pytest.approx(0.3)
+    assert rows[versions[1]]["gate"] is None  # never put to the promotion gate
+
+    # A shared tracking database is nobody's workspace: opened from another folder it is not rewritten, and
+    # artifacts stay where the experiment says.
+    elsewhere = tracking.connect(Workspace.open(tmp_path / "elsewhere"), cfg)
+    experiment = elsewhere.get_experiment_by_name(cfg.tracking.experiment)
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    assert mlflow.pyfunc.load_model(f"models:/{name}@{tracking.CHAMPION}").predict(example)["churn_risk"].tolist() \
+        == [0.2, 0.2]
