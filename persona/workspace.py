@@ -3,6 +3,8 @@
 Writes are atomic so that no reader ever sees half an output: single files are written to a temporary name in
 the same folder and renamed over the target; a stage's set of outputs is written into a fresh run folder and
 published by swapping the `current` symlink, so readers see either the previous run or the new one, never a mix.
+A run killed part-way leaves only folders and links that no reader follows; the stage's next run removes them
+before it starts (`clean_stage`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from persona.config import PersonaConfig, load_config
+from persona.faults import kill_point
 
 SALT_VAR = "PERSONA_SALT"
 SECRETS_FILE = "secrets.env"
@@ -133,32 +136,76 @@ def write_parquet_atomic(target: Path, frame: pd.DataFrame | pa.Table) -> None:
         tmp.unlink(missing_ok=True)
 
 
-
-
 @contextmanager
 def publishing(ws: Workspace, stage: str, run_id: str) -> Iterator[Path]:
     """Yield a fresh folder for a stage's outputs; on success make it `current` atomically, else discard it.
 
-    Readers resolve `<stage>/current` once and read from that folder, so they never see a partial run.
+    Readers resolve `<stage>/current` once and read from that folder, so they never see a partial run. The steps
+    (each a kill point `<stage>.<step>`, see persona.faults) are: outputs written into `runs/.<id>.building`
+    (`building`), renamed to `runs/<id>` (`renamed`), `current` swapped to it (`linked`), old runs pruned. What a
+    killed run left is removed first (see `clean_stage`). Run ids must sort in run order (integrate's start with a
+    zero-padded sequence number); one run of a stage at a time.
     """
     runs = ws.stage_dir(stage) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
+    clean_stage(ws, stage, run_id)
     building = runs / f".{run_id}.building"
-    if building.exists():
-        shutil.rmtree(building)
     building.mkdir()
     try:
         yield building
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
+    kill_point(f"{stage}.building")
     final = runs / run_id
     os.replace(building, final)
+    kill_point(f"{stage}.renamed")
     link = ws.stage_dir(stage) / "current"
     tmp_link = link.with_name(f".current.{uuid.uuid4().hex[:8]}")
     os.symlink(Path("runs") / run_id, tmp_link)
     os.replace(tmp_link, link)
+    kill_point(f"{stage}.linked")
     _prune(runs, keep=final.name)
+
+
+def clean_stage(ws: Workspace, stage: str, run_id: str | None = None) -> list[str]:
+    """Remove what killed runs of a stage left; returns the paths removed, relative to the stage folder.
+
+    That is `runs/.<id>.building` folders, stray `.current.*` links, and run folders that were renamed into `runs/`
+    but never linked: those sorting after the one `current` names (all of them before a first `current`). A new run
+    whose sequence number (the digits before the first '-') a folder already has takes that number over: the folder
+    was never published, so it is removed, and run numbers stay unique without the caller renumbering (its id is
+    inside its outputs). The current run is never removed; a new run reusing its number is refused.
+    """
+    top = ws.stage_dir(stage)
+    runs = top / "runs"
+    link = top / "current"
+    current = Path(os.readlink(link)).name if link.is_symlink() else None
+    number = _sequence(run_id) if run_id is not None else None
+    if number is not None and current is not None and _sequence(current) == number:
+        raise ValueError(f"{top}: run {run_id} reuses the sequence number of the published run {current}; "
+                         "a new run's number must follow the current run's")
+    gone = []
+    for p in top.iterdir() if top.is_dir() else []:
+        if p.name.startswith(".current.") and p.is_symlink():
+            p.unlink()
+            gone.append(p.name)
+    for p in sorted(runs.iterdir()) if runs.is_dir() else []:
+        if p.name.startswith("."):
+            unpublished = p.name.endswith(".building")
+        else:
+            unpublished = p.is_dir() and p.name != current and (
+                current is None or p.name > current or (number is not None and _sequence(p.name) == number))
+        if unpublished:
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(f"runs/{p.name}")
+    return gone
+
+
+def _sequence(run_id: str) -> int | None:
+    """The sequence number a run id starts with (`000042-20260101T000000Z` -> 42), None without one."""
+    head, sep, _ = run_id.partition("-")
+    return int(head) if sep and head.isdigit() else None
 
 
 def _prune(runs: Path, keep: str) -> None:

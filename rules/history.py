@@ -2,19 +2,34 @@
 
 Layout, partitioned by date (Hive style, so DuckDB, Spark and pyarrow read `<ws>/tags` as one dataset):
 
-    <ws>/tags/date=2025-10-01/part-0.parquet   persona_id, model scores, one column per tag
-    <ws>/tags/date=2025-10-01/_meta.json       as-of, model versions, rule statistics, counts, coverage
+    <ws>/tags/date=2025-10-01 -> ../.tag-versions/2025-10-01.<id>     a symlink: the published snapshot of the date
+    <ws>/.tag-versions/2025-10-01.<id>/part-0.parquet                 persona_id, model scores, one column per tag
+    <ws>/.tag-versions/2025-10-01.<id>/_meta.json                     as-of, model versions, rule statistics, counts
 
-A snapshot is written into a hidden folder beside its final place and renamed into it in one step, `_meta.json`
-last inside it: a reader never sees half a snapshot, and a crashed run leaves only a hidden folder that the next
-run removes. A date written again replaces the earlier snapshot of that date.
+A snapshot is written into a hidden `tags/.tmp-<id>` folder (`_meta.json` last), moved whole into the version store
+and published by swapping the `date=` link with one rename, as integration swaps its `current` link: at every
+instant each date shows its last complete snapshot, and a reader that resolved a version keeps reading it. Read the
+table through the links, one level deep: DuckDB `read_parquet('<ws>/tags/*/*.parquet', hive_partitioning=true)` or
+`pyarrow.dataset.dataset('<ws>/tags', partitioning='hive')` (DuckDB's `**` does not follow symlinks).
+
+The version store lives beside `tags/`, not inside it, so that no glob over `tags/` meets a version twice. Versions
+no link points to (the one a write replaced, those `prune` unlinked, one a killed run never linked) are deleted at
+the start of the next write, never by the call that unlinked them. What a crashed write leaves inside `tags/` is
+removed by `clean_partial`, except that a complete snapshot whose date shows none is published rather than deleted.
+A plain `date=` folder written by earlier versions is read as it is and swapped for a link when its date is written
+again, in one exchange-rename on Linux (elsewhere in two renames, a crash between them finished by `clean_partial`).
+One writer at a time: two rescores at once could collect each other's versions (`persona schedule` holds a lock; a
+manual run beside it does not).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,15 +39,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from persona.faults import kill_point
 from persona.workspace import Workspace
 
 DIRNAME = "tags"
+VERSIONS = ".tag-versions"  # beside tags/, see the module docstring
 META = "_meta.json"
 PART = "part-0.parquet"
+LEFTOVERS = (".tmp-", ".old-", ".link-")  # what a crashed write leaves in tags/ (.old-: the pre-version code)
 
 
 def root(ws: Workspace) -> Path:
     return ws.root / DIRNAME
+
+
+def versions(ws: Workspace) -> Path:
+    """The folder holding every snapshot version (see the module docstring)."""
+    return ws.root / VERSIONS
 
 
 def _folder(ws: Workspace, date: str) -> Path:
@@ -114,51 +137,175 @@ def to_arrow(frame: pd.DataFrame) -> pa.Table:
 
 
 def clean_partial(ws: Workspace) -> list[str]:
-    """Remove what a crashed write left behind (hidden folders); returns their names."""
+    """Deal with what a crashed write left in `tags/`; returns the names dealt with.
+
+    An interrupted link swap is finished when its date shows no snapshot, else dropped; a complete hidden snapshot
+    (a `.tmp-`, or `.old-` from the pre-version code killed between its two renames) is published when its date
+    shows none (the newest such of a date); every other leftover is deleted. Cleaning never deletes a date's only
+    complete copy. Versions are not touched here: unreferenced ones go at the start of `write`.
+    """
     base = root(ws)
     if not base.is_dir():
         return []
-    gone = []
-    for p in base.iterdir():
-        if p.name.startswith(".tmp-") or p.name.startswith(".old-"):
-            shutil.rmtree(p, ignore_errors=True)
-            gone.append(p.name)
-    return gone
+    leftovers = sorted((p for p in base.iterdir() if p.name.startswith(LEFTOVERS)), key=lambda p: p.name)
+    for p in leftovers:
+        if p.is_symlink():
+            date = _version_date(Path(os.readlink(p)).name)
+            if date and _complete(p) and not _complete(_folder(ws, date)):
+                _swap_in(ws, p, date)
+            else:
+                p.unlink()
+    adopt: dict[str, Path] = {}
+    for p in leftovers:
+        if p.is_symlink() or not p.is_dir() or not (p / META).is_file():
+            continue
+        date = _meta_date(p)
+        if date and not _complete(_folder(ws, date)):
+            best = adopt.get(date)
+            if best is None or (p / META).stat().st_mtime_ns > (best / META).stat().st_mtime_ns:
+                adopt[date] = p
+    for date, p in adopt.items():
+        store = versions(ws)
+        store.mkdir(exist_ok=True)
+        version = store / f"{date}.{uuid.uuid4().hex[:12]}"
+        os.rename(p, version)
+        _link(ws, date, version)
+    for p in leftovers:
+        _remove(p)
+    return [p.name for p in leftovers]
 
 
 def write(ws: Workspace, date: str, table: pa.Table, meta: Mapping) -> Path:
-    """Publish the snapshot of `date` atomically (see the module docstring); returns its folder."""
+    """Publish the snapshot of `date` atomically (see the module docstring); returns its `date=` link."""
     base = root(ws)
     base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".tmp-{uuid.uuid4().hex[:12]}"
+    store = versions(ws)
+    store.mkdir(exist_ok=True)
+    clean_partial(ws)
+    _collect(ws)
+    token = uuid.uuid4().hex[:12]
+    tmp = base / f".tmp-{token}"
     tmp.mkdir()
+    version = store / f"{date}.{token}"
     try:
         pq.write_table(table, tmp / PART, compression="zstd", row_group_size=262_144)
+        _fsync(tmp / PART)
         with open(tmp / META, "w", encoding="utf-8") as fh:
             json.dump(dict(meta), fh, ensure_ascii=False, indent=1, default=str)
             fh.flush()
             os.fsync(fh.fileno())
-        final = _folder(ws, date)
-        if final.exists():
-            old = base / f".old-{uuid.uuid4().hex[:12]}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        os.rename(tmp, version)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+    kill_point("tags.written")
+    _link(ws, date, version)
+    kill_point("tags.linked")
+    return _folder(ws, date)
 
 
 def prune(ws: Workspace, keep: int) -> list[str]:
-    """Delete all but the `keep` newest snapshots; returns the dates removed."""
+    """Unpublish all but the `keep` newest snapshots; returns the dates removed (their data goes at the next write)."""
     dates = list_dates(ws)
     gone = dates[:-keep] if keep and len(dates) > keep else []
     for d in gone:
-        shutil.rmtree(_folder(ws, d), ignore_errors=True)
+        folder = _folder(ws, d)
+        if _plain(folder):  # from the pre-version code: out of sight in one rename, collected like a version
+            store = versions(ws)
+            store.mkdir(exist_ok=True)
+            os.rename(folder, store / f"{d}.{uuid.uuid4().hex[:12]}")
+        else:
+            folder.unlink()
     return gone
+
+
+def _link(ws: Workspace, date: str, version: Path) -> None:
+    """Point `date=<date>` at `version` in one step."""
+    tmp = root(ws) / f".link-{uuid.uuid4().hex[:12]}"
+    os.symlink(Path("..") / VERSIONS / version.name, tmp)  # relative: a copied workspace keeps working
+    _swap_in(ws, tmp, date)
+
+
+def _swap_in(ws: Workspace, link: Path, date: str) -> None:
+    """Rename `link` over `date=<date>`; a plain folder there (the old layout) moves to the version store."""
+    final = _folder(ws, date)
+    if not _plain(final):
+        os.replace(link, final)
+        return
+    old = versions(ws) / f"{date}.{uuid.uuid4().hex[:12]}"
+    if _exchange(link, final):  # `link` now names the old folder
+        os.rename(link, old)
+    else:  # no atomic exchange here: the date is hidden for one rename; clean_partial finishes a crash in between
+        os.rename(final, old)
+        os.replace(link, final)
+
+
+def _collect(ws: Workspace) -> list[str]:
+    """Delete the versions no `date=` link points to; returns their names."""
+    store = versions(ws)
+    if not store.is_dir():
+        return []
+    live = {Path(os.readlink(p)).name for p in root(ws).iterdir() if p.is_symlink()} if root(ws).is_dir() else set()
+    gone = sorted(v.name for v in store.iterdir() if v.name not in live)
+    for name in gone:
+        _remove(store / name)
+    return gone
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / META).is_file()
+
+
+def _plain(folder: Path) -> bool:
+    """A real folder (the layout before versions), not a link."""
+    return folder.is_dir() and not folder.is_symlink()
+
+
+def _version_date(name: str) -> str | None:
+    """The date of a version folder's name (`2025-10-01.<id>`)."""
+    date, sep, _ = name.rpartition(".")
+    return date if sep and date else None
+
+
+def _meta_date(folder: Path) -> str | None:
+    try:
+        date = json.loads((folder / META).read_text(encoding="utf-8")).get("date")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(date) if date else None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two names in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    if sys.platform != "linux":
+        return False
+    rename = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if rename is None:
+        return False
+    if rename(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _memberships(frame: pd.DataFrame, tag: str) -> pd.DataFrame:

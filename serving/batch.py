@@ -22,6 +22,7 @@ import pyarrow as pa
 from feature_repo import definitions as defs
 from features import store as feature_store
 from persona.errors import InsufficientDataError
+from persona.faults import kill_point
 from persona.workspace import Workspace
 from rules import history, segments
 from serving import scoring
@@ -94,9 +95,11 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, push: bool = Tr
                  for c in catalog if c["id"] in out.columns],
         "coverage": history.coverage(out, tag_ids),
     }
+    kill_point("rescore.tagged")
     folder = history.write(ws, meta["date"], history.to_arrow(out), meta)
     pruned = history.prune(ws, cfg.tags.keep_snapshots)
     timings["write"] = time.perf_counter() - t
+    kill_point("rescore.written")
 
     pushed = None
     if push:

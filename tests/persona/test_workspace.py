@@ -4,7 +4,9 @@ import os
 
 import pytest
 
-from persona.workspace import KEEP_RUNS, SALT_VAR, SecretError, Workspace, publishing, write_text_atomic
+from persona import workspace
+from persona.workspace import (KEEP_RUNS, SALT_VAR, SecretError, Workspace, clean_stage, publishing,
+                               write_text_atomic)
 
 
 def run_id(i: int) -> str:
@@ -124,3 +126,79 @@ def test_pruning_never_removes_the_run_just_published(tmp_path):
     assert current is not None and current.name == run_id(1)
     assert (current / "report.json").read_text() == "re-run with an older clock"
     assert os.path.isdir(current)
+
+
+# --- runs killed part-way ----------------------------------------------------------------------------------------
+class Killed(BaseException):
+    """A kill point reached: the process would die here, running no clean-up."""
+
+
+def seq_id(seq: int, second: int) -> str:
+    """An id as integrate makes them: a sequence number, then the clock."""
+    return f"{seq:06d}-20260101T0000{second:02d}Z"
+
+
+def killed_publish(ws: Workspace, rid: str, point: str, monkeypatch, text: str = "killed") -> None:
+    def kill_point(name: str) -> None:
+        if name == point:
+            raise Killed(name)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(workspace, "kill_point", kill_point)
+        with pytest.raises(Killed):
+            publish(ws, rid, text)
+
+
+@pytest.mark.parametrize("point", ["building", "renamed", "linked"])
+def test_a_run_killed_at_each_step_leaves_a_complete_current_and_the_next_run_cleans_up(tmp_path, monkeypatch,
+                                                                                         point):
+    ws = Workspace.open(tmp_path)
+    top = ws.stage_dir("integrated")
+    publish(ws, seq_id(1, 0), "first")
+    killed_publish(ws, seq_id(2, 1), f"integrated.{point}", monkeypatch)
+    current = ws.current("integrated")
+    assert (current / "report.json").read_text() == ("killed" if point == "linked" else "first")
+    leftover = {"building": f".{seq_id(2, 1)}.building", "renamed": seq_id(2, 1), "linked": None}[point]
+    if leftover:
+        assert leftover in visible(top / "runs")
+
+    # The next run takes the number the killed one took, unless that one was linked (then it is the current run).
+    seq = 3 if point == "linked" else 2
+    publish(ws, seq_id(seq, 2), "next")
+    assert (ws.current("integrated") / "report.json").read_text() == "next"
+    runs = visible(top / "runs")
+    assert not [n for n in runs if n.startswith(".")] and visible(top) == ["current", "runs"]
+    assert len({n[:6] for n in runs}) == len(runs)  # no two runs share a number
+    assert runs == ([seq_id(1, 0), seq_id(2, 1), seq_id(3, 2)] if point == "linked" else [seq_id(1, 0), seq_id(2, 2)])
+
+
+def test_clean_stage_removes_leftovers_but_never_the_current_or_an_older_run(tmp_path):
+    ws = Workspace.open(tmp_path)
+    top = ws.stage_dir("integrated")
+    for i in (1, 2):
+        publish(ws, seq_id(i, i))
+    (top / "runs" / f".{seq_id(3, 3)}.building").mkdir()
+    (top / "runs" / seq_id(3, 4)).mkdir()  # renamed, never linked
+    (top / "runs" / seq_id(4, 5)).mkdir()
+    os.symlink("runs/" + seq_id(3, 4), top / ".current.deadbeef")
+    assert sorted(clean_stage(ws, "integrated")) == [".current.deadbeef", f"runs/.{seq_id(3, 3)}.building",
+                                                      f"runs/{seq_id(3, 4)}", f"runs/{seq_id(4, 5)}"]
+    assert visible(top / "runs") == [seq_id(1, 1), seq_id(2, 2)] and ws.current("integrated").name == seq_id(2, 2)
+    assert clean_stage(ws, "integrated") == []
+
+
+def test_before_a_first_current_every_run_folder_is_unpublished(tmp_path, monkeypatch):
+    ws = Workspace.open(tmp_path)
+    killed_publish(ws, seq_id(1, 0), "integrated.renamed", monkeypatch)
+    assert ws.current("integrated") is None
+    publish(ws, seq_id(1, 1), "first")
+    assert visible(ws.stage_dir("integrated") / "runs") == [seq_id(1, 1)]
+
+
+def test_a_new_run_reusing_the_current_runs_number_is_refused(tmp_path):
+    ws = Workspace.open(tmp_path)
+    publish(ws, seq_id(1, 0), "first")
+    with pytest.raises(ValueError, match="reuses the sequence number of the published run 000001-"):
+        publish(ws, seq_id(1, 1), "second")
+    assert (ws.current("integrated") / "report.json").read_text() == "first"
+    assert visible(ws.stage_dir("integrated") / "runs") == [seq_id(1, 0)]

@@ -1,9 +1,11 @@
 """Tag history: atomic dated snapshots, pruning, date resolution, who entered / left a tag value, coverage."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from persona.workspace import Workspace
@@ -177,3 +179,172 @@ def test_distribution_of_categories_lists_and_scores():
     bins = history.distribution(frame, "churn_risk", bins=2)
     assert len(bins) == 2 and sum(d["count"] for d in bins) == 4
     assert history.distribution(frame.assign(churn_risk=np.nan), "churn_risk") == []
+
+
+# --- publishing a snapshot in one step: versions behind `date=` links ---------------------------------------------
+class Killed(BaseException):
+    """A kill point reached: the process would die here, running no clean-up."""
+
+
+def _kill_at(monkeypatch, point: str) -> None:
+    def kill_point(name: str) -> None:
+        if name == point:
+            raise Killed(name)
+
+    monkeypatch.setattr(history, "kill_point", kill_point)
+
+
+def _rows(ws, date="2025-10-01") -> list[str]:
+    return history.read(ws, date)["persona_id"].tolist()
+
+
+def _store(ws) -> list[str]:
+    store = history.versions(ws)
+    return sorted(p.name for p in store.iterdir()) if store.is_dir() else []
+
+
+def _linked(ws) -> list[str]:
+    return sorted(os.path.basename(os.readlink(p)) for p in history.root(ws).iterdir() if p.is_symlink())
+
+
+def _old_layout(ws, date: str, ids: list[str], name: str | None = None) -> None:
+    """A snapshot folder as the code before versions wrote it: a plain `date=` folder (or a hidden one)."""
+    folder = history.root(ws) / (name or f"date={date}")
+    folder.mkdir(parents=True)
+    pq.write_table(history.to_arrow(_snapshot(ids, ["low"] * len(ids), [True] * len(ids), [()] * len(ids),
+                                              [0.5] * len(ids))), folder / history.PART)
+    (folder / history.META).write_text(json.dumps({"date": date, "tags": META_TAGS}))
+
+
+def test_a_date_is_a_link_to_an_immutable_version_beside_tags(ws):
+    _write(ws, "2025-10-01", _snapshot(["p1"], ["high"], [True], [()], [0.9]))
+    link = history.root(ws) / "date=2025-10-01"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))  # relative: a copied workspace keeps working
+    assert _store(ws) == _linked(ws) and _store(ws)[0].startswith("2025-10-01.")
+    assert [p.name for p in history.root(ws).iterdir()] == ["date=2025-10-01"]
+
+
+def test_a_reader_of_the_replaced_version_keeps_reading_it_until_the_next_write(ws):
+    _write(ws, "2025-10-01", _snapshot(["p1"], ["high"], [True], [()], [0.9]))
+    resolved = (history.root(ws) / "date=2025-10-01").resolve()  # a reader resolved the link, then reads later
+    _write(ws, "2025-10-01", _snapshot(["p2"], ["low"], [False], [()], [0.1]))
+    assert _rows(ws) == ["p2"]
+    assert pq.read_table(resolved / history.PART)["persona_id"].to_pylist() == ["p1"]
+    assert len(_store(ws)) == 2 and resolved.name in _store(ws)  # the replaced version, kept by this call
+    _write(ws, "2025-11-01", _snapshot(["p3"], ["low"], [False], [()], [0.1]))
+    assert resolved.name not in _store(ws) and _store(ws) == _linked(ws)  # the next write collected it
+
+
+def test_every_rename_of_a_write_leaves_the_date_readable_old_or_new(ws, monkeypatch):
+    """At every step of a write (and of moving an old-layout folder into versions) the date reads complete."""
+    _old_layout(ws, "2025-10-01", ["old"])
+    seen = []
+
+    def check(fn):
+        def step(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            seen.append(_rows(ws))
+            return out
+        return step
+
+    for name in ("rename", "replace"):
+        monkeypatch.setattr(history.os, name, check(getattr(os, name)))
+    _write(ws, "2025-10-01", _snapshot(["new"], ["low"], [False], [()], [0.1]))
+    _write(ws, "2025-10-01", _snapshot(["newer"], ["low"], [False], [()], [0.1]))
+    monkeypatch.undo()
+    assert seen[0] == ["old"] and seen[-1] == ["newer"] and set(map(tuple, seen)) <= {("old",), ("new",), ("newer",)}
+    assert (history.root(ws) / "date=2025-10-01").is_symlink() and len(_store(ws)) == 2  # with the replaced one
+
+
+@pytest.mark.parametrize("point", ["tags.written", "tags.linked"])
+def test_a_write_killed_at_a_kill_point_leaves_a_complete_snapshot_and_the_next_write_cleans_up(ws, monkeypatch,
+                                                                                               point):
+    _write(ws, "2025-10-01", _snapshot(["p1"], ["high"], [True], [()], [0.9]))
+    first = _linked(ws)
+    with monkeypatch.context() as mp:
+        _kill_at(mp, point)
+        mp.setattr(history.shutil, "rmtree", lambda *a, **k: None)  # a killed process cleans nothing
+        with pytest.raises(Killed):
+            _write(ws, "2025-10-01", _snapshot(["p2"], ["low"], [False], [()], [0.1]))
+    assert _rows(ws) == (["p1"] if point == "tags.written" else ["p2"])
+    assert (_linked(ws) == first) is (point == "tags.written")
+    assert len(_store(ws)) == 2 and [p.name for p in history.root(ws).iterdir()] == ["date=2025-10-01"]
+
+    _write(ws, "2025-10-01", _snapshot(["p3"], ["low"], [False], [()], [0.1]))
+    assert _rows(ws) == ["p3"] and history.list_dates(ws) == ["2025-10-01"]
+    assert len(_store(ws)) == 2  # the new version and the one it replaced; the unlinked one is gone
+    assert (first[0] in _store(ws)) is (point == "tags.written")
+
+
+def test_an_old_crash_between_two_renames_is_recovered_not_deleted_by_a_failing_run(ws, monkeypatch):
+    """The code before versions, killed between its renames, left the date in `.old-` and the new one in `.tmp-`."""
+    _old_layout(ws, "2025-10-01", ["before"], name=".old-aaa")
+    _old_layout(ws, "2025-10-01", ["after"], name=".tmp-bbb")
+    os.utime(history.root(ws) / ".old-aaa" / history.META, ns=(1, 1))  # the older of the two
+    assert history.list_dates(ws) == []
+
+    with monkeypatch.context() as mp:
+        mp.setattr(history.json, "dump", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+        with pytest.raises(OSError, match="disk full"):  # the next run fails for another reason
+            _write(ws, "2025-11-01", _snapshot(["p9"], ["low"], [False], [()], [0.1]))
+    assert history.list_dates(ws) == ["2025-10-01"] and _rows(ws) == ["after"]
+    assert [p.name for p in history.root(ws).iterdir()] == ["date=2025-10-01"]
+    assert _store(ws) == _linked(ws)
+
+
+def test_clean_partial_finishes_an_interrupted_link_swap_only_when_the_date_shows_nothing(ws):
+    _write(ws, "2025-10-01", _snapshot(["p1"], ["high"], [True], [()], [0.9]))
+    _write(ws, "2025-11-01", _snapshot(["p2"], ["high"], [True], [()], [0.9]))
+    store_name = _linked(ws)[1]
+    (history.root(ws) / "date=2025-11-01").rename(history.root(ws) / ".link-abc")  # killed inside the swap
+    os.symlink(os.readlink(history.root(ws) / "date=2025-10-01"), history.root(ws) / ".link-def")  # a stale one
+    assert history.list_dates(ws) == ["2025-10-01"]
+    assert history.clean_partial(ws) == [".link-abc", ".link-def"]
+    assert history.list_dates(ws) == ["2025-10-01", "2025-11-01"] and _rows(ws, "2025-11-01") == ["p2"]
+    assert os.path.basename(os.readlink(history.root(ws) / "date=2025-11-01")) == store_name
+    assert sorted(p.name for p in history.root(ws).iterdir()) == ["date=2025-10-01", "date=2025-11-01"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_a_plain_folder_of_the_old_layout_is_read_then_replaced_by_a_link(ws, monkeypatch, exchange):
+    _old_layout(ws, "2025-09-01", ["a1"])
+    _old_layout(ws, "2025-10-01", ["b1"])
+    assert history.list_dates(ws) == ["2025-09-01", "2025-10-01"] and _rows(ws) == ["b1"]
+    if not exchange:
+        monkeypatch.setattr(history, "_exchange", lambda a, b: False)
+    _write(ws, "2025-10-01", _snapshot(["b2"], ["low"], [False], [()], [0.1]))
+    assert _rows(ws) == ["b2"] and _rows(ws, "2025-09-01") == ["a1"]
+    assert (history.root(ws) / "date=2025-10-01").is_symlink()
+    assert not (history.root(ws) / "date=2025-09-01").is_symlink()  # a date not written again stays as it was
+    assert len(_store(ws)) == 2  # the new version and the old folder, moved in, collected by the next write
+    assert history.prune(ws, 1) == ["2025-09-01"]  # a plain folder leaves in one rename too
+    assert history.list_dates(ws) == ["2025-10-01"] and len(_store(ws)) == 3
+    _write(ws, "2025-11-01", _snapshot(["c1"], ["low"], [False], [()], [0.1]))
+    assert _store(ws) == _linked(ws) and len(_store(ws)) == 2
+
+
+def test_prune_unlinks_at_once_and_the_next_write_deletes_the_data(ws):
+    for d in ["2025-08-01", "2025-09-01", "2025-10-01"]:
+        _write(ws, d, _snapshot(["p1"], ["high"], [True], [()], [0.9]))
+    assert history.prune(ws, 1) == ["2025-08-01", "2025-09-01"]
+    assert history.list_dates(ws) == ["2025-10-01"] and len(_store(ws)) == 3
+    _write(ws, "2025-11-01", _snapshot(["p1"], ["high"], [True], [()], [0.9]))
+    assert _store(ws) == _linked(ws) and len(_store(ws)) == 2
+
+
+def test_duckdb_and_pyarrow_read_every_snapshot_once_through_the_links(ws):
+    import duckdb
+    import pyarrow.dataset as ds
+
+    _old_layout(ws, "2025-08-01", ["a1", "a2"])  # one folder of the old layout among the links
+    _write(ws, "2025-09-01", _snapshot(["b1"], ["low"], [True], [()], [0.1]))
+    _write(ws, "2025-10-01", _snapshot(["c0"], ["low"], [True], [()], [0.1]))
+    _write(ws, "2025-10-01", _snapshot(["c1", "c2", "c3"], ["low"] * 3, [True] * 3, [()] * 3, [0.1] * 3))
+    assert len(_store(ws)) == 3  # the replaced version of 2025-10-01 is still there: it must not be read
+    want = {"2025-08-01": 2, "2025-09-01": 1, "2025-10-01": 3}
+
+    got = duckdb.sql(f"SELECT CAST(date AS VARCHAR), count(*) FROM read_parquet('{history.root(ws)}/*/*.parquet', "
+                     "hive_partitioning=true) GROUP BY ALL").fetchall()
+    assert dict(got) == want
+    table = ds.dataset(history.root(ws), partitioning="hive", format="parquet").to_table(columns=["date"])
+    assert pd.Series(table["date"].to_pylist()).astype(str).value_counts().to_dict() == want
