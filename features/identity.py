@@ -2,6 +2,8 @@
 
 Records are reduced to *mentions*: the distinct combinations of normalised identifiers a source carried. Every
 identifier value is a node; each mention links its linkable nodes together; connected components are persons.
+Values are only ever compared for equality, so resolution runs as well on their salted hashes (what integration
+stages) as on the values themselves: the components are the same.
 Guards against over-merging:
 - blocked values (test numbers, placeholder emails) never link;
 - a value seen with more than `max_accounts` distinct accounts of one type (a shared device, a family phone) is
@@ -60,9 +62,9 @@ def parse_persona_ids(ids: pd.Series) -> np.ndarray:
 class Resolution:
     """What one resolution run produced."""
 
-    nodes: pd.DataFrame  # id_type, value, persona_id (<NA> when not linked), status
+    nodes: pd.DataFrame  # id_type, <on>, persona_id (<NA> when not linked), status
     mention_persona: pd.DataFrame  # mention_key, persona_id (only resolved mentions)
-    audit: pd.DataFrame  # event, persona_id, other_persona_id, id_type, value
+    audit: pd.DataFrame  # event, persona_id, other_persona_id, id_type, <on>
     aliases: pd.DataFrame  # persona_id (retired), alias_of (surviving)
     next_seq: int
     stats: dict = field(default_factory=dict)
@@ -134,16 +136,18 @@ def _star_edges(mention: np.ndarray, node: np.ndarray) -> tuple[np.ndarray, np.n
 
 def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, set[str]],
             previous: pd.DataFrame | None = None, previous_aliases: pd.DataFrame | None = None,
-            next_seq: int = 1) -> Resolution:
-    """Resolve mentions (mention_key, id_type, value) into personas, keeping previous persona_ids stable.
+            next_seq: int = 1, on: str = "value") -> Resolution:
+    """Resolve mentions (mention_key, id_type, <on>) into personas, keeping previous persona_ids stable.
 
-    `blocked` holds normalised blocked values per identifier type; `previous` is the last run's node table.
+    `on` names the identifier column: normalised values, or their salted hashes (integration resolves on
+    `value_hash`, so no raw identifier is needed). `blocked` holds the blocked values per identifier type, spelled
+    like that column; `previous` is the last run's node table (id_type, <on>, persona_id).
     """
     clock = _Clock()
     types = cfg.priority
     rank = {t: i for i, t in enumerate(types)}
     type_rank = mentions["id_type"].map(rank).to_numpy(dtype=np.int64)
-    node, node_type, node_values = _code_nodes(type_rank, mentions["value"], len(types))
+    node, node_type, node_values = _code_nodes(type_rank, mentions[on], len(types))
     # One link per (mention, node): integer de-duplication is cheap, string de-duplication is not.
     pairs = pd.DataFrame({"mention": mentions["mention_key"].to_numpy(), "node": node}).drop_duplicates()
     mention = pairs["mention"].to_numpy()
@@ -151,7 +155,7 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
     type_rank = node_type[node]
     n_nodes = len(node_type)
     nodes = pd.DataFrame({"id_type": pd.array(np.asarray(types, dtype=object)[node_type], dtype="string"),
-                          "value": node_values})
+                          on: node_values})
     status = np.full(n_nodes, "linked", dtype=object)
 
     clock.lap("code_nodes")
@@ -163,7 +167,7 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
             status[in_type] = "no_link"
         values = blocked.get(t)
         if values:
-            status[in_type & nodes["value"].isin(values).to_numpy()] = "blocked"
+            status[in_type & nodes[on].isin(values).to_numpy()] = "blocked"
 
     # Guard 2: shared values, seen with more than K distinct accounts of one account type.
     account_ranks = [rank[t] for t, s in cfg.identifiers.items() if s.account]
@@ -210,7 +214,7 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
     clock.lap("components")
 
     # Stable persona ids, as integer sequence numbers until the output is written.
-    prev_seq = _previous_seq(nodes, previous)
+    prev_seq = _previous_seq(nodes, previous, on)
     clock.lap("previous_ids")
     seq, audit, new_aliases, next_seq, id_stats = _assign_ids(comp, prev_seq, src, dst, next_seq)
     clock.lap("assign_ids")
@@ -218,7 +222,7 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
     nodes["status"] = pd.array(np.where((seq < 0) & (status == "linked"), "unresolved", status), dtype="string")
     via = audit.pop("node").to_numpy(dtype=np.int64)
     found = via >= 0
-    for col in ("id_type", "value"):
+    for col in ("id_type", on):
         values = np.full(len(via), None, dtype=object)
         values[found] = nodes[col].to_numpy(dtype=object)[via[found]]
         audit[col] = pd.array(values, dtype="string")
@@ -271,7 +275,7 @@ def _split_oversized(mention: np.ndarray, node: np.ndarray, node_type: np.ndarra
     return comp, status
 
 
-def _previous_seq(nodes: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray:
+def _previous_seq(nodes: pd.DataFrame, previous: pd.DataFrame | None, on: str) -> np.ndarray:
     """The persona sequence number each node had in the previous run (-1 for new nodes), matched per type."""
     out = np.full(len(nodes), -1, dtype=np.int64)
     if previous is None or previous.empty:
@@ -280,8 +284,8 @@ def _previous_seq(nodes: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndar
     prev_types = prev["id_type"].to_numpy(dtype=object)
     node_types = nodes["id_type"].to_numpy(dtype=object)
     prev_seq = parse_persona_ids(prev["persona_id"])
-    current = _arrow_strings(nodes["value"])
-    before = _arrow_strings(prev["value"])
+    current = _arrow_strings(nodes[on])
+    before = _arrow_strings(prev[on])
     for t in pd.unique(node_types):
         here = np.flatnonzero(node_types == t)
         there = np.flatnonzero(prev_types == t)

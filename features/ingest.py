@@ -1,15 +1,21 @@
 """Read raw source files, validate every row, standardise it to the canonical schema, and stage it.
 
 A file becomes three staged outputs, each written atomically:
-- accepted rows (canonical fields, UTC time, a row key and a mention key; no raw identifiers),
-- its identifier mentions (mention key -> normalised identifiers), the only place raw phones and emails stay,
+- accepted rows (canonical fields, UTC time, a row key and a mention key; no identifiers),
+- its identifier mentions (mention key -> identifier type and salted hash of the normalised value; no raw value),
 - quarantined rows, each with its source, file, row number, reason and the raw values.
-Counts reconcile per file: read = accepted + quarantined.
+The normalised raw values themselves (`StagedFile.identifiers`) are handed to integration in memory only: the
+published identity map is the one table that keeps them.
+A row carrying a forgotten identifier (a person's erasure, `persona forget`) is dropped whole, valid or not, and
+only counted: per file, read = accepted + quarantined + erased.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,17 +77,24 @@ class RawFile:
     malformed: pd.DataFrame  # row, reason, raw
 
 
+MENTION_COLUMNS = ["mention_key", "id_type", "value_hash"]
+
+
 @dataclass
 class StagedFile:
+    """One standardised file: what is staged (accepted, mentions, quarantined) and, in memory only, the raw values."""
+
     accepted: pd.DataFrame
-    mentions: pd.DataFrame
+    mentions: pd.DataFrame  # mention_key, id_type, value_hash
     quarantined: pd.DataFrame
+    identifiers: pd.DataFrame  # id_type, value, value_hash: the mentions' normalised values; never written
+    erased: int = 0
     invalid_identifiers: dict[str, int] = field(default_factory=dict)
     unmapped_codes: dict[str, int] = field(default_factory=dict)
 
     @property
     def read(self) -> int:
-        return len(self.accepted) + len(self.quarantined)
+        return len(self.accepted) + len(self.quarantined) + self.erased
 
 
 def _needed_columns(spec: SourceSpec) -> list[str]:
@@ -164,8 +177,12 @@ def _is_blank(values: pd.Series) -> np.ndarray:
 
 
 def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, source: str, file_id: str,
-                     now: pd.Timestamp, seen_row_keys: np.ndarray | SeenKeys) -> StagedFile:
-    """Validate and standardise one file's rows; pure: returns accepted rows, mentions and quarantine."""
+                     now: pd.Timestamp, seen_row_keys: np.ndarray | SeenKeys, salt: str,
+                     forgotten: Mapping[str, Collection[str]] | None = None) -> StagedFile:
+    """Validate and standardise one file's rows; pure: returns accepted rows, mentions and quarantine.
+
+    Identifiers are hashed with `salt`; a row carrying one of the `forgotten` hashes (per identifier type) is erased.
+    """
     frame = raw.frame
     n = len(frame)
     reason = np.full(n, None, dtype=object)
@@ -225,22 +242,19 @@ def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, sour
     for name in REQUIRED_FIELDS[spec.kind]:
         fail(pd.isna(out[name]).to_numpy(), f"missing_field: {name} is empty")
 
-    # Identifiers.
+    # Identifiers, and the erasure of rows carrying a forgotten one.
     ids = pd.DataFrame(index=frame.index)
     invalid: dict[str, int] = {}
+    erased = np.zeros(n, dtype=bool)
     for id_type, column in spec.identifiers.items():
-        how = cfg.identity.identifiers[id_type].normalise
         col = frame[column]
-        if how == "phone":
-            value = std.normalise_phones(col, cfg.phone_region)
-        elif how == "email":
-            value = std.normalise_emails(col)
-        else:
-            value = std.normalise_ids(col)
+        value = std.normalise_identifiers(col, cfg.identity.identifiers[id_type].normalise, cfg.phone_region)
         dropped = int((value.isna().to_numpy() & ~_is_blank(col)).sum())
         if dropped:
             invalid[id_type] = dropped
-        ids[id_type] = value.to_numpy(dtype=object)
+        ids[id_type] = value.to_numpy(dtype=object, na_value=None)
+        if forgotten and forgotten.get(id_type):
+            erased |= _hashes_in(value, salt, forgotten[id_type])
     fail(ids.isna().all(axis=1).to_numpy(), "no_identifier: no valid " + "/".join(spec.identifiers))
 
     # Duplicates: the same key (and time) seen earlier in this file or in files already staged.
@@ -250,35 +264,105 @@ def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, sour
     if spec.timestamp is not None:
         key_frame["ts"] = out["ts"].to_numpy(dtype="datetime64[ns]", na_value=np.datetime64("NaT"))
     row_key = pd.util.hash_pandas_object(key_frame, index=False).to_numpy()
-    valid_so_far = pd.isna(reason)
+    valid_so_far = pd.isna(reason) & ~erased
     first = ~pd.Series(row_key).where(valid_so_far).duplicated(keep="first").to_numpy() | ~valid_so_far
     seen = (seen_row_keys.contains(row_key, exclude=file_id) if isinstance(seen_row_keys, SeenKeys)
             else np.isin(row_key, seen_row_keys))
     dup = valid_so_far & (~first | seen)
     fail(dup, "duplicate: " + ("+".join(spec.key) if spec.key else "identical row") + " seen before")
 
-    ok = pd.isna(reason)
+    ok = pd.isna(reason) & ~erased
+    rejected = ~pd.isna(reason) & ~erased
     out["row_key"] = row_key
-    id_cols = list(spec.identifiers)
-    mention_frame = ids[id_cols].copy()
-    mention_frame.insert(0, "_source", source)
-    out["mention_key"] = pd.util.hash_pandas_object(mention_frame, index=False).to_numpy()
+    out["mention_key"] = mention_keys(ids, source, salt)
     out.insert(0, "file_id", file_id)
     out.insert(0, "source", source)
 
     accepted = out.loc[ok].reset_index(drop=True)
-    mentions = _mentions(out.loc[ok, "mention_key"], ids.loc[ok])
-    quarantined = _quarantine(frame.loc[~ok], raw.rows[~ok], reason[~ok], raw.malformed, source, file_id)
-    return StagedFile(accepted, mentions, quarantined, invalid, unmapped)
+    mentions, identifiers = _mentions(out.loc[ok, "mention_key"], ids.loc[ok], salt)
+    malformed = raw.malformed
+    if forgotten and len(malformed):
+        hit = carries(malformed["raw"], cfg, salt, forgotten, delimiter=spec.csv.delimiter)
+        malformed = malformed.loc[~hit]
+        erased_malformed = int(hit.sum())
+    else:
+        erased_malformed = 0
+    quarantined = _quarantine(frame.loc[rejected], raw.rows[rejected], reason[rejected], malformed, source, file_id)
+    return StagedFile(accepted, mentions, quarantined, identifiers, int(erased.sum()) + erased_malformed,
+                      invalid, unmapped)
 
 
-def _mentions(mention_key: pd.Series, ids: pd.DataFrame) -> pd.DataFrame:
-    long = ids.assign(mention_key=mention_key.to_numpy()).melt(
-        id_vars="mention_key", var_name="id_type", value_name="value"
-    ).dropna(subset=["value"])
-    return long.drop_duplicates(["mention_key", "id_type", "value"]).reset_index(drop=True).astype(
-        {"id_type": "string", "value": "string"}
-    )
+def mention_keys(ids: pd.DataFrame, source: str, salt: str) -> np.ndarray:
+    """One key per row for its combination of normalised identifiers (one column per type, source order, None
+    where missing), keyed with the salt: without it, a key cannot be recomputed from guessed phones or e-mails."""
+    frame = ids.copy()
+    frame.insert(0, "_source", source)
+    return pd.util.hash_pandas_object(frame, index=False, hash_key=_mention_key_secret(salt)).to_numpy()
+
+
+def _mention_key_secret(salt: str) -> str:
+    # SipHash takes a 16-byte key: 16 base64 characters (96 bits) derived from the salt, never the salt itself.
+    digest = hashlib.sha256(("persona mention key|" + salt).encode("utf-8")).digest()
+    return base64.b64encode(digest).decode("ascii")[:16]
+
+
+def _hashes_in(values: pd.Series, salt: str, wanted: Collection[str]) -> np.ndarray:
+    """Which values' salted hashes are `wanted`; each distinct value hashed once."""
+    codes, uniques = pd.factorize(values)
+    if not len(uniques):
+        return np.zeros(len(values), dtype=bool)
+    hit = std.salted_hash(pd.Series(uniques, dtype="string"), salt).isin(list(wanted)).to_numpy(dtype=bool,
+                                                                                                na_value=False)
+    return (codes >= 0) & hit[np.maximum(codes, 0)]
+
+
+def _mentions(mention_key: pd.Series, ids: pd.DataFrame, salt: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Long mentions (mention_key, id_type, value_hash), and the distinct (id_type, value, value_hash) they hold.
+
+    Hashed after de-duplication: a file of millions of events carries a few thousand distinct mentions."""
+    keys = mention_key.to_numpy()
+    long = pd.concat([pd.DataFrame({"mention_key": keys, "id_type": t, "value": ids[t].to_numpy()})
+                      for t in ids.columns], ignore_index=True)
+    long = long.dropna(subset=["value"]).drop_duplicates().astype({"id_type": "string", "value": "string"})
+    long["value_hash"] = std.salted_hash(long["value"], salt).astype("string")
+    mentions = long[MENTION_COLUMNS].reset_index(drop=True)
+    identifiers = long.drop_duplicates(["id_type", "value_hash"])[["id_type", "value", "value_hash"]]
+    return mentions, identifiers.reset_index(drop=True)
+
+
+def carries(raw: pd.Series, cfg: PersonaConfig, salt: str, hashes: Mapping[str, Collection[str]], *,
+            delimiter: str = ",") -> np.ndarray:
+    """Which quarantined raw values (a JSON object of a row's columns, or a malformed line's text) hold one of the
+    identifier `hashes` (salted, per type) in any field, whatever its spelling there; a boolean per value.
+
+    Every field is tried as every identifier type: a phone in an unexpected column still counts.
+    """
+    fields: list[str] = []
+    owner: list[int] = []
+    for i, text in enumerate(raw.tolist()):
+        if text is None or text is pd.NA or (isinstance(text, float) and np.isnan(text)):
+            continue
+        try:
+            parsed = json.loads(text)
+        except (TypeError, ValueError):
+            parsed = None
+        values = ([v for v in parsed.values() if v is not None] if isinstance(parsed, dict)
+                  else str(text).split(delimiter))
+        fields += [str(v) for v in values]
+        owner += [i] * len(values)
+    hit = np.zeros(len(raw), dtype=bool)
+    if not fields:
+        return hit
+    candidates = pd.Series(fields, dtype=ARROW_STR)
+    owners = np.asarray(owner, dtype=np.int64)
+    for id_type, wanted in hashes.items():
+        spec = cfg.identity.identifiers.get(id_type)
+        if spec is None or not wanted:
+            continue
+        value = std.normalise_identifiers(candidates, spec.normalise, cfg.phone_region)
+        found = std.salted_hash(value, salt).isin(list(wanted)).to_numpy(dtype=bool, na_value=False)
+        hit[owners[found]] = True
+    return hit
 
 
 def _quarantine(bad: pd.DataFrame, rows: np.ndarray, reasons: np.ndarray, malformed: pd.DataFrame,

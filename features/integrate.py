@@ -4,8 +4,15 @@ Incremental: a file already staged (same size and modification time) is not read
 re-run on the same data changes nothing. Resolution and profiles are recomputed over everything staged, keeping
 persona_ids stable. Outputs are published together (see `persona.workspace.publishing`).
 
+Raw identifiers: staging keeps only salted hashes, and resolution runs on them. The normalised values the published
+identity map holds come from the previous identity map plus the files staged in this run, kept in memory from
+staging to publishing. A file staged but not yet published is marked so in state/ingested.json and staged again
+from its source by the next run (staging is deterministic per file), so a crash between the two loses no value.
+After a publish, the identity maps of the older run folders lose their raw values. Rows carrying an identifier
+erased with `persona forget` (state/forgotten.parquet) are dropped at staging and only counted (`erased`).
+
 Published (integrated/current/):
-- identity_map.parquet      id_type, value (normalised; restricted), value_hash, persona_id, status
+- identity_map.parquet      id_type, value (normalised; restricted: the only copy), value_hash, persona_id, status
 - identity_hashed.parquet   id_type, value_hash, persona_id: what later stages and serving look identifiers up in
 - aliases.parquet           retired persona_id -> surviving persona_id
 - profiles.parquet          one row per persona, survivorship + enrichment, hashed identifiers only
@@ -21,10 +28,12 @@ from __future__ import annotations
 import glob
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,14 +41,28 @@ import pyarrow.parquet as pq
 from features import enrich as enrich_mod
 from features import standardise as std
 from features.identity import pairwise_scores, resolve
-from features.ingest import ARROW_STR, SeenKeys, SourceFileError, read_source_file, standardise_file
+from features.ingest import (ARROW_STR, MENTION_COLUMNS, SeenKeys, SourceFileError, mention_keys, read_source_file,
+                             standardise_file)
 from features.profiles import CANDIDATE_COLUMNS, build_profiles, survive
 from persona.config import PROFILE_ATTRIBUTES, PersonaConfig
-from persona.workspace import (Workspace, publishing, read_json, write_json_atomic, write_parquet_atomic)
+from persona.faults import kill_point
+from persona.workspace import (SecretError, Workspace, publishing, read_json, write_json_atomic,
+                               write_parquet_atomic)
 
 Progress = Callable[[str, float], None]
 MANIFEST = "ingested.json"
+FORGOTTEN = "forgotten.parquet"  # state/: (id_type, value_hash) of erased persons, kept out of every later run
 STAGE = "integrated"
+PUBLISHED = "published"  # a manifest entry's flag: False from staging until the run that staged it has published
+IDENTIFIER_COLUMNS = ["id_type", "value", "value_hash"]
+
+
+@dataclass
+class Staging:
+    """What staging leaves for the rest of the run: the manifest, and the raw identifiers it read (memory only)."""
+
+    manifest: dict
+    identifiers: pd.DataFrame  # id_type, value, value_hash of the files staged (or migrated) in this run
 
 
 def _file_id(relpath: str) -> str:
@@ -50,9 +73,21 @@ def source_files(ws: Workspace, pattern: str) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(str(ws.root / pattern), recursive=True) if Path(p).is_file())
 
 
-def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, progress: Progress | None = None) -> dict:
-    """Stage every new or changed source file; returns the manifest (per source, per file counts)."""
+def read_forgotten(ws: Workspace) -> dict[str, set[str]]:
+    """The salted hashes of erased persons' identifiers, per identifier type (empty when nobody was erased)."""
+    path = ws.state / FORGOTTEN
+    if not path.exists():
+        return {}
+    table = pd.read_parquet(path, columns=["id_type", "value_hash"])
+    return {str(t): set(g["value_hash"].astype(str)) for t, g in table.groupby("id_type")}
+
+
+def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, salt: str,
+                  forgotten: Mapping[str, set[str]] | None = None, progress: Progress | None = None) -> Staging:
+    """Stage every new or changed source file, and any file staged but never published; returns the manifest (per
+    source, per file counts) and the raw identifiers of the files staged here."""
     manifest: dict = read_json(ws.state / MANIFEST, {}) or {}
+    identifiers = [migrate_staging(ws, cfg, manifest, salt)]
     todo = []
     for name, spec in cfg.sources.items():
         files = source_files(ws, spec.path)
@@ -63,7 +98,8 @@ def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, progr
             rel = f.relative_to(ws.root).as_posix()
             st = f.stat()
             entry = done.get(rel)
-            if entry and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns:
+            if (entry and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns
+                    and entry.get(PUBLISHED, True)):
                 continue
             todo.append((name, spec, f, rel, st))
     seen: dict[str, SeenKeys] = {}
@@ -77,32 +113,91 @@ def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, progr
             for p in (src_dir.glob("*.rows.parquet") if src_dir.exists() else []):
                 seen[name].add(p.name.split(".")[0], pq.read_table(p, columns=["row_key"])["row_key"].to_numpy())
         raw = read_source_file(f, spec)
-        staged = standardise_file(raw, spec, cfg, source=name, file_id=file_id, now=now, seen_row_keys=seen[name])
+        staged = standardise_file(raw, spec, cfg, source=name, file_id=file_id, now=now, seen_row_keys=seen[name],
+                                  salt=salt, forgotten=forgotten)
         seen[name].add(file_id, staged.accepted["row_key"].to_numpy())
         write_parquet_atomic(src_dir / f"{file_id}.rows.parquet", staged.accepted)
         write_parquet_atomic(src_dir / f"{file_id}.mentions.parquet", staged.mentions)
         write_parquet_atomic(ws.quarantine / name / f"{file_id}.parquet", staged.quarantined)
+        identifiers.append(staged.identifiers)
         reasons = staged.quarantined["reason"].str.split(":").str[0].value_counts().to_dict()
         manifest[name][rel] = {
             "file_id": file_id, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "read": staged.read, "accepted": len(staged.accepted), "quarantined": len(staged.quarantined),
-            "reasons": {k: int(v) for k, v in reasons.items()},
+            "erased": staged.erased, "reasons": {k: int(v) for k, v in reasons.items()},
             "invalid_identifiers": staged.invalid_identifiers, "unmapped_codes": staged.unmapped_codes,
+            # Its raw values live only in this process until the run publishes: a crash before that re-stages it.
+            PUBLISHED: False,
         }
         # After each file, so a crash resumes where it stopped; staged files are deterministic per file.
         write_json_atomic(ws.state / MANIFEST, manifest)
-    return manifest
+        kill_point("integrate.staged")
+    found = pd.concat([x.astype("string") for x in identifiers], ignore_index=True)
+    return Staging(manifest, found.drop_duplicates(["id_type", "value_hash"]).reset_index(drop=True))
+
+
+def migrate_staging(ws: Workspace, cfg: PersonaConfig, manifest: dict, salt: str) -> pd.DataFrame:
+    """Bring files staged by an earlier version (mentions holding raw values, mention keys not keyed with the salt)
+    to the current layout, in place; returns their raw identifiers (id_type, value, value_hash) for this run.
+
+    Per file, the rows are re-keyed before the mentions are rewritten, and re-keying leaves a key it does not know
+    (one already re-keyed) alone: a crash between the two writes is completed by the next run. Migrated files are
+    marked unpublished, like freshly staged ones, since their raw values are now only in memory.
+    """
+    found = [pd.DataFrame({c: pd.Series(dtype="string") for c in IDENTIFIER_COLUMNS})]
+    changed = False
+    for name, files in manifest.items():
+        spec = cfg.sources.get(name)
+        for entry in files.values():
+            mentions_path = ws.staging / name / f"{entry['file_id']}.mentions.parquet"
+            if not mentions_path.exists() or "value" not in pq.read_schema(mentions_path).names:
+                continue
+            old = pd.read_parquet(mentions_path).dropna(subset=["value"])
+            wide = old.drop_duplicates(["mention_key", "id_type"]).pivot(index="mention_key", columns="id_type",
+                                                                         values="value")
+            order = [t for t in (spec.identifiers if spec else []) if t in wide.columns]
+            wide = wide.reindex(columns=order + sorted(set(wide.columns) - set(order))).astype(object)
+            wide = wide.where(wide.notna(), None)
+            old_keys = wide.index.to_numpy(dtype=np.uint64)
+            new_keys = mention_keys(wide.reset_index(drop=True), name, salt)
+            rows_path = ws.staging / name / f"{entry['file_id']}.rows.parquet"
+            if rows_path.exists():
+                rows = pd.read_parquet(rows_path)
+                rows["mention_key"] = _rekey(rows["mention_key"].to_numpy(dtype=np.uint64), old_keys, new_keys)
+                write_parquet_atomic(rows_path, rows)
+            old["value_hash"] = std.salted_hash(old["value"], salt)
+            old["mention_key"] = _rekey(old["mention_key"].to_numpy(dtype=np.uint64), old_keys, new_keys)
+            mentions = old.astype({"id_type": "string", "value": "string", "value_hash": "string"})
+            write_parquet_atomic(mentions_path, mentions.drop_duplicates(MENTION_COLUMNS)[MENTION_COLUMNS]
+                                 .reset_index(drop=True))
+            found.append(mentions[IDENTIFIER_COLUMNS])
+            entry.setdefault("erased", 0)
+            entry[PUBLISHED] = False
+            changed = True
+    if changed:
+        write_json_atomic(ws.state / MANIFEST, manifest)
+    return pd.concat(found, ignore_index=True).drop_duplicates(["id_type", "value_hash"]).reset_index(drop=True)
+
+
+def _rekey(keys: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """`keys` with each of `old` replaced by its `new` counterpart; other keys unchanged."""
+    order = np.argsort(old)
+    pos = np.minimum(np.searchsorted(old[order], keys), max(len(old) - 1, 0))
+    hit = old[order][pos] == keys if len(old) else np.zeros(len(keys), dtype=bool)
+    out = keys.copy()
+    out[hit] = new[order][pos[hit]]
+    return out
 
 
 def _source_counts(manifest: dict, cfg: PersonaConfig) -> dict:
     out = {}
     for name in cfg.sources:
         files = manifest.get(name, {})
-        agg: dict = {"read": 0, "accepted": 0, "quarantined": 0, "files": len(files), "reasons": {},
+        agg: dict = {"read": 0, "accepted": 0, "quarantined": 0, "erased": 0, "files": len(files), "reasons": {},
                      "invalid_identifiers": {}, "unmapped_codes": {}}
         for entry in files.values():
-            for k in ("read", "accepted", "quarantined"):
-                agg[k] += entry[k]
+            for k in ("read", "accepted", "quarantined", "erased"):
+                agg[k] += entry.get(k, 0)
             for group in ("reasons", "invalid_identifiers", "unmapped_codes"):
                 for k, v in entry[group].items():
                     agg[group][k] = agg[group].get(k, 0) + v
@@ -124,11 +219,49 @@ def blocked_values(cfg: PersonaConfig) -> dict[str, set[str]]:
     for t, spec in cfg.identity.identifiers.items():
         if not spec.blocked:
             continue
-        raw = pd.Series(spec.blocked, dtype="string")
-        norm = {"phone": lambda s: std.normalise_phones(s, cfg.phone_region),
-                "email": std.normalise_emails}.get(spec.normalise, std.normalise_ids)(raw)
+        norm = std.normalise_identifiers(pd.Series(spec.blocked, dtype="string"), spec.normalise, cfg.phone_region)
         out[t] = set(norm.dropna().tolist()) | set(spec.blocked)
     return out
+
+
+def blocked_hashes(cfg: PersonaConfig, salt: str) -> dict[str, set[str]]:
+    """`blocked_values` as salted hashes: what resolution compares, since staging keeps no raw value."""
+    return {t: set(std.salted_hash(pd.Series(sorted(v), dtype="string"), salt).tolist())
+            for t, v in blocked_values(cfg).items()}
+
+
+def check_salt(identity_map: pd.DataFrame | None, salt: str) -> None:
+    """Refuse a salt other than the one an identity map was hashed with: staged mentions and state/forgotten.parquet
+    hold hashes made with that salt, which a new one would silently stop matching."""
+    if identity_map is None or "value" not in identity_map.columns:
+        return
+    sample = identity_map.dropna(subset=["value"]).head(50)
+    expected = std.salted_hash(sample["value"], salt).astype(str).to_numpy()
+    if len(sample) and (expected != sample["value_hash"].astype(str).to_numpy()).any():
+        raise SecretError(
+            "the hashing salt ($PERSONA_SALT or secrets.env) is not the one this workspace was integrated with: the "
+            "hashes in integrated/current/identity_map.parquet, staging/ and state/forgotten.parquet were made with "
+            "the earlier salt; restore it (rotating the salt needs every staged file and erasure re-hashed)")
+
+
+def known_values(previous: pd.DataFrame | None, staged: pd.DataFrame) -> pd.DataFrame:
+    """Normalised raw values by (id_type, value_hash): the previous identity map's and this run's staged files'."""
+    parts = [staged[IDENTIFIER_COLUMNS].astype("string")]
+    if previous is not None and "value" in previous.columns:
+        parts.append(previous.dropna(subset=["value"])[IDENTIFIER_COLUMNS].astype("string"))
+    return pd.concat(parts, ignore_index=True).drop_duplicates(["id_type", "value_hash"])
+
+
+def _drop_forgotten(mentions: pd.DataFrame, forgotten: Mapping[str, set[str]]) -> pd.DataFrame:
+    """Mentions without any that carries a forgotten identifier: staging and `persona forget` already leave none;
+    this keeps an erased person out even if an erasure was interrupted before it rewrote every staged file."""
+    hit = np.zeros(len(mentions), dtype=bool)
+    for id_type, hashes in forgotten.items():
+        hit |= ((mentions["id_type"] == id_type) & mentions["value_hash"].isin(list(hashes))).to_numpy(
+            dtype=bool, na_value=False)
+    if not hit.any():
+        return mentions
+    return mentions[~mentions["mention_key"].isin(mentions["mention_key"][hit].unique())].reset_index(drop=True)
 
 
 def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progress | None = None) -> dict:
@@ -138,7 +271,12 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     cfg = ws.config()
     salt = ws.salt()
     timings: dict[str, float] = {}
-    manifest = stage_sources(ws, cfg, now=now, progress=progress)
+    current = ws.current(STAGE)
+    previous = pd.read_parquet(current / "identity_map.parquet") if current else None
+    check_salt(previous, salt)
+    forgotten = read_forgotten(ws)
+    staging = stage_sources(ws, cfg, now=now, salt=salt, forgotten=forgotten, progress=progress)
+    manifest = staging.manifest
     timings["stage"] = time.perf_counter() - t0
 
     if progress:
@@ -149,21 +287,23 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     mention_files = _staged(ws, cfg, manifest, "mentions")
     # Arrow-backed strings straight from DuckDB: resolution factorises them without a Python-object detour.
     mentions = con.sql(
-        f"SELECT DISTINCT mention_key, id_type, value FROM read_parquet({mention_files!r}, union_by_name=true)"
+        f"SELECT DISTINCT mention_key, id_type, value_hash FROM read_parquet({mention_files!r}, union_by_name=true)"
     ).to_arrow_table().to_pandas(types_mapper={pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}.get)
-    current = ws.current(STAGE)
-    previous = pd.read_parquet(current / "identity_map.parquet") if current else None
+    if forgotten:
+        mentions = _drop_forgotten(mentions, forgotten)
     prev_aliases = pd.read_parquet(current / "aliases.parquet") if current else None
     prev_report = read_json(current / "report.json", {}) if current else {}
-    resolution = resolve(mentions, cfg.identity, blocked=blocked_values(cfg), previous=previous,
-                         previous_aliases=prev_aliases, next_seq=int(prev_report.get("next_seq", 1)))
+    resolution = resolve(mentions, cfg.identity, blocked=blocked_hashes(cfg, salt), previous=previous,
+                         previous_aliases=prev_aliases, next_seq=int(prev_report.get("next_seq", 1)), on="value_hash")
     timings["resolve"] = time.perf_counter() - t
 
     if progress:
         progress("building profiles", 0.75)
     t = time.perf_counter()
-    nodes = resolution.nodes
-    nodes["value_hash"] = std.salted_hash(nodes["value"], salt)
+    # The raw values, for the identity map (and enrichment's vendor keys): nodes keep their order.
+    nodes = resolution.nodes.merge(known_values(previous, staging.identifiers), on=["id_type", "value_hash"],
+                                   how="left")
+    resolution.stats["values_unknown"] = int(nodes["value"].isna().sum())
     con.register("mp", resolution.mention_persona)
     rows_files = _staged(ws, cfg, manifest, "rows")
     channel_of = pd.DataFrame({"source": list(cfg.sources), "channel": [s.channel for s in cfg.sources.values()],
@@ -182,8 +322,8 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     linked = nodes[nodes["persona_id"].notna()]
     id_norm = {t: s.normalise for t, s in cfg.identity.identifiers.items()}
     node_seen = (mentions.merge(mention_seen, on="mention_key")
-                 .groupby(["id_type", "value"], as_index=False)["last_seen"].max())
-    identifiers = linked.merge(node_seen, on=["id_type", "value"], how="left")
+                 .groupby(["id_type", "value_hash"], as_index=False)["last_seen"].max())
+    identifiers = linked.merge(node_seen, on=["id_type", "value_hash"], how="left")
     identifiers["normalise"] = identifiers["id_type"].map(id_norm)
 
     winners = survive(candidates, cfg.profile.attributes, list(cfg.sources))
@@ -216,10 +356,11 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     run_seq = int(prev_report.get("run_seq", 0)) + 1
     run_id = f"{run_seq:06d}-{now:%Y%m%dT%H%M%SZ}"
     audit = resolution.audit.assign(run_id=run_id, at=now)
-    audit["value_hash"] = std.salted_hash(audit["value"], salt) if len(audit) else pd.Series(dtype="string")
-    audit = audit.drop(columns=["value"])
+    audit = audit[[c for c in audit.columns if c != "value_hash"] + ["value_hash"]].astype({"value_hash": "string"})
     if current and (current / "audit_log.parquet").exists():
-        audit = pd.concat([pd.read_parquet(current / "audit_log.parquet"), audit], ignore_index=True)
+        earlier = pd.read_parquet(current / "audit_log.parquet")
+        if len(earlier):  # concatenating an empty frame is deprecated (its all-NA columns would decide dtypes)
+            audit = pd.concat([earlier, audit], ignore_index=True) if len(audit) else earlier
     sources = _source_counts(manifest, cfg)
     unattributed = con.execute(
         f"""SELECT r.source, count(*) AS n FROM read_parquet({rows_files!r}, union_by_name=true) r
@@ -231,9 +372,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     with publishing(ws, STAGE, run_id) as out:
         write_parquet_atomic(out / "identity_map.parquet", nodes[["id_type", "value", "value_hash", "persona_id",
                                                                    "status"]])
-        write_parquet_atomic(out / "identity_hashed.parquet",
-                             linked.assign(value_hash=nodes.loc[linked.index, "value_hash"])[
-                                 ["id_type", "value_hash", "persona_id"]])
+        write_parquet_atomic(out / "identity_hashed.parquet", linked[["id_type", "value_hash", "persona_id"]])
         write_parquet_atomic(out / "aliases.parquet", resolution.aliases)
         write_parquet_atomic(out / "profiles.parquet", profiles)
         write_parquet_atomic(out / "lineage.parquet", lineage.astype({"record": "string"}))
@@ -271,7 +410,28 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         if quality is not None:
             report["resolution"] = quality
         write_json_atomic(out / "report.json", report)
+    retire_raw_values(ws)
+    for files in manifest.values():
+        for entry in files.values():
+            entry.pop(PUBLISHED, None)
+    write_json_atomic(ws.state / MANIFEST, manifest)
     return report
+
+
+def retire_raw_values(ws: Workspace) -> list[Path]:
+    """Keep raw identifiers in the published run only: drop the `value` column of the identity map of every other
+    run folder; returns the files rewritten. (What a killed run left half-built, `publishing` removes.)"""
+    runs = ws.stage_dir(STAGE) / "runs"
+    current = ws.current(STAGE)
+    touched = []
+    for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
+        if not folder.is_dir() or folder == current or folder.name.startswith("."):
+            continue
+        path = folder / "identity_map.parquet"
+        if path.exists() and "value" in pq.read_schema(path).names:
+            write_parquet_atomic(path, pq.read_table(path).drop_columns(["value"]))
+            touched.append(path)
+    return touched
 
 
 def _attribute_candidates(con: duckdb.DuckDBPyConnection, cfg: PersonaConfig, rows_files: list[str]) -> pd.DataFrame:

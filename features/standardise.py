@@ -31,6 +31,7 @@ __all__ = [
     "STRING_DTYPE",
     "map_codes",
     "normalise_emails",
+    "normalise_identifiers",
     "normalise_ids",
     "normalise_phones",
     "parse_bools",
@@ -322,6 +323,16 @@ def normalise_ids(values: pd.Series) -> pd.Series:
     text = pc.replace_substring_regex(pc.utf8_trim_whitespace(uniques), _SPREADSHEET_FLOAT, r"\1")
     null = pc.is_in(pc.utf8_lower(text), value_set=pa.array(_NULL_TOKENS))
     return _expand_text(codes, pc.if_else(null, pa.nulls(len(text), pa.string()), text), values)
+
+
+def normalise_identifiers(values: pd.Series, how: str, region: str = "CN") -> pd.Series:
+    """Identifier values normalised by their type's rule (`identity.identifiers.<type>.normalise`:
+    ``phone``, ``email`` or ``id``), so that every stage spells (and hashes) an identifier the same way."""
+    if how == "phone":
+        return normalise_phones(values, region)
+    if how == "email":
+        return normalise_emails(values)
+    return normalise_ids(values)
 
 
 # --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Ingestion: every bad row is quarantined with its source, row number and a reason; good rows are standardised."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -7,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.ingest import SourceFileError, StagedFile, read_source_file, standardise_file
+from features.ingest import SourceFileError, StagedFile, carries, read_source_file, standardise_file
 from persona.config import PersonaConfig, parse_config
 
 NOW = pd.Timestamp("2026-07-01", tz="UTC")
+SALT = "test-salt"
 HEADER = "order_id,phone,email,amount,order_time\n"
 
 
@@ -36,11 +38,18 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def ingest(path: Path, cfg: PersonaConfig, *, source: str = "orders", seen: np.ndarray | None = None) -> StagedFile:
+def ingest(path: Path, cfg: PersonaConfig, *, source: str = "orders", seen: np.ndarray | None = None,
+           forgotten: dict[str, set[str]] | None = None) -> StagedFile:
     spec = cfg.sources[source]
     raw = read_source_file(path, spec)
     return standardise_file(raw, spec, cfg, source=source, file_id=path.stem, now=NOW,
-                            seen_row_keys=np.zeros(0, dtype=np.uint64) if seen is None else seen)
+                            seen_row_keys=np.zeros(0, dtype=np.uint64) if seen is None else seen, salt=SALT,
+                            forgotten=forgotten)
+
+
+def values_of(staged: StagedFile) -> pd.DataFrame:
+    """The staged mentions with their raw values (which only the in-memory `identifiers` hold)."""
+    return staged.mentions.merge(staged.identifiers, on=["id_type", "value_hash"])
 
 
 def reasons_by_row(staged: StagedFile) -> dict[int, str]:
@@ -150,7 +159,8 @@ def test_accepted_rows_are_in_utc_and_hold_no_raw_identifiers(tmp_path):
     assert staged.accepted["ts"].tolist() == [pd.Timestamp("2026-05-01 02:00", tz="UTC"),
                                               pd.Timestamp("2026-05-01 10:00", tz="UTC")]
     assert not {"phone", "email"} & set(staged.accepted.columns)
-    mentions = staged.mentions.merge(staged.accepted[["mention_key", "order_id"]], on="mention_key")
+    assert list(staged.mentions.columns) == ["mention_key", "id_type", "value_hash"]  # what is written: no value
+    mentions = values_of(staged).merge(staged.accepted[["mention_key", "order_id"]], on="mention_key")
     assert sorted(zip(mentions["order_id"], mentions["id_type"], mentions["value"])) == [
         ("O1", "email", "a@x.com"), ("O1", "phone", "+8613800138001"), ("O2", "phone", "+8613800138001")]
 
@@ -165,7 +175,7 @@ def test_invalid_phone_is_dropped_but_row_kept_when_another_identifier_is_valid(
     o1 = staged.accepted.loc[staged.accepted["order_id"] == "O1", "mention_key"].iloc[0]
     assert staged.mentions.loc[staged.mentions["mention_key"] == o1, "id_type"].tolist() == ["email"]
     assert staged.invalid_identifiers == {"phone": 2}
-    assert "12345" not in staged.mentions["value"].tolist()
+    assert "12345" not in values_of(staged)["value"].tolist()
 
 
 def test_code_mappings_and_unmapped_codes(tmp_path):
@@ -221,9 +231,53 @@ def test_parquet_source(tmp_path):
     assert staged.accepted["order_id"].tolist() == ["O1"]
     assert staged.accepted["ts"].iloc[0] == pd.Timestamp("2026-05-01 02:00", tz="UTC")  # naive: workspace zone
     assert staged.accepted["amount"].iloc[0] == 10.5
-    assert staged.mentions["value"].tolist() == ["+8613800138001"]
+    assert values_of(staged)["value"].tolist() == ["+8613800138001"]
     assert reasons_by_row(staged) == {2: "missing_field: amount is empty", 3: "no_identifier: no valid phone/email"}
     assert staged.read == 3
+
+
+# --- hashed mentions and erasure ----------------------------------------------------------------------------
+def salted(value: str) -> str:
+    return hashlib.sha256(f"{SALT}|{value}".encode()).hexdigest()
+
+
+def test_mentions_hold_salted_hashes_and_keys_depend_on_the_salt(tmp_path):
+    path = write(tmp_path / "raw/orders/a.csv", HEADER + "O1,+86 138-0013-8001,A@X.com,10,2026-05-01T10:00:00\n")
+    staged = ingest(path, config())
+    assert sorted(staged.mentions["value_hash"]) == sorted([salted("+8613800138001"), salted("a@x.com")])
+    assert sorted(staged.identifiers["value"]) == ["+8613800138001", "a@x.com"]
+    spec = config().sources["orders"]
+    other = standardise_file(read_source_file(path, spec), spec, config(), source="orders", file_id="a", now=NOW,
+                             seen_row_keys=np.zeros(0, dtype=np.uint64), salt="another-salt")
+    # Without the salt a mention key cannot be recomputed from a guessed phone.
+    assert staged.accepted["mention_key"].iloc[0] != other.accepted["mention_key"].iloc[0]
+
+
+def test_row_with_a_forgotten_identifier_is_erased_whatever_its_spelling_or_other_faults(tmp_path):
+    path = write(tmp_path / "raw/orders/a.csv", HEADER +
+                 "O1,138 0013 8001,,10,2026-05-01T10:00:00\n"      # the forgotten phone, spelled another way
+                 "O2,13800138002,,10,2026-05-01T10:00:00\n"        # someone else
+                 "O3,,Gone@X.com,N/A,2026-05-01T10:00:00\n"        # forgotten e-mail on a row that would be quarantined
+                 "O4,13800138002,,N/A,2026-05-01T10:00:00\n"       # quarantined, kept
+                 "O5,+8613800138001,,10,2026-05-01T10:00:00,extra\n")  # malformed, carrying the forgotten phone
+    forgotten = {"phone": {salted("+8613800138001")}, "email": {salted("gone@x.com")}}
+    staged = ingest(path, config(), forgotten=forgotten)
+    assert staged.accepted["order_id"].tolist() == ["O2"]
+    assert sorted(staged.quarantined["row"]) == [4]
+    assert staged.erased == 3 and staged.read == 5
+    assert not set().union(*forgotten.values()) & set(staged.mentions["value_hash"])
+    assert "13800138001" not in "".join(staged.quarantined["raw"]) and "gone" not in "".join(staged.quarantined["raw"])
+    # Without the erasure the same file stages as before.
+    plain = ingest(path, config())
+    assert plain.erased == 0 and len(plain.accepted) == 2 and len(plain.quarantined) == 3
+
+
+def test_carries_finds_an_identifier_in_any_field_of_quarantined_raw_values():
+    cfg = config()
+    raw = pd.Series(['{"phone": "+86 138 0013 8001", "amount": "x"}', '{"phone": "13800138002"}',
+                     'O5,x,138-0013-8001,1', '{"note": "GONE@x.com "}', None])
+    hashes = {"phone": {salted("+8613800138001")}, "email": {salted("gone@x.com")}}
+    assert carries(raw, cfg, SALT, hashes).tolist() == [True, False, True, True, False]
 
 
 # --- unusable files ------------------------------------------------------------------------------------------

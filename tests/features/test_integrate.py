@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from features.ingest import SourceFileError
 from features.integrate import integrate
 from persona.cli import app
-from persona.workspace import Workspace
+from persona.workspace import SALT_VAR, SecretError, Workspace
 
 NOW = pd.Timestamp("2026-07-01", tz="UTC")
 
@@ -369,6 +370,68 @@ def test_published_quarantine_holds_no_raw_phone_or_email(tmp_path, salt):
     ws = base_workspace(tmp_path)
     integrate(ws, now=NOW)
     assert _leaks(ws.current("integrated"), skip={"identity_map.parquet"}) == []
+
+
+def test_blocked_value_given_raw_is_matched_by_hash_and_links_nothing(tmp_path, salt):
+    identity = {"identifiers": {**IDENTITY["identifiers"],
+                                "phone": {"normalise": "phone", "max_accounts": 2, "blocked": ["138 0013 8001"]}}}
+    ws = base_workspace(tmp_path, identity=identity)
+    integrate(ws, now=NOW)
+    assert persona_of(ws, "member_id", "M1") == persona_of(ws, "account_id", "A9")  # still one via the e-mail
+    assert persona_of(ws, "account_id", "A1") != persona_of(ws, "member_id", "M1")  # O1 carried only the phone
+    ids = published(ws, "identity_map.parquet").set_index("value")
+    assert ids.loc["+8613800138001", "status"] == "blocked" and pd.isna(ids.loc["+8613800138001", "persona_id"])
+
+
+def test_another_salt_is_refused_before_anything_is_staged(tmp_path, salt, monkeypatch):
+    ws = base_workspace(tmp_path)
+    integrate(ws, now=NOW)
+    manifest = (tmp_path / "state/ingested.json").read_text()
+    write(tmp_path / "raw/orders/2026-06.csv", "order_id,account_id,buyer_phone,buyer_email,amount,ship_city,"
+                                                "order_time\nO9,A1,,,5,x,2026-06-01T10:00:00\n")
+    monkeypatch.setenv(SALT_VAR, "another-salt")
+    with pytest.raises(SecretError, match="not the one this workspace was integrated with"):
+        integrate(ws, now=NOW)
+    assert (tmp_path / "state/ingested.json").read_text() == manifest
+
+
+def test_workspace_staged_by_the_earlier_layout_is_migrated_on_the_next_run(tmp_path, salt):
+    """Mentions with raw values and unkeyed mention keys (the earlier layout) are rewritten in place: same keys as a
+    fresh staging, same persona ids, no raw value left, even for a file whose migration a crash cut in half."""
+    ws = base_workspace(tmp_path)
+    integrate(ws, now=NOW)
+    expected_ids = published(ws, "identity_map.parquet")
+    values = expected_ids[["id_type", "value_hash", "value"]]
+    manifest_path = tmp_path / "state/ingested.json"
+    manifest = json.loads(manifest_path.read_text())
+    fresh = {}
+    for source, files in manifest.items():
+        for rel, entry in files.items():
+            mentions_path = tmp_path / "staging" / source / f"{entry['file_id']}.mentions.parquet"
+            rows_path = mentions_path.with_name(f"{entry['file_id']}.rows.parquet")
+            mentions, rows = pd.read_parquet(mentions_path), pd.read_parquet(rows_path)
+            fresh[rows_path] = rows["mention_key"].tolist()
+            old = mentions.merge(values, on=["id_type", "value_hash"])[["mention_key", "id_type", "value"]]
+            old["mention_key"] ^= 0x5A5A5A5A  # any other key: the earlier layout's were not keyed with the salt
+            old.astype({"id_type": "string", "value": "string"}).to_parquet(mentions_path, index=False)
+            if source != "orders":  # the orders file: a crash after its rows were re-keyed, before its mentions
+                rows["mention_key"] ^= 0x5A5A5A5A
+                rows.to_parquet(rows_path, index=False)
+            del entry["erased"]
+    manifest_path.write_text(json.dumps(manifest))
+
+    report = integrate(ws, now=NOW)
+    for rows_path, keys in fresh.items():
+        assert pd.read_parquet(rows_path)["mention_key"].tolist() == keys
+        assert pq.read_schema(str(rows_path).replace(".rows.", ".mentions.")).names == \
+            ["mention_key", "id_type", "value_hash"]
+    by = ["id_type", "value_hash"]
+    pd.testing.assert_frame_equal(published(ws, "identity_map.parquet").sort_values(by, ignore_index=True),
+                                  expected_ids.sort_values(by, ignore_index=True))
+    assert report["identity"]["new_personas"] == 0 and report["identity"]["merges"] == 0
+    assert published(ws, "transactions.parquet")["persona_id"].notna().sum() == 4
+    assert not any("published" in e for files in json.loads(manifest_path.read_text()).values()
+                   for e in files.values())
 
 
 # --- command line --------------------------------------------------------------------------------------------
