@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,10 @@ from persona.config import PersonaConfig
 from persona.workspace import Workspace
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# Longer raw values are invalid without being normalised or hashed: no e-mail address (RFC 5321: 254), phone number
+# (phonenumbers reads at most 250 characters) or account id is this long, and the cost of a lookup must not grow with
+# what a client sends. The online service refuses far shorter values first (`serving.max_id_length`).
+MAX_VALUE_CHARS = 1024
 
 
 class UnknownIdentifierType(ValueError):
@@ -48,6 +52,13 @@ class IdentityIndex:
     alias_to: np.ndarray
     salt: str
     region: str
+    longest_id: int = field(init=False, default=0)  # no persona id or retired id is longer
+
+    def __post_init__(self) -> None:
+        # np.searchsorted on a fixed-width text array first casts the array to the width of the key: one key of
+        # 100,000 characters against 10,000 ids of 11 made a 4 GB copy and took 25 s. A key longer than every id
+        # cannot be one of them, so resolve_persona answers None before searching.
+        self.longest_id = max(_longest(self.personas_known), _longest(self.alias_from))
 
     @classmethod
     def load(cls, ws: Workspace, cfg: PersonaConfig) -> IdentityIndex:
@@ -77,14 +88,17 @@ class IdentityIndex:
         if id_type not in self.normalisers:
             raise UnknownIdentifierType(f"unknown identifier type {id_type!r} (known: {', '.join(self.types)})")
         hashed = list(hashed) if hashed is not None else [False] * len(values)
-        raw = pd.Series([None if h else v for v, h in zip(values, hashed)], dtype="string")
+        long = [v is not None and len(str(v)) > MAX_VALUE_CHARS for v in values]
+        raw = pd.Series([None if h or x else v for v, h, x in zip(values, hashed, long)], dtype="string")
         how = self.normalisers[id_type]
         norm = (std.normalise_phones(raw, self.region) if how == "phone" else
                 std.normalise_emails(raw) if how == "email" else std.normalise_ids(raw))
         digests = std.salted_hash(norm, self.salt)
         out = []
-        for v, h, d in zip(values, hashed, digests):
-            if h:
+        for v, h, x, d in zip(values, hashed, long, digests):
+            if x:
+                out.append(None)
+            elif h:
                 text = str(v).strip().lower()
                 out.append(text if _HEX64.match(text) else None)
             else:
@@ -110,8 +124,12 @@ class IdentityIndex:
         return out
 
     def resolve_persona(self, persona_id: str) -> str | None:
-        """The persona itself, or the persona that absorbed a retired id; None if never known."""
+        """The persona itself, or the persona that absorbed a retired id; None if never known.
+
+        Costs the same whatever the length of `persona_id` (see __post_init__)."""
         pid = str(persona_id)
+        if len(pid) > self.longest_id:
+            return None
         for _ in range(8):  # alias chains are short; the bound guards against a cycle in a hand-edited file
             i = np.searchsorted(self.alias_from, pid)
             if i < len(self.alias_from) and self.alias_from[i] == pid:
@@ -120,3 +138,12 @@ class IdentityIndex:
             break
         i = np.searchsorted(self.personas_known, pid)
         return pid if i < len(self.personas_known) and self.personas_known[i] == pid else None
+
+
+def _longest(ids: np.ndarray) -> int:
+    """Characters of the longest id in an array of text (fixed-width unicode or Python strings)."""
+    if not len(ids):
+        return 0
+    if ids.dtype.kind == "U":
+        return int(np.char.str_len(ids).max())
+    return max(len(str(x)) for x in ids)

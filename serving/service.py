@@ -5,6 +5,7 @@
     POST /v1/recommend  {customer, "n"?, "exclude_days"?}         -> top-n categories not bought recently
     POST /v1/events     {"events": [{customer, "event_type", "category"?, "timestamp"?}]} -> real-time features
     GET  /v1/status     what is loaded, the last refresh and its error
+    GET  /v1/docs       interactive API docs (`serving.docs`; /docs redirects there), /v1/openapi.json the schema
     GET  /healthz, /readyz, /metrics (BentoML's own; open without an API key)
 
 Why a FastAPI app mounted on the BentoML service (`@bentoml.asgi_app`) rather than `@bentoml.api` methods: the issue
@@ -21,20 +22,32 @@ is being scored, new requests queue, and the next batch takes all of them, so th
 one call per model (see `Coalescer`). Batches grow with load and add no waiting when idle. This is BentoML's adaptive
 batching without its HTTP round trip through a batchable API (a JSON encode and decode of every profile) and without
 its 503 when a batch misses `max_latency_ms`.
+
+Hostile input gets a 4xx before any work (see "limits" below): a body over `serving.max_body_bytes` is a 413 before it
+is read (or as soon as a chunked one passes the limit); ids longer than `serving.max_id_length`, lists longer than
+`serving.max_batch`, event timestamps outside [now - `serving.event_max_age_days`, now +
+`serving.event_future_seconds`] and unknown categories are 422s naming the field. A path no route serves is a JSON
+404 counted in /metrics under one name, "/(unknown)" (see `KnownPaths`), so junk requests cannot grow /metrics. With
+an API key set, everything but /healthz, /livez, /readyz and /metrics needs it, the docs (/v1/docs,
+/v1/openapi.json) included. A 503 names the backend that is down, never its address: the log has the rest.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import datetime as dt
 import gc
 import hmac
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,16 +56,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import bentoml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi.openapi.docs import get_swagger_ui_html
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Match, Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from persona.config import ServingConfig
 from persona.workspace import Workspace
 from serving.online import EVENT_TYPES, BadRequest, Customer, NotFound, OnlineEngine, Unavailable
 
@@ -63,7 +81,13 @@ COALESCE_MAX = 64  # customers per engine call when requests are coalesced; boun
 # 2 cores with 16 clients: 2 ms is too short for their next request to arrive, 8-30 ms all give ~495 req/s.
 COALESCE_WINDOW_S = 0.010
 PROBE_TIMEOUT_S = 2.0  # /readyz: an online store that does not answer a one-persona read in this time is not ready
-FUTURE_SLACK = dt.timedelta(minutes=5)  # client clocks drift; an event later than this is refused
+UNKNOWN_PATH = "/(unknown)"  # the path, and the /metrics label, of every request for a path no route serves
+OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})  # probes and Prometheus carry no API key
+STATIC = "/static_content"  # BentoML's copy of Swagger UI's scripts and styles: no data, open without a key
+DOC_PATHS = frozenset({"/", "/docs", "/docs.json", "/v1/docs", "/v1/openapi.json"})  # a browser may log in (Basic)
+CATEGORY_PATTERN = r"^[a-z0-9_\-]{1,64}$"
+MAX_TYPE_CHARS = 64  # an identifier type is a key of persona.yaml
+MAX_REPORTED = 20  # fields a 422 names at most (a body can hold thousands of bad ones)
 
 logger = logging.getLogger("persona.serving")
 
@@ -95,22 +119,82 @@ def _refreshes(outcome: str):
                    labelnames=["outcome"]).labels(outcome=outcome)
 
 
+# --- limits -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Limits:
+    """The request limits of `serving.*` that the body models check while FastAPI validates a request."""
+
+    max_id_length: int
+    max_batch: int
+    event_max_age_days: float
+    event_future_seconds: float
+
+    @classmethod
+    def of(cls, cfg: ServingConfig) -> Limits:
+        return cls(cfg.max_id_length, cfg.max_batch, cfg.event_max_age_days, cfg.event_future_seconds)
+
+
+# Set per request by `RequestLimits` (the workspace's settings), read by the validators below: FastAPI validates a
+# body before the route runs and passes no context to pydantic, and these checks must come before any work (a list of
+# 50,000 customers costs ~1 s to validate item by item; the length check before it costs nothing).
+_LIMITS: contextvars.ContextVar[Limits] = contextvars.ContextVar("persona_request_limits")
+_DEFAULT_LIMITS = Limits.of(ServingConfig())
+
+
+def _limits() -> Limits:
+    return _LIMITS.get(_DEFAULT_LIMITS)
+
+
+def _short_id(value: object) -> object:
+    limit = _limits().max_id_length
+    if isinstance(value, str) and len(value) > limit:
+        raise ValueError(f"{len(value)} characters, at most {limit} (serving.max_id_length)")
+    return value
+
+
+def _few(items: object) -> object:
+    limit = _limits().max_batch
+    if isinstance(items, list) and len(items) > limit:
+        raise ValueError(f"{len(items)} given, at most {limit} per call (serving.max_batch); split the request")
+    return items
+
+
 # --- request bodies --------------------------------------------------------------------------------------------
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt key is a 422 naming it, not silently ignored
 
 
 class Identifier(_Body):
-    type: str = Field(description="an identity type of the workspace: member_id, phone, email, device_id, ...")
-    value: str = Field(min_length=1)
+    type: str = Field(max_length=MAX_TYPE_CHARS,
+                      description="an identity type of the workspace: member_id, phone, email, device_id, ...")
+    value: str = Field(min_length=1, description="at most serving.max_id_length characters (default 128)")
     hashed: bool = Field(False, description="value is already the salted SHA-256 of the normalised identifier")
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value_length(cls, value: object) -> object:
+        return _short_id(value)
+
+
+# "Exactly one of persona_id or identifier" in JSON Schema: each branch requires its key with a non-null value, so a
+# body with both (or neither) matches two branches (or none), as the validator below decides.
+_ONE_OF = {"oneOf": [{"required": ["persona_id"], "properties": {"persona_id": {"type": "string"}}},
+                     {"required": ["identifier"], "properties": {"identifier": {"type": "object"}}}]}
 
 
 class CustomerRef(_Body):
-    """A customer: a persona id, or one identifier."""
+    """A customer: exactly one of `persona_id` or `identifier`."""
 
-    persona_id: str | None = Field(None, min_length=1)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_OF)
+
+    persona_id: str | None = Field(None, min_length=1,
+                                   description="at most serving.max_id_length characters (default 128)")
     identifier: Identifier | None = None
+
+    @field_validator("persona_id", mode="before")
+    @classmethod
+    def _id_length(cls, value: object) -> object:
+        return _short_id(value)
 
     @model_validator(mode="after")
     def _one_of(self) -> CustomerRef:
@@ -126,7 +210,12 @@ class CustomerRef(_Body):
 
 
 class ScoreRequest(_Body):
-    customers: list[CustomerRef] = Field(min_length=1)
+    customers: list[CustomerRef] = Field(min_length=1, description="at most serving.max_batch (default 1000)")
+
+    @field_validator("customers", mode="before")
+    @classmethod
+    def _cap(cls, items: object) -> object:
+        return _few(items)
 
 
 class RecommendRequest(CustomerRef):
@@ -136,30 +225,99 @@ class RecommendRequest(CustomerRef):
 
 class Event(CustomerRef):
     event_type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
-    category: str | None = None
-    timestamp: dt.datetime | None = Field(None, description="ISO 8601; naive is UTC; default: now")
+    category: str | None = Field(None, pattern=CATEGORY_PATTERN,
+                                 description="a lowercase token; when the interest model is loaded, one of its "
+                                             "categories (the outputs interest_<category>)")
+    timestamp: dt.datetime | None = Field(
+        None, description="ISO 8601; naive is UTC; default: now. At most serving.event_max_age_days old (default 7) "
+                          "and serving.event_future_seconds ahead (default 300: client clocks drift)")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _recent(cls, ts: dt.datetime | None) -> dt.datetime | None:
+        if ts is None:
+            return None
+        try:
+            utc = _utc(ts)  # year 1 at +08:00 is before year 1 in UTC
+        except (OverflowError, ValueError):
+            raise ValueError("out of range") from None
+        limits = _limits()
+        now = dt.datetime.now(dt.timezone.utc)
+        if (utc - now).total_seconds() > limits.event_future_seconds:
+            raise ValueError(f"in the future (now is {now.isoformat(timespec='seconds')}; "
+                             f"serving.event_future_seconds allows {limits.event_future_seconds:g} s of clock drift)")
+        if (now - utc).total_seconds() > limits.event_max_age_days * 86400:
+            raise ValueError(f"older than {limits.event_max_age_days:g} days (serving.event_max_age_days); the nightly "
+                             "features cover older behaviour")
+        return utc
 
 
 class EventsRequest(_Body):
-    events: list[Event] = Field(min_length=1)
+    events: list[Event] = Field(min_length=1, description="at most serving.max_batch (default 1000)")
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _cap(cls, items: object) -> object:
+        return _few(items)
 
 
 # --- answers ----------------------------------------------------------------------------------------------------
+class ErrorBody(BaseModel):
+    """Every error answer: what went wrong and what to do about it. Never a traceback, a credential or an address."""
+
+    error: str = Field(description="short and stable: 'invalid request', 'not found', 'unauthorized', ...")
+    detail: str = Field(description="what was expected, what was found, what to do")
+
+
+class InvalidBody(ErrorBody):
+    fields: list[str] = Field(description="dotted paths of the offending fields, e.g. 'customers.3.persona_id' or "
+                                          "'events.0.timestamp'; '(body)' for the body as a whole")
+
+
+class TooLargeBody(ErrorBody):
+    limit_bytes: int = Field(description="serving.max_body_bytes")
+
+
+class UnavailableBody(ErrorBody):
+    component: str = Field(description="the backend that is down: 'online store (embedded)', 'model registry', ... "
+                                       "(its address and the driver's message are in the server log only)")
+
+
+def _responses(*statuses: int) -> dict[int, dict]:
+    """OpenAPI descriptions of the error answers a route gives (401, 413, 422, 500 and 503 for every /v1 route)."""
+    known = {
+        401: {"model": ErrorBody, "description": "API key missing or wrong (only when the server sets one)"},
+        404: {"model": ErrorBody, "description": "no persona matches the customer given"},
+        413: {"model": TooLargeBody, "description": "body larger than serving.max_body_bytes"},
+        422: {"model": InvalidBody, "description": "invalid request, naming the fields"},
+        500: {"model": ErrorBody, "description": "unexpected error (the server log has it)"},
+        503: {"model": UnavailableBody, "description": "a backend is down or the service is starting; retry",
+              "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}},
+    }
+    return {s: known[s] for s in sorted({401, 500, *statuses})}
+
+
 def _json(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _invalid(fields: list[str], detail: str) -> JSONResponse:
-    return _json(422, {"error": "invalid request", "detail": detail, "fields": fields})
+    return _json(422, {"error": "invalid request", "detail": detail, "fields": fields[:MAX_REPORTED]})
 
 
 def _field(loc: Sequence[Any]) -> str:
-    return ".".join(str(p) for p in loc if p != "body") or "(body)"
+    # an unknown key is echoed in its location: bounded, whatever the client sent
+    return ".".join(_clip(str(p), 64) for p in loc if p != "body") or "(body)"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     problems, fields = [], []
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors[:MAX_REPORTED]:
         name = _field(err.get("loc", ()))
         # a union or model validator reports at the model; its message says which keys to give
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
@@ -169,14 +327,18 @@ def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
             message = "unknown field"
         fields.append(name)
         problems.append(f"{name}: {message}")
-    return _invalid(fields, "; ".join(problems))
+    more = f" (and {len(errors) - MAX_REPORTED} more)" if len(errors) > MAX_REPORTED else ""
+    return _invalid(fields, "; ".join(problems) + more)
 
 
 def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400:  # FastAPI's "error parsing the body": Python's JSON reader raised (not a JSON error)
+        return _invalid(["(body)"], "(body): not readable as JSON (nested too deeply, or a number too long?)")
     return _json(exc.status_code, {"error": str(exc.detail).lower(), "detail": f"HTTP {exc.status_code}"},
                  headers=getattr(exc, "headers", None))
 
 
+# --- ASGI layers ------------------------------------------------------------------------------------------------
 class CatchAll:
     """Any exception the routes did not map becomes a JSON 500 without its traceback (the log has it)."""
 
@@ -206,9 +368,12 @@ class CatchAll:
 
 
 class ApiKeyAuth:
-    """When the env var named by `serving.api_key_env` is set, /v1/* needs `X-API-Key: <key>` or a Bearer token.
+    """When the env var named by `serving.api_key_env` is set, every path but /healthz, /livez, /readyz, /metrics
+    (probes and Prometheus carry no key) and Swagger UI's static files needs `X-API-Key: <key>` or a Bearer token:
+    the API, its docs and schema, BentoML's own pages, and unknown paths (a 401, so they reveal nothing).
 
-    Health, readiness and metrics stay open (probes and Prometheus carry no key).
+    The docs pages also take HTTP Basic (any user name, the key as password), so that a browser can open them: their
+    401 asks for it.
     """
 
     def __init__(self, app: Callable) -> None:
@@ -216,35 +381,227 @@ class ApiKeyAuth:
         self.key = _api_key()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if self.key and scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            headers = dict(scope.get("headers") or ())
-            given = headers.get(b"x-api-key", b"")
-            auth = headers.get(b"authorization", b"")
-            if not given and auth[:7].lower() == b"bearer ":
-                given = auth[7:].strip()
-            if not hmac.compare_digest(given, self.key):
-                body = {"error": "unauthorized",
-                        "detail": "missing or wrong API key: send header 'X-API-Key: <key>' or "
-                                  "'Authorization: Bearer <key>'"}
-                await _json(401, body, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if not self.key or scope["type"] != "http" or path in OPEN_PATHS or path.startswith(f"{STATIC}/"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        given = headers.get(b"x-api-key", b"")
+        auth = headers.get(b"authorization", b"")
+        if not given and auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        elif not given and path in DOC_PATHS and auth[:6].lower() == b"basic ":
+            given = _basic_password(auth[6:].strip())
+        if hmac.compare_digest(given, self.key):
+            await self.app(scope, receive, send)
+            return
+        body = {"error": "unauthorized", "detail": "missing or wrong API key: send header 'X-API-Key: <key>' or "
+                                                   "'Authorization: Bearer <key>'"}
+        challenge = 'Basic realm="persona API docs", Bearer' if path in DOC_PATHS else "Bearer"
+        await _json(401, body, headers={"WWW-Authenticate": challenge})(scope, receive, send)
 
 
-def _api_key() -> bytes | None:
+def _basic_password(token: bytes) -> bytes:
+    with contextlib.suppress(binascii.Error, ValueError):
+        return base64.b64decode(token, validate=True).partition(b":")[2]
+    return b""
+
+
+def _api_key_setting() -> tuple[str, bytes | None]:
+    """(the name of the env var holding the API key, its value or None)."""
     env = "PERSONA_API_KEY"
     root = os.environ.get(WORKSPACE_VAR)
     if root:
         with contextlib.suppress(Exception):  # a broken workspace is reported by the service, not here
             env = Workspace.open(root).config().serving.api_key_env
     value = os.environ.get(env)
-    return value.encode() if value else None
+    return env, (value.encode() if value else None)
+
+
+def _api_key() -> bytes | None:
+    return _api_key_setting()[1]
+
+
+def _log_api_key() -> None:
+    """Say whether requests need an API key, and which variable holds it (never the key)."""
+    env, key = _api_key_setting()
+    if key:
+        logger.info("API key enforced: every request but %s needs the value of $%s (header X-API-Key or "
+                    "Authorization: Bearer)", ", ".join(sorted(OPEN_PATHS)), env)
+    else:
+        logger.warning("no API key enforced: $%s is unset, so anyone who reaches the port can call /v1/*; set it to "
+                       "require one", env)
+
+
+def _serving_config() -> ServingConfig:
+    """`serving` of the workspace named by $PERSONA_WORKSPACE (the defaults when it cannot be read: the service
+    reports a broken workspace itself)."""
+    root = os.environ.get(WORKSPACE_VAR)
+    if root:
+        with contextlib.suppress(Exception):
+            return Workspace.open(root).config().serving
+    return ServingConfig()
+
+
+class RequestLimits:
+    """A request body larger than `serving.max_body_bytes` is a 413 naming the limit, before the body is read when its
+    Content-Length says so, else as soon as a streamed (chunked) body passes it: at most the limit is ever held.
+    Also publishes the other limits of `serving` to the body models (see `_LIMITS`).
+
+    The body is read here, up to the limit, and handed on in one piece: FastAPI reads whole bodies anyway.
+    """
+
+    def __init__(self, app: Callable, cfg: ServingConfig | None = None) -> None:
+        self.app = app
+        cfg = cfg or _serving_config()
+        self.max_bytes = cfg.max_body_bytes
+        self.limits = Limits.of(cfg)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        _LIMITS.set(self.limits)
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        with contextlib.suppress(ValueError):
+            if declared is not None and int(declared) > self.max_bytes:
+                await self._too_large(scope, receive, send, f"{int(declared)} bytes declared")
+                return
+        chunks: list[bytes] = []
+        size = 0
+        last: dict | None = None  # a disconnect while reading, handed on as it came
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                last = message
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send, f"more than {self.max_bytes} bytes sent")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        handed = False
+
+        async def replay() -> dict:
+            nonlocal handed
+            if handed:
+                return await receive()
+            handed = True
+            return last or {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: dict, receive: Callable, send: Callable, found: str) -> None:
+        body = {"error": "payload too large", "limit_bytes": self.max_bytes,
+                "detail": f"request body larger than {self.max_bytes} bytes (serving.max_body_bytes): {found}; send "
+                          "fewer customers or events per call"}
+        # the rest of the body is never read: the connection cannot carry another request
+        await _json(413, body, headers={"Connection": "close"})(scope, receive, send)
+
+
+ASKED_PATH = "persona.asked_path"  # the scope key keeping the path a client asked for, when KnownPaths renamed it
+
+
+class UnknownPaths:
+    """The JSON 404 of a request `KnownPaths` renamed UNKNOWN_PATH (inside BentoML's metrics middleware, which counts
+    it under that one name)."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or ASKED_PATH not in scope:
+            await self.app(scope, receive, send)
+            return
+        asked = _clip(scope[ASKED_PATH], 80)
+        body = {"error": "not found", "detail": f"no such path: {scope.get('method', 'GET')} {asked!r}; the API is "
+                                                "under /v1/ (see /v1/docs)"}
+        await _json(404, body)(scope, receive, send)
+
+
+class KnownPaths:
+    """The outermost ASGI layer: a request for a path no route serves continues as a request for UNKNOWN_PATH.
+
+    BentoML's Prometheus middleware (`RunnerTrafficMetricsMiddleware` in bentoml/_internal/server/http/instruments.py)
+    labels every request with its raw `scope["path"]`: 3,000 random paths made 3,000 more series of each request
+    metric and a 13 MB /metrics. It is the first middleware of the app BentoML builds, ahead of the service's own
+    (`add_asgi_middleware`), so the renaming wraps that whole app (see `_Service.to_asgi`); `UnknownPaths` answers.
+    Known: a route of the app (any method: a wrong one is a 405), a route of the mounted FastAPI app, a file of a
+    static mount. `hidden` paths count as unknown (the docs pages when `serving.docs` is off).
+    """
+
+    def __init__(self, app: Any, hidden: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.hidden = hidden
+        self._files: dict[str, frozenset[str]] = {}
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and not self._known(scope):
+            scope = {**scope, "path": UNKNOWN_PATH, "raw_path": UNKNOWN_PATH.encode(), ASKED_PATH: scope["path"]}
+        await self.app(scope, receive, send)
+
+    def _known(self, scope: dict) -> bool:
+        if scope["path"] in self.hidden:
+            return False
+        for route in self.app.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.NONE:
+                continue
+            if isinstance(route, Mount) and isinstance(route.app, StaticFiles):
+                return scope["path"].removeprefix(route.path).lstrip("/") in self._static(route.app)
+            return True
+        return False
+
+    def _static(self, files: StaticFiles) -> frozenset[str]:
+        """The relative paths of a static mount's files (listed once: BentoML's few Swagger UI assets)."""
+        folder = str(files.directory)
+        if folder not in self._files:
+            root = Path(folder)
+            self._files[folder] = frozenset(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        return self._files[folder]
+
+
+class _Service(bentoml.Service):
+    """BentoML's service class, whose ASGI app is wrapped in `KnownPaths` (the worker and the tests both build the app
+    through `to_asgi`), with /docs redirecting to the API docs."""
+
+    __slots__ = ()
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        app = super().to_asgi(is_main=is_main)
+        docs = _serving_config().docs
+        if docs:
+            app.router.routes.append(Route("/docs", _to_docs, methods=["GET"], include_in_schema=False))
+        return KnownPaths(app, hidden=frozenset() if docs else frozenset({"/"}))  # "/": BentoML's own Swagger UI
+
+
+def _to_docs(_: Request) -> Response:
+    return RedirectResponse("/v1/docs")
 
 
 app = FastAPI(title="persona online service", version="1", openapi_url="/openapi.json", docs_url=None,
               redoc_url=None, exception_handlers={RequestValidationError: _validation_error,
-                                                  StarletteHTTPException: _http_error})
+                                                  StarletteHTTPException: _http_error},
+              description="Profiles, scores, recommendations and real-time events of the persona platform. Every "
+                          "error answers JSON {error, detail} (a 422 adds the offending `fields`). When the server "
+                          "sets an API key, send it as `X-API-Key` or `Authorization: Bearer`.")
 app.add_middleware(CatchAll)
+
+
+def _openapi() -> dict:
+    """FastAPI's schema plus the API key schemes (declared always; enforced only when the server sets a key)."""
+    schema = FastAPI.openapi(app)
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        "Bearer": {"type": "http", "scheme": "bearer"}}
+    schema["security"] = [{"ApiKey": []}, {"Bearer": []}]
+    return schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
 
 
 # --- batching ---------------------------------------------------------------------------------------------------
@@ -317,13 +674,17 @@ class Coalescer:
 
 
 # --- the service ------------------------------------------------------------------------------------------------
-@bentoml.service(name=SERVICE_NAME, workers=1, traffic={"timeout": 60})
+@bentoml.service(name=SERVICE_NAME, workers=1, traffic={"timeout": 60}, service_class=_Service)
 @bentoml.asgi_app(app, path="/v1")
 class PersonaService:
     """Loads the workspace named by $PERSONA_WORKSPACE: the engine is built before the worker takes requests (retried
     in a background thread if that fails) and refreshed in that thread."""
 
     def __init__(self) -> None:
+        if logging.getLogger("persona").level == logging.NOTSET:
+            # BentoML's server logging passes other libraries' WARNING and above: the service's start-up lines are INFO
+            logging.getLogger("persona").setLevel(logging.INFO)
+        _log_api_key()
         root = os.environ.get(WORKSPACE_VAR)
         if not root:
             raise RuntimeError(f"set ${WORKSPACE_VAR} to the workspace folder to serve")
@@ -334,6 +695,7 @@ class PersonaService:
         self.refresh_error: str | None = None
         self.refreshed_at: float | None = None
         self.started = time.time()
+        self._logged: dict[str, float] = {}  # 503 causes logged recently (see _log_unavailable)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="persona-engine")
         self._profiles = Coalescer(self._run_profiles, self._executor, COALESCE_MAX, window_s=COALESCE_WINDOW_S)
         self._stop = threading.Event()
@@ -413,14 +775,50 @@ class PersonaService:
         if not bad:
             return None
         fields = [f"{where}identifier.type" for where, _ in bad]
-        detail = "; ".join(f"{f}: unknown identifier type {t!r}" for f, (_, t) in zip(fields, bad))
+        detail = "; ".join(f"{f}: unknown identifier type {t!r}" for f, (_, t) in zip(fields[:10], bad))
         return _invalid(fields, f"{detail} (known: {', '.join(sorted(types))})")
 
+    def _check_categories(self, events: Sequence[Event]) -> JSONResponse | None:
+        """A 422 naming each event category the loaded interest model does not know (none checked without one)."""
+        known = _categories(self._engine())
+        bad = [(i, e.category) for i, e in enumerate(events) if known and e.category is not None
+               and e.category not in known]
+        if not bad:
+            return None
+        fields = [f"events.{i}.category" for i, _ in bad]
+        detail = "; ".join(f"{f}: unknown category {c!r}" for f, (_, c) in zip(fields[:10], bad))
+        return _invalid(fields, f"{detail} (known: {', '.join(sorted(known))})")
+
+    async def _answer(self, work: Awaitable[Response]) -> Response:
+        """The engine's exceptions as JSON answers: 404 unknown customer, 422 invalid request, 503 a backend is down
+        (naming it; its address and the driver's message go to the log only)."""
+        try:
+            return await work
+        except NotFound as exc:
+            return _json(404, {"error": "not found", "detail": str(exc)})
+        except BadRequest as exc:
+            return _invalid([], str(exc))
+        except Unavailable as exc:
+            self._log_unavailable(str(exc))
+            component, detail = _public(str(exc))
+            return _json(503, {"error": "service unavailable", "component": component, "detail": detail},
+                         headers={"Retry-After": "5"})
+
+    def _log_unavailable(self, message: str) -> None:
+        """Log the cause of a 503 once per 30 s per distinct cause, not once per request of an outage."""
+        now = time.monotonic()
+        if now - self._logged.get(message, -60.0) < 30:
+            return
+        if len(self._logged) > 100:
+            self._logged.clear()
+        self._logged[message] = now
+        logger.warning("answering 503: %s", message)
+
     # --- routes --------------------------------------------------------------------------------------------------
-    @app.post("/profile")
+    @app.post("/profile", responses=_responses(404, 413, 422, 503))
     async def profile(self, body: CustomerRef) -> Response:
         """Rule tags, model tags with scores and bands, top interests and model versions of one customer."""
-        return await _answer(self._profile(body))
+        return await self._answer(self._profile(body))
 
     async def _profile(self, body: CustomerRef) -> Response:
         if bad := self._check_types([("", body)]):
@@ -430,16 +828,12 @@ class PersonaService:
             raise NotFound(_who(body))
         return _json(200, found)
 
-    @app.post("/score")
+    @app.post("/score", responses=_responses(413, 422, 503))
     async def score(self, body: ScoreRequest) -> Response:
         """Profiles of many customers at once; an unknown one gets {"error": "not found"} in its place."""
-        return await _answer(self._score(body))
+        return await self._answer(self._score(body))
 
     async def _score(self, body: ScoreRequest) -> Response:
-        limit = self.cfg.serving.max_batch
-        if len(body.customers) > limit:
-            return _invalid(["customers"], f"customers: {len(body.customers)} given, at most {limit} per call "
-                                           "(serving.max_batch); split the request")
         if bad := self._check_types([(f"customers.{i}.", c) for i, c in enumerate(body.customers)]):
             return bad
         found = await self._profiles([c.customer() for c in body.customers])
@@ -448,10 +842,10 @@ class PersonaService:
         n = sum(p is not None for p in found)
         return _json(200, {"results": results, "found": n, "not_found": len(found) - n})
 
-    @app.post("/recommend")
+    @app.post("/recommend", responses=_responses(404, 413, 422, 503))
     async def recommend(self, body: RecommendRequest) -> Response:
         """Top-n categories by propensity, leaving out those bought in the last `exclude_days` days."""
-        return await _answer(self._recommend(body))
+        return await self._answer(self._recommend(body))
 
     async def _recommend(self, body: RecommendRequest) -> Response:
         if bad := self._check_types([("", body)]):
@@ -464,25 +858,17 @@ class PersonaService:
             raise NotFound(_who(body)) from None
         return _json(200, out)
 
-    @app.post("/events")
+    @app.post("/events", responses=_responses(404, 413, 422, 503))
     async def events(self, body: EventsRequest) -> Response:
-        """Apply behaviour events to the real-time features online (the next profile read sees them)."""
-        return await _answer(self._events(body))
+        """Apply behaviour events to the real-time features online (the next profile read sees them). Timestamps
+        must lie within serving.event_max_age_days before now and serving.event_future_seconds after it."""
+        return await self._answer(self._events(body))
 
     async def _events(self, body: EventsRequest) -> Response:
-        limit = self.cfg.serving.max_batch
-        if len(body.events) > limit:
-            return _invalid(["events"], f"events: {len(body.events)} given, at most {limit} per call "
-                                        "(serving.max_batch)")
         if bad := self._check_types([(f"events.{i}.", e) for i, e in enumerate(body.events)]):
             return bad
-        now = dt.datetime.now(dt.timezone.utc)
-        late = [i for i, e in enumerate(body.events)
-                if e.timestamp is not None and _utc(e.timestamp) > now + FUTURE_SLACK]
-        if late:
-            fields = [f"events.{i}.timestamp" for i in late]
-            return _invalid(fields, "; ".join(f"{f}: in the future" for f in fields[:10])
-                            + f" (now is {now.isoformat(timespec='seconds')})")
+        if bad := self._check_categories(body.events):
+            return bad
         rows = []
         for e in body.events:
             c = e.customer()
@@ -493,15 +879,30 @@ class PersonaService:
         out = await self._call("events", lambda: engine.ingest_events(rows))
         return _json(200, out)
 
-    @app.get("/status")
+    @app.get("/status", responses=_responses())
     async def status(self) -> Response:
-        """What this worker serves: models, tag snapshot, last refresh and errors."""
+        """What this worker serves: models, tag snapshot, last refresh and errors (which backend failed: the log has
+        the driver's message and the store's address)."""
         engine = self.engine
-        body = {"ready": engine is not None and engine.scorer is not None, "error": self.error,
-                "refresh_error": self.refresh_error, "refreshed_at": self.refreshed_at, "started": self.started,
+        body = {"ready": engine is not None and engine.scorer is not None,
+                "error": _public(self.error)[1] if self.error else None,
+                "refresh_error": _public(self.refresh_error)[1] if self.refresh_error else None,
+                "refreshed_at": self.refreshed_at, "started": self.started,
                 "reload_seconds": self.cfg.serving.reload_seconds, "workspace": str(self.ws.root),
                 "pid": os.getpid(), **(engine.ready() if engine else {})}
-        return _json(200, body)
+        return _json(200, _scrub(body))
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> Response:
+        """Swagger UI over /v1/openapi.json, with the Swagger UI files BentoML ships (no CDN needed)."""
+        if not self.cfg.serving.docs:
+            return _json(404, {"error": "not found", "detail": "the API docs are off (serving.docs: false)"})
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API docs",
+                                   swagger_js_url=f"{STATIC}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{STATIC}/swagger-ui.css",
+                                   swagger_favicon_url=f"{STATIC}/favicon-light-32x32.png",
+                                   swagger_ui_parameters={"persistAuthorization": True})
 
     # --- BentoML hooks -------------------------------------------------------------------------------------------
     async def __is_ready__(self) -> bool:
@@ -523,19 +924,12 @@ class PersonaService:
         return {}
 
 
+# Outermost first, all inside BentoML's metrics middleware (KnownPaths is outside it): the key before anything is
+# read, unknown paths answered, then the body limit.
 PersonaService.add_asgi_middleware(ApiKeyAuth)
+PersonaService.add_asgi_middleware(UnknownPaths)
+PersonaService.add_asgi_middleware(RequestLimits)
 
-
-async def _answer(work: Awaitable[Response]) -> Response:
-    """The engine's exceptions as JSON answers: 404 unknown customer, 422 invalid request, 503 a backend is down."""
-    try:
-        return await work
-    except NotFound as exc:
-        return _json(404, {"error": "not found", "detail": str(exc)})
-    except BadRequest as exc:
-        return _invalid([], str(exc))
-    except Unavailable as exc:
-        return _json(503, {"error": "service unavailable", "detail": _describe(exc)}, headers={"Retry-After": "5"})
 
 
 def _freeze_heap() -> None:
@@ -550,7 +944,71 @@ def _freeze_heap() -> None:
 
 
 def _describe(exc: BaseException) -> str:
+    """The whole message of an exception, for the log only: it may name a store's address; clients get `_public`."""
     return str(exc) if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {exc}"
+
+
+_COMPONENT = re.compile(r"\s*(online store|model registry|tag snapshots|event log|identity index|feature store)\b"
+                        r"\s*(?:\(([^)]*)\))?", re.IGNORECASE)
+_SERVICE_STATE = re.compile(r"\s*(starting|not ready)\b", re.IGNORECASE)
+_STATES = ("unreachable", "empty", "stale", "timed out", "locked", "no champion")  # words a client may be told
+_ERROR_TYPE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:Error|Exception|Timeout|Interrupt)):")
+_COMMAND = re.compile(r"`(persona [a-z][a-z \-]*)`")
+_URI = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*)://[^\s'\"<>]+")
+
+
+def _public(message: str) -> tuple[str, str]:
+    """(component, detail) of an engine error, fit for a client: which backend failed and what to do.
+
+    Built from the start of the message only ("online store (embedded): ...", "model registry (sqlite:///...)
+    unreachable: ...") and a `persona ...` command it suggests: never the store's user, host, port or database, nor
+    the driver's own text, which can hold any of them. The whole message goes to the log.
+    """
+    if state := _SERVICE_STATE.match(message):
+        return "service", f"service {state.group(1).lower()}: the models, tag statistics and identity index are " \
+                          "loading; retry in a few seconds"
+    found = _COMPONENT.match(message)
+    if found is None:
+        if error := _ERROR_TYPE.match(message):  # `_describe` of another exception: the engine failed to load
+            return "engine", f"the engine failed ({error.group(1)}); the server log has the cause"
+        return "backend", "a backend is unavailable; retry in a few seconds (the server log has the cause)"
+    component = found.group(1).lower()
+    if kind := _kind(found.group(2)):
+        component = f"{component} ({kind})"
+    state = next((word for word in _STATES if word in message.lower()), "unavailable")
+    command = _COMMAND.search(message)
+    todo = f"run `{command.group(1)}`" if command else "retry in a few seconds"
+    return component, f"{component}: {state}; {todo} (the server log has the cause)"
+
+
+def _kind(inside: str | None) -> str | None:
+    """What may be said of a store from its parentheses: a URI's scheme ('postgresql'), or a plain name ('redis',
+    'embedded'); nothing else."""
+    if not inside:
+        return None
+    if "://" in inside:
+        scheme = inside.split("://", 1)[0].split("+", 1)[0].lower()
+        return scheme if re.fullmatch(r"[a-z][a-z0-9]{0,19}", scheme) else None
+    return inside if re.fullmatch(r"[A-Za-z0-9_\-]{1,32}", inside) else None
+
+
+def _scrub(value: Any) -> Any:
+    """A JSON-able value with every URI cut to its scheme (`postgresql://...`): no credentials in /v1/status."""
+    if isinstance(value, str):
+        return _URI.sub(r"\1://...", value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def _categories(engine: OnlineEngine) -> frozenset[str]:
+    """The event categories the loaded interest model knows (its outputs interest_<category>); empty when none."""
+    models = getattr(engine.scorer, "models", None)  # no scorer while the engine starts
+    if models is None:
+        return frozenset()
+    return frozenset(o.removeprefix("interest_") for o in models.outputs() if o.startswith("interest_"))
 
 
 def _who(ref: CustomerRef) -> str:
