@@ -109,7 +109,7 @@ def load_online(ws: Workspace, cfg, store, *, end: pd.Timestamp, first_start: pd
     state = feature_store.online_state(store, ws)
     full = force or state["state"] != "ok"
     report = feature_store.materialize(store, end.to_pydatetime(), first_start=first_start.to_pydatetime(),
-                                       full=full)
+                                       reload=full)
     report["state_before"] = state["state"]
     if full:
         report["replayed_events"] = replay_states(ws, cfg, store, since=first_start)

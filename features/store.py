@@ -197,14 +197,15 @@ def _rows_between(view: feast.FeatureView, start: datetime, end: datetime) -> in
 
 
 def materialize(store: feast.FeatureStore, end: datetime, *, first_start: datetime | None = None,
-                full: bool = False) -> dict:
+                reload: bool = False) -> dict:
     """Load the latest snapshot values up to `end` into the online store.
 
     A view never materialised gets everything from `first_start` (default: the epoch) up to `end`; afterwards only
     what is newer than the last end (materialize_incremental). Snapshots are cumulative (a persona present at one
     date is present at every later one), so the last snapshot date is a sufficient `first_start`: the online store
-    keeps one row per persona, and loading older dates only overwrites it again. Returns per view the mode, window
-    and personas written, and the seconds taken.
+    keeps one row per persona, and loading older dates only overwrites it again. `reload`: every view in full,
+    whatever was loaded before (an emptied store). Returns per view the mode, window and personas written, and the
+    seconds taken.
     """
     t0 = time.perf_counter()
     end = _utc(end)
@@ -214,7 +215,7 @@ def materialize(store: feast.FeatureStore, end: datetime, *, first_start: dateti
     # Only the snapshot views: the `tags` view's source is the tag history, which `persona rescore` pushes itself
     # (its files have no event_timestamp column to materialise from).
     for view in [v for v in store.list_feature_views() if v.name in defs.GROUPS]:
-        last = None if full else max((e for _, e in view.materialization_intervals), default=None)
+        last = None if reload else max((e for _, e in view.materialization_intervals), default=None)
         if last is None:
             full.append(view)
             start, mode = begin, "full"
@@ -339,6 +340,7 @@ def delete_personas(store: feast.FeatureStore, persona_ids: Sequence[str]) -> in
     marks = ",".join("?" * len(blobs))
     removed = 0
     with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn, conn:
+        conn.execute("PRAGMA secure_delete = ON")  # erased values must not linger in free pages of the file
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for view in store.list_feature_views():
             table = compute_table_id(config.project, view, False)
@@ -678,7 +680,8 @@ def push_tags(store: feast.FeatureStore, frame: pd.DataFrame, when: datetime, *,
     for c, kind in columns.items():
         rows[c] = rows[c].astype("float64") if kind == "number" else rows[c].astype(object).where(rows[c].notna(), None)
     for start in range(0, len(rows), chunk):
-        store.write_to_online_store(defs.TAGS_VIEW, rows.iloc[start:start + chunk])
+        # not from the registry cache: a view applied a moment ago was seen missing there under load
+        store.write_to_online_store(defs.TAGS_VIEW, rows.iloc[start:start + chunk], allow_registry_cache=False)
         if progress:
             progress("pushing tags online", min(1.0, (start + chunk) / max(len(rows), 1)))
     return {"view": defs.TAGS_VIEW, "rows": int(len(rows)), "columns": len(columns),

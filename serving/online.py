@@ -131,6 +131,7 @@ class OnlineEngine:
         self.ws = ws
         self.cfg = ws.config()
         self.identity = IdentityIndex.load(ws, self.cfg)
+        self._identity_stamp = self._identity_source()
         self.store = feature_store.open_store(ws, self.cfg, serving=True)
         feature_store.fail_fast(self.store)
         self.store_name = f"online store ({self.store.config.online_store.type})"
@@ -170,6 +171,10 @@ class OnlineEngine:
         model tag and one folder listing).
         """
         self._expected = self._expected_marker()
+        stamp = self._identity_source()
+        if stamp != self._identity_stamp:  # a new integration run, or an erasure: resolve against it from now on
+            self.identity = IdentityIndex.load(self.ws, self.cfg)
+            self._identity_stamp = stamp
         if self._store_problem is not None and self.cfg.serving.auto_rebuild:
             self._rebuild()
             force = True
@@ -200,6 +205,12 @@ class OnlineEngine:
             # One assignment: a request reads either the old (scorer, catalog, reader) or the new, never a mix.
             self._live = Live(scorer, {c["id"]: c for c in tagset.catalog()}, reader)
             return True
+
+    def _identity_source(self) -> tuple:
+        """What the identity index was loaded from: the published integration run and the erasure log."""
+        current = self.ws.current("integrated")
+        erasures = self.ws.state / "erasures.jsonl"
+        return (str(current), erasures.stat().st_mtime_ns if erasures.exists() else None)
 
     def _expected_marker(self) -> dict | None:
         from persona.workspace import read_json

@@ -117,8 +117,13 @@ def test_open_store_renders_redis_and_the_sql_registry(tmp_path, monkeypatch):
     store = fs.open_store(ws, cfg)
     assert store.project == "persona_prod"
     online = store.config.online_store
-    assert (online.type, online.connection_string, online.key_ttl_seconds) == ("redis", "redis.internal:6380,db=2",
-                                                                              86400)
+    # every Redis call of a batch job is bounded (60 s); the service's own file bounds them by
+    # serving.store_timeout_seconds (1 s), so a frozen Redis is a 503, not a hang
+    bounded = ",socket_timeout=60,socket_connect_timeout=60"
+    assert (online.type, online.connection_string, online.key_ttl_seconds) == (
+        "redis", "redis.internal:6380,db=2" + bounded, 86400)
+    serving = fs.open_store(ws, cfg, serving=True).config.online_store
+    assert serving.connection_string == "redis.internal:6380,db=2,socket_timeout=1,socket_connect_timeout=1"
     registry = store.config.registry
     assert (registry.registry_type, registry.path, registry.cache_mode) == ("sql", url, "thread")
     assert registry.sqlalchemy_config_kwargs == {"pool_pre_ping": True}
@@ -129,12 +134,12 @@ def test_open_store_renders_redis_and_the_sql_registry(tmp_path, monkeypatch):
     monkeypatch.setenv(fs.REDIS_VAR, "10.0.0.7:6390,password=s3cret")
     monkeypatch.setenv(fs.REGISTRY_VAR, "postgresql+psycopg://persona:pw@10.0.0.8:5433/reg")
     store = fs.open_store(ws, cfg)
-    assert store.config.online_store.connection_string == "10.0.0.7:6390,password=s3cret"
+    assert store.config.online_store.connection_string == "10.0.0.7:6390,password=s3cret" + bounded
     assert store.config.registry.path == "postgresql+psycopg://persona:pw@10.0.0.8:5433/reg"
     text = (tmp_path / "feature_store" / "feature_store.yaml").read_text(encoding="utf-8")
     assert "s3cret" not in text and ":pw@" not in text
     rendered = yaml.safe_load(text)
-    assert rendered["online_store"]["connection_string"] == "${PERSONA_REDIS}"
+    assert rendered["online_store"]["connection_string"] == "${PERSONA_REDIS}" + bounded
     assert rendered["registry"]["path"] == "${PERSONA_REGISTRY_URL}"
 
     # A literal '$' in persona.yaml would be expanded by Feast: refused, pointing at the variable to use instead.
