@@ -328,7 +328,10 @@ class BetaGeoModel:
         self.max_iter = max_iter
 
     def fit(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> BetaGeoModel:
-        """Fit on repeat-purchase counts x, last-purchase times t_x (since the first purchase) and ages T."""
+        """Fit on repeat-purchase counts x, last-purchase times t_x (since the first purchase) and ages T.
+
+        Raises ConvergenceError when no interior optimum is found, and up front, without optimising, when every repeat
+        buyer's last purchase is at T and ``penalizer`` is 0 (no finite maximum exists: see the check below)."""
         if self.penalizer < 0:
             raise ValueError("penalizer must be >= 0")
         x, tx, age = (np.atleast_1d(v) for v in _check_history(frequency, recency, T))
@@ -339,6 +342,16 @@ class BetaGeoModel:
         scale = float(age.mean())
         if scale <= 0:
             raise ValueError("all customers have age T = 0")
+        repeat = x > 0
+        if self.penalizer == 0 and np.array_equal(tx[repeat], age[repeat]):
+            # With t_x = T the two likelihood terms share (alpha+T)^-k and sum to B(a, b+x-1)/B(a, b) = E[(1-p)^(x-1)]:
+            # below 1 for any finite (a, b), approaching 1 only as p -> 0. Said here rather than left to the optimiser,
+            # whose stopping point along that ridge (and so whether it looks "diverged") varies with the BLAS kernel.
+            raise ConvergenceError(
+                f"BG/NBD cannot be fitted without a penalizer: all {int(repeat.sum())} customers with a repeat "
+                "purchase bought last at the end of their history (recency == T), so the data show no drop-out and "
+                "the likelihood keeps growing as the drop-out probability goes to 0 (a -> 0 or b -> infinity); "
+                "use a positive penalizer")
         data = _BGData(x, tx / scale, age / scale)
         rate = x.sum() / age.sum() * scale  # repeat purchases per unit of normalised time
         x0 = np.log([1.0, 1.0 / rate, 1.0, 1.0])

@@ -2,7 +2,6 @@
 frame with every family, and degrades to the tags a transactions-only workspace can support."""
 
 import json
-import time
 
 import numpy as np
 import pandas as pd
@@ -124,14 +123,10 @@ def test_online_rows_match_the_batch(full):
     frame, tags = full
     stats = tags.fit(frame)
     batch = tags.evaluate(frame, stats)
-    for i in (0, 123, 399):
+    for i in (0, 7, 123, 399):  # how fast a one-row evaluation is: bench/rules_bench.py, step 5
         pd.testing.assert_frame_equal(tags.evaluate(frame.iloc[[i]], stats), batch.iloc[[i]])
-    one = frame.iloc[[7]]
-    tags.evaluate(one, stats)
-    start = time.perf_counter()
-    for _ in range(20):
-        tags.evaluate(one, stats)
-    assert (time.perf_counter() - start) / 20 < 0.05     # a few ms on an idle machine; lenient on a busy one
+    again = tags.evaluate(frame.iloc[[7]], stats)  # repeated online calls give the same answer
+    pd.testing.assert_frame_equal(again, batch.iloc[[7]])
 
 
 def test_default_thresholds_on_hand_written_rows(full):

@@ -4,7 +4,9 @@ catch-all that never leaks a traceback, and the batching of concurrent lookups. 
 
 import asyncio
 import concurrent.futures
+import datetime as dt
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -110,8 +112,10 @@ def test_recommend_and_events(client):
     assert client.post("/v1/recommend", json={"persona_id": "P1", "n": 1}).json()["recommendations"][0]["category"] \
         == "beauty"
     _error(client.post("/v1/recommend", json={"persona_id": "P404"}), 404)
+    # an hour ago, in a client's time zone (events older than serving.event_max_age_days are refused)
+    hour_ago = (dt.datetime.now(dt.timezone(dt.timedelta(hours=8))) - dt.timedelta(hours=1)).isoformat()
     r = client.post("/v1/events", json={"events": [{"persona_id": "P1", "event_type": "cart_add",
-                                                    "category": "beauty", "timestamp": "2026-01-01T10:00:00+08:00"}]})
+                                                    "category": "beauty", "timestamp": hour_ago}]})
     assert r.status_code == 200 and r.json()["accepted"] == 1
 
 
@@ -205,30 +209,104 @@ def test_api_key_guards_v1_but_not_health(tmp_path, monkeypatch):
 
 
 # --- batching -----------------------------------------------------------------------------------------------------
-def test_concurrent_lookups_share_engine_calls(client):
+# How many requests share an engine call depends on timing; what a caller gets back does not. The HTTP test checks
+# only the latter; the Coalescer tests drive the batching deterministically (the engine call blocks on an event the
+# test sets, so what queues behind it is known) and check its invariants.
+def test_concurrent_lookups_each_get_their_own_answer(client, monkeypatch):
+    people = {f"P{i:03d}": {"persona_id": f"P{i:03d}", "scores": {"churn_risk": i / 100}, "tags": {}} for i in range(24)}
+    for pid, profile in people.items():
+        monkeypatch.setitem(KNOWN, pid, profile)
+    customers = [[{"persona_id": p}] if i % 3 else [{"persona_id": p}, {"persona_id": "P404"}]
+                 for i, p in enumerate(people)]
+
+    def ask(refs):
+        if len(refs) == 1:
+            return client.post("/v1/profile", json=refs[0])
+        return client.post("/v1/score", json={"customers": refs})
+
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda i: client.post("/v1/profile", json={"persona_id": "P1"}), range(24)))
-    assert all(a.status_code == 200 for a in answers)
-    assert sum(FakeEngine.calls) == 24 and len(FakeEngine.calls) < 24, FakeEngine.calls
+        answers = list(pool.map(ask, customers))
+    for refs, answer in zip(customers, answers):
+        assert answer.status_code == 200, answer.text
+        if len(refs) == 1:
+            assert answer.json() == people[refs[0]["persona_id"]]
+        else:
+            body = answer.json()
+            assert body["results"][0] == people[refs[0]["persona_id"]] and body["results"][1]["error"] == "not found"
+    assert sum(FakeEngine.calls) == sum(len(refs) for refs in customers)  # each customer scored exactly once
+    assert max(FakeEngine.calls) <= service.COALESCE_MAX
 
 
-def test_coalescer_keeps_each_callers_items_and_errors():
-    def run(items):
+class GatedRun:
+    """An engine call that records its batch and blocks until the test opens the gate (then doubles each item)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self, items: list) -> list:
+        self.batches.append(list(items))
+        self.entered.set()
+        if not self.gate.wait(60):
+            raise TimeoutError("the test never opened the gate")
         if "boom" in items:
             raise Unavailable("down")
-        time.sleep(0.01)
         return [i * 2 for i in items]
+
+
+async def _engine_busy(run: GatedRun) -> None:
+    deadline = time.monotonic() + 60
+    while not run.entered.is_set():  # the first batch is in the engine; what comes now queues behind it
+        assert time.monotonic() < deadline, "the first batch never reached the engine"
+        await asyncio.sleep(0.001)
+
+
+def _coalesce(calls: list[list], max_items: int, window_s: float = 0.0) -> tuple[list, list[list]]:
+    """Run `calls` through a Coalescer: the first alone, the rest queued while it blocks the engine."""
+    run = GatedRun()
 
     async def main():
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            batcher = service.Coalescer(run, pool, max_items=4)
-            ok = await asyncio.gather(*(batcher([i, i + 1]) for i in range(0, 10, 2)))
-            failed = await asyncio.gather(batcher(["boom"]), return_exceptions=True)
-            return ok, failed
+            batcher = service.Coalescer(run, pool, max_items=max_items, window_s=window_s)
+            try:
+                first = asyncio.ensure_future(batcher(calls[0]))
+                await _engine_busy(run)
+                rest = [asyncio.ensure_future(batcher(items)) for items in calls[1:]]
+                await asyncio.sleep(0)  # every call has queued its items
+            finally:
+                run.gate.set()
+            return await asyncio.gather(first, *rest, return_exceptions=True)
 
-    ok, failed = asyncio.run(main())
-    assert ok == [[0, 2], [4, 6], [8, 10], [12, 14], [16, 18]]
-    assert isinstance(failed[0], Unavailable)
+    return asyncio.run(main()), run.batches
+
+
+@pytest.mark.parametrize("window_s", [0.0, service.COALESCE_WINDOW_S])
+def test_coalescer_gives_each_caller_its_own_results_in_order(window_s):
+    calls = [[0], [1, 2], [3], [4, 5, 6], [7, 8, 9, 10, 11, 12], [13], [14, 15]]
+    results, batches = _coalesce(calls, max_items=4, window_s=window_s)
+    assert results == [[2 * i for i in items] for items in calls]
+    # every item went to the engine once, in call order, each call's items together in one batch
+    assert [i for batch in batches for i in batch] == list(range(16))
+    starts = {items[0]: items for items in calls}
+    for batch in batches:
+        at = 0
+        while at < len(batch):
+            assert batch[at:at + len(starts[batch[at]])] == starts[batch[at]], batches
+            at += len(starts[batch[at]])
+        # at most max_items, unless one call alone is larger
+        assert len(batch) <= 4 or batch in calls, batches
+    # what queued while the engine was busy shared engine calls: 6 calls, 15 items, max 4 -> fewer than 6 batches
+    assert batches[0] == [0] and len(batches) - 1 < len(calls) - 1, batches
+
+
+def test_coalescer_raises_a_failed_batch_in_each_of_its_calls_only():
+    # [1] and ["boom"] queue together behind [0]: their shared call fails; [0] before and [7] after are unaffected.
+    calls = [[0], [1], ["boom"], [2, 3, 4, 5], [7]]
+    results, batches = _coalesce(calls, max_items=2)
+    assert batches == [[0], [1, "boom"], [2, 3, 4, 5], [7]]
+    assert results[0] == [0] and results[3] == [4, 6, 8, 10] and results[4] == [14]
+    assert isinstance(results[1], Unavailable) and isinstance(results[2], Unavailable)
 
 
 def test_api_key_is_read_from_the_configured_variable(tmp_path, monkeypatch):

@@ -1,8 +1,10 @@
 """The online service end to end: one real BentoML server (a subprocess, as `persona serve` runs it) on a trained
 and rescored 1,500-customer workspace, driven over HTTP.
 
-Tests run in file order and share the server: parity with the batch snapshot comes before any event is posted, and
-the tests that change the workspace (events, a promotion, a locked online store) come last.
+Tests share the server but not each other's state, so they pass in any order: events go only to the personas of
+`event_personas`, which the parity check leaves out; a promotion registers the same model under a new version, so
+scores do not move; a locked online store is released (and recovery checked) by the test that locks it; the metrics
+test makes the requests it counts.
 """
 
 import math
@@ -45,6 +47,13 @@ def server(workspace, snapshot) -> str:
 def http(server) -> httpx.Client:
     with httpx.Client(base_url=server, headers={"X-API-Key": KEY}, timeout=30) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def event_personas(snapshot) -> list[str]:
+    """The personas the event test posts to (not hot leads, so the rule has somewhere to go); no other test reads
+    their tags or scores."""
+    return snapshot.loc[snapshot["hot_lead"].eq(False), "persona_id"].iloc[:10].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +107,10 @@ def test_requests_without_the_api_key_are_401(server):
     assert httpx.get(f"{server}/metrics").status_code == 200
 
 
-def test_online_scores_and_tags_equal_the_batch_snapshot(http, snapshot):
+def test_online_scores_and_tags_equal_the_batch_snapshot(http, snapshot, event_personas):
     """/v1/score for 50 personas gives exactly what `persona rescore` wrote for them (one Scorer, two paths)."""
-    sample = snapshot.sample(50, random_state=1)
+    untouched = snapshot[~snapshot["persona_id"].isin(event_personas)]  # whether or not the event test ran first
+    sample = untouched.sample(50, random_state=1)
     answer = http.post("/v1/score", json={"customers": [{"persona_id": p} for p in sample["persona_id"]]})
     assert answer.status_code == 200, answer.text
     results = answer.json()["results"]
@@ -186,30 +196,39 @@ def test_recommend_leaves_out_recent_purchases(http, snapshot):
     assert len(top3) == 3
 
 
-def test_metrics_count_requests_per_endpoint(server):
-    text = httpx.get(f"{server}/metrics").text
-    for endpoint in ("/v1/profile", "/v1/score", "/v1/recommend"):
-        assert f'request_total{{endpoint="{endpoint}",http_response_code="200"' in text, endpoint
-        assert f'request_duration_seconds_bucket{{endpoint="{endpoint}"' in text, endpoint
-    assert 'endpoint="/v1/profile",http_response_code="404"' in text
-    assert "persona_engine_batch_customers_count" in text
+ENDPOINTS = ("/v1/profile", "/v1/score", "/v1/recommend")
+
+
+def test_metrics_count_requests_per_endpoint(server, http, snapshot):
+    pid = snapshot["persona_id"].iloc[0]
+    assert http.post("/v1/profile", json={"persona_id": pid}).status_code == 200
+    assert http.post("/v1/profile", json={"persona_id": "P9999999999"}).status_code == 404
+    assert http.post("/v1/score", json={"customers": [{"persona_id": pid}]}).status_code == 200
+    assert http.post("/v1/recommend", json={"persona_id": pid}).status_code == 200
+    expected = [f'request_total{{endpoint="{e}",http_response_code="200"' for e in ENDPOINTS]
+    expected += [f'request_duration_seconds_bucket{{endpoint="{e}"' for e in ENDPOINTS]
+    expected += ['endpoint="/v1/profile",http_response_code="404"', "persona_engine_batch_customers_count"]
+    # a request is counted as its answer goes out, which may be just after the client has read it: wait for the count
+    deadline = time.monotonic() + 60
+    while missing := [m for m in expected if m not in httpx.get(f"{server}/metrics").text]:
+        assert time.monotonic() < deadline, f"not in /metrics after 60 s: {missing}"
+        time.sleep(0.1)
 
 
 # --- changes: events, promotion, a broken store ----------------------------------------------------------------
-def test_an_event_shows_in_the_profile_within_a_second(http, workspace, snapshot):
-    cold = snapshot.loc[snapshot["hot_lead"].eq(False), "persona_id"].iloc[:10].tolist()
+def test_an_event_shows_in_the_profile_at_the_next_read(http, workspace, event_personas):
+    cold = event_personas
     before = {p["persona_id"]: p for p in http.post("/v1/score", json={"customers": [{"persona_id": p} for p in cold]}
                                                      ).json()["results"]}
     first = {"events": [{"persona_id": p, "event_type": "cart_add", "category": "beauty"} for p in cold]}
     assert http.post("/v1/events", json=first).status_code == 200
     after_first = {p: http.post("/v1/profile", json={"persona_id": p}).json() for p in cold}
 
-    posted = time.time()
-    t0 = time.perf_counter()
+    # The very next read reflects the event (latency is bench/serving_bench.py's to measure, not a test's to assert).
+    posted = time.time()  # events without a timestamp are stamped when the server receives them
     second = http.post("/v1/events", json=first)
     assert second.status_code == 200, second.text
     profile = http.post("/v1/profile", json={"persona_id": cold[0]}).json()
-    assert time.perf_counter() - t0 < 1.0
     assert profile["realtime"]["rt_cart_adds_1h"] == after_first[cold[0]]["realtime"]["rt_cart_adds_1h"] + 1
     assert profile["last_event_ts"] >= int(posted) - 1 > (before[cold[0]]["last_event_ts"] or 0)
     assert profile["tags"]["behaviour"]["hot_lead"] is True  # a rule on rt_cart_adds_1h, evaluated again
@@ -246,7 +265,10 @@ def test_a_promotion_is_picked_up_without_a_failed_request(http, workspace, snap
     thread = threading.Thread(target=hammer)
     thread.start()
     try:
-        time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while not seen:  # the old champion has answered at least once before the new one exists
+            assert thread.is_alive() and time.monotonic() < deadline, "no answer from the server within 60 s"
+            time.sleep(0.05)
         new = client.create_model_version(name, old.source, run_id=old.run_id)  # same model, a new version
         client.set_registered_model_alias(name, tracking.CHAMPION, new.version)
         deadline = time.monotonic() + 60
@@ -291,7 +313,8 @@ def test_an_unreachable_model_registry_is_503_saying_so(workspace, tmp_path, mon
         while "model registry" not in (body := _error(c.post("/v1/profile", json={"persona_id": "P1"}), 503))["detail"]:
             assert time.monotonic() < deadline, body
             time.sleep(0.1)
-        assert "unreachable" in body["detail"] and str(tmp_path) in body["detail"]
+        # the 503 names the store and its kind, never its location or credentials (those go to the log)
+        assert "unreachable" in body["detail"] and "sqlite" in body["detail"] and str(tmp_path) not in body["detail"]
         assert c.get("/readyz").status_code == 503 and c.get("/healthz").status_code == 200
 
 
