@@ -138,6 +138,7 @@ class OnlineEngine:
         self._expected = self._expected_marker()
         self._store_problem: str | None = None  # "empty" / "stale" while the online store needs a rebuild
         self._events: eventlog.EventLog | None = None
+        self._down_until = 0.0  # monotonic time until which the online store counts as down (see features)
         self.registry_uri = tracking.tracking_uri(ws, self.cfg)
         ping_registry(self.registry_uri)
         try:
@@ -272,10 +273,15 @@ class OnlineEngine:
     def features(self, reader: feature_store.OnlineReader, persona_ids: Sequence[str]
                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """({feature: float64 values (NaN = no value)}, found: bool per persona the online store holds)."""
+        # A circuit breaker: after a call timed out or failed, calls fail at once until one timeout has passed, so
+        # requests queued behind a frozen store are not each held for the full timeout (one trial per interval).
+        if time.monotonic() < self._down_until:
+            raise Unavailable(f"{self.store_name} unreachable (recent failure; retrying shortly)")
         try:
             marker = reader.marker()
             matrix, found = reader.read(persona_ids)
         except Exception as exc:  # the online store's client raises its own error types (sqlite3, redis...)
+            self._down_until = time.monotonic() + self.cfg.serving.store_timeout_seconds
             logger.error("%s: %s: %s", self.store_name, type(exc).__name__, exc)
             raise Unavailable(f"{self.store_name} unreachable ({type(exc).__name__})") from None
         # A store without the workspace's last load (Redis restarted empty, an old copy) would answer "unknown"
