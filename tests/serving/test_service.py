@@ -300,7 +300,12 @@ def test_a_locked_online_store_is_503_saying_so_then_recovers(http, server, work
         lock.execute("ROLLBACK")
         lock.close()
     assert http.post("/v1/profile", json={"persona_id": pid}).status_code == 200
-    assert httpx.get(f"{server}/readyz", timeout=30).status_code == 200
+    # Ready again: /readyz gives its probe a deadline (PROBE_TIMEOUT_S), and a worker's probe may still queue behind
+    # a read that waited out the lock, so wait for it rather than expect it of the very next call.
+    deadline = time.monotonic() + 60
+    while (ready := httpx.get(f"{server}/readyz", timeout=30).status_code) != 200:
+        assert time.monotonic() < deadline, f"/readyz still {ready} 60 s after the lock was released"
+        time.sleep(0.1)
 
 
 def test_an_unreachable_model_registry_is_503_saying_so(workspace, tmp_path, monkeypatch):
