@@ -120,7 +120,11 @@ class EventLog:
         return table.num_rows
 
     def close(self) -> None:
-        pass
+        """Close this thread's connection (each backend keeps one per thread in `self._local`)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
 
 def _rows_table(rows: list[tuple]) -> pa.Table:
@@ -195,11 +199,6 @@ class SqliteLog(EventLog):
         conn.execute("VACUUM")  # deleted rows must not linger in free pages of the file
         return int(n)
 
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
 
 
 class _SqliteTx:
@@ -318,11 +317,6 @@ class PostgresLog(EventLog):
             conn.execute(f"DROP TABLE IF EXISTS {self.state_table}")
         self._ready = False
 
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
 
 
 class _PostgresTx:
