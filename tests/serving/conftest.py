@@ -24,17 +24,21 @@ def rescored_base(trained_workspace, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def workspace(rescored_base, tmp_path_factory) -> Workspace:
-    """A module's own copy of the rescored workspace, checking for a new champion every second.
+def serving_copy(base: Path, root: Path) -> Workspace:
+    """A copy of the rescored workspace at `root`, checking for a new champion every second.
 
     Copies share the base's model artifacts and offline snapshot files (MLflow and the Feast registry hold their
     absolute paths), which nothing here writes; the online store, registry and MLflow databases are the copy's own.
     """
-    root = tmp_path_factory.mktemp("serving") / "ws"
-    shutil.copytree(rescored_base, root, symlinks=True)
+    shutil.copytree(base, root, symlinks=True)
     path = root / "persona.yaml"
     cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     cfg["serving"] = {**(cfg.get("serving") or {}), "reload_seconds": 1.0}
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return Workspace.open(root)
+
+
+@pytest.fixture(scope="module")
+def workspace(rescored_base, tmp_path_factory) -> Workspace:
+    """A module's own copy of the rescored workspace (see `serving_copy`)."""
+    return serving_copy(rescored_base, tmp_path_factory.mktemp("serving") / "ws")

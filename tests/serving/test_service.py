@@ -3,8 +3,8 @@ and rescored 1,500-customer workspace, driven over HTTP.
 
 Tests share the server but not each other's state, so they pass in any order: events go only to the personas of
 `event_personas`, which the parity check leaves out; a promotion registers the same model under a new version, so
-scores do not move; a locked online store is released (and recovery checked) by the test that locks it; the metrics
-test makes the requests it counts.
+scores do not move; the locked online store gets a server of its own (a store failure leaves each worker failing fast
+for a while); the metrics test makes the requests it counts.
 """
 
 import math
@@ -25,6 +25,7 @@ from rules import history
 from serving import service
 from serving.online import Customer, OnlineEngine
 from serving.service import running_server
+from tests.serving.conftest import serving_copy
 from training import tracking
 
 pytestmark = pytest.mark.slow
@@ -286,26 +287,34 @@ def test_a_promotion_is_picked_up_without_a_failed_request(http, workspace, snap
     assert switch > 0
 
 
-def test_a_locked_online_store_is_503_saying_so_then_recovers(http, server, workspace, snapshot):
+def test_a_locked_online_store_is_503_saying_so_then_recovers(rescored_base, snapshot, tmp_path):
+    """On a server of its own: after a store failure each worker fails fast for `serving.store_timeout_seconds` (a
+    circuit breaker), state that must not reach the tests sharing the module's server."""
+    ws = serving_copy(rescored_base, tmp_path / "ws")
     pid = snapshot["persona_id"].iloc[5]
-    online_db = feature_store.store_dir(workspace) / "online.db"
-    lock = sqlite3.connect(online_db, timeout=10, isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")  # another writer holding the database, as a long materialisation would
-    try:
-        body = _error(http.post("/v1/profile", json={"persona_id": pid}), 503)  # after SQLite's 5 s busy timeout
-        assert body["error"] == "service unavailable" and "online store" in body["detail"]
-        assert "Traceback" not in str(body)
-        assert httpx.get(f"{server}/readyz", timeout=30).status_code == 503
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
-    assert http.post("/v1/profile", json={"persona_id": pid}).status_code == 200
-    # Ready again: /readyz gives its probe a deadline (PROBE_TIMEOUT_S), and a worker's probe may still queue behind
-    # a read that waited out the lock, so wait for it rather than expect it of the very next call.
-    deadline = time.monotonic() + 60
-    while (ready := httpx.get(f"{server}/readyz", timeout=30).status_code) != 200:
-        assert time.monotonic() < deadline, f"/readyz still {ready} 60 s after the lock was released"
-        time.sleep(0.1)
+    with running_server(ws.root, env={"PERSONA_API_KEY": KEY, "PERSONA_SALT": ""}) as server, \
+            httpx.Client(base_url=server, headers={"X-API-Key": KEY}, timeout=30) as http:
+        assert http.post("/v1/profile", json={"persona_id": pid}).status_code == 200
+        lock = sqlite3.connect(feature_store.store_dir(ws) / "online.db", timeout=10, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # another writer holding the database, as a long materialisation would
+        try:
+            body = _error(http.post("/v1/profile", json={"persona_id": pid}), 503)
+            assert body["error"] == "service unavailable" and "online store" in body["detail"]
+            assert "Traceback" not in str(body)
+            assert httpx.get(f"{server}/readyz", timeout=30).status_code == 503
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        # Recovers: answers turn 200 once the breaker's interval has passed (a 503 naming the store until then), and
+        # /readyz follows; waited for, not timed, since both depend on when each worker last failed.
+        deadline = time.monotonic() + 60
+        while (answer := http.post("/v1/profile", json={"persona_id": pid})).status_code != 200:
+            assert answer.status_code == 503 and "online store" in answer.json()["detail"], answer.text
+            assert time.monotonic() < deadline, f"still {answer.status_code} 60 s after the lock was released"
+            time.sleep(0.1)
+        while (ready := httpx.get(f"{server}/readyz", timeout=30).status_code) != 200:
+            assert time.monotonic() < deadline, f"/readyz still {ready} 60 s after the lock was released"
+            time.sleep(0.1)
 
 
 def test_an_unreachable_model_registry_is_503_saying_so(workspace, tmp_path, monkeypatch):
