@@ -127,7 +127,7 @@ def _relocate(store: feast.FeatureStore, ws: Workspace, cfg: PersonaConfig) -> N
     original's snapshots. Only the embedded registry (a file of the workspace) is rewritten: a production registry
     is shared by every process of the project, whose sources are wherever that project's workspace is.
     """
-    views = [v for v in store.list_feature_views(allow_cache=True) if getattr(v.batch_source, "path", None)]
+    views = [v for v in store.list_feature_views(allow_cache=False) if getattr(v.batch_source, "path", None)]
     offline, tags = offline_dir(ws), ws.root / "tags"
     moved = [v for v in views if not Path(v.batch_source.path).is_relative_to(ws.root)]
     if not moved:
@@ -351,7 +351,9 @@ def delete_personas(store: feast.FeatureStore, persona_ids: Sequence[str]) -> in
 
 # --- reading ------------------------------------------------------------------------------------------------
 # Feast rebuilds a FeatureService from its protobuf on every registry lookup, even from its cache: about 10 ms,
-# ten times the online read of one persona. Services are kept per store for the registry's own cache TTL (the
+# ten times the online read of one persona. Lookups here bypass Feast's own cache (allow_cache=False): Feast 0.67
+# memoises listings per registry protobuf by (object address, version_id), and the SQL registry's protobuf has no
+# version_id, so a new protobuf allocated at a freed one's address (after an apply) returns the old listing. Services are kept per store for the registry's own cache TTL (the
 # staleness Feast already accepts), and dropped when this process applies.
 _SERVICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -363,7 +365,7 @@ def _service(store: feast.FeatureStore, service: str) -> feast.FeatureService:
     if hit is not None and (ttl == 0 or time.monotonic() - hit[0] < ttl):
         return hit[1]
     try:
-        found = store.get_feature_service(service, allow_cache=True)
+        found = store.get_feature_service(service, allow_cache=False)
     except feast.errors.FeatureServiceNotFoundException:
         known = sorted(s.name for s in store.list_feature_services())
         raise KeyError(f"no feature service {service!r} in Feast project {store.project!r} "
@@ -417,7 +419,7 @@ def online_refs(store: feast.FeatureStore, features: Sequence[str] | None = None
     hit = cached.get("__all_views__")
     ttl = store.config.registry.cache_ttl_seconds
     if hit is None or (ttl and time.monotonic() - hit[0] >= ttl):
-        refs = [(f.name, f"{v.name}:{f.name}") for v in store.list_feature_views(allow_cache=True)
+        refs = [(f.name, f"{v.name}:{f.name}") for v in store.list_feature_views(allow_cache=False)
                 if v.name in defs.GROUPS for f in v.features]
         hit = (time.monotonic(), refs)
         cached["__all_views__"] = hit
@@ -456,7 +458,7 @@ class OnlineReader:
         self._provider = store._get_provider()  # what get_online_features reads through
         self.views: list[tuple[feast.FeatureView, list[str], int]] = []
         self.columns: list[str] = []
-        for view in store.list_feature_views(allow_cache=True):
+        for view in store.list_feature_views(allow_cache=False):
             if view.name in defs.GROUPS:
                 names = [f.name for f in view.features]
                 self.views.append((view, names, len(self.columns)))
