@@ -87,6 +87,9 @@ def trained_workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("trained") / "ws"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv(SALT_VAR, raising=False)  # the salt of secrets.env, as a copy will use
+        # A fixed salt: persona ids and row order follow the hashes, so a random one would grow other trees each run
+        root.mkdir(parents=True)
+        (root / "secrets.env").write_text(f"{SALT_VAR}=0123456789abcdef0123456789abcdef\n", encoding="utf-8")
         generate(root, 1500, seed=3)
         path = root / "persona.yaml"
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -235,12 +235,13 @@ def test_an_event_shows_in_the_profile_at_the_next_read(http, workspace, event_p
     assert profile["tags"]["behaviour"]["hot_lead"] is True  # a rule on rt_cart_adds_1h, evaluated again
 
     # Scores are recomputed from the new features: the same engine in this process, reading the same online store,
-    # gives the served numbers, and they moved for at least one persona (the models use the real-time features).
+    # gives the served numbers. (Whether they moved depends on the trees the training data grew, so it is not
+    # asserted: a model may not split on the real-time features near these personas' values.)
     served = {p: http.post("/v1/profile", json={"persona_id": p}).json() for p in cold}
     local = OnlineEngine(workspace).profiles([Customer(persona_id=p) for p in cold])
     for p, mine in zip(cold, local):
         assert served[p]["scores"] == mine["scores"] and served[p]["tags"] == mine["tags"]
-    assert any(served[p]["scores"] != before[p]["scores"] for p in cold)
+        assert served[p]["realtime"] == mine["realtime"] and served[p]["realtime"]["rt_cart_adds_1h"] >= 2
 
 
 def test_events_for_unknown_customers_are_404(http):
