@@ -121,6 +121,8 @@ class IdentifierType(Strict):
 class IdentityConfig(Strict):
     identifiers: dict[str, IdentifierType] = Field(..., description="in priority order: earlier types are stronger")
     max_component_size: int = Field(50, ge=2, description="identifiers in one persona before it is reported and split")
+    max_identifier_length: int = Field(256, ge=8, le=4096,
+                                       description="an identifier value longer than this quarantines its row")
 
     @property
     def priority(self) -> list[str]:
