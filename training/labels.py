@@ -11,8 +11,13 @@ from collections.abc import Sequence
 import duckdb
 import pandas as pd
 
-# A purchase is a transaction that is not a return; the same rule the transaction features use.
-_RETURN = "coalesce(is_return, false) OR coalesce(status, '') = 'returned'"
+# Amounts (one policy for features, labels, models and baselines; features/transactions.py applies it to features):
+# - a RETURN (refund) is a row flagged `is_return`, with status 'returned', or with a negative amount. It is never a
+#   purchase occasion; its absolute amount is subtracted from spend (net spend).
+# - a row with amount 0 that is not a return is a purchase occasion worth nothing: the customer came back (churn,
+#   frequency, recency count it), spend does not grow.
+# So: churn = no purchase occasion in the window; value = max(0, net spend in the window); interest = a purchase
+# occasion in the category.
 
 
 def _dates_table(con: duckdb.DuckDBPyConnection, dates: Sequence[pd.Timestamp]) -> str:
@@ -23,13 +28,16 @@ def _dates_table(con: duckdb.DuckDBPyConnection, dates: Sequence[pd.Timestamp]) 
 
 
 def _purchases(con: duckdb.DuckDBPyConnection, source: str) -> str:
+    """Every transaction as (persona_id, ts, category, purchase: a purchase occasion?, net: its signed value)."""
     cols = {c[0] for c in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-    ret = _RETURN if {"is_return", "status"} <= cols else (
-        "coalesce(is_return, false)" if "is_return" in cols else
-        "coalesce(status, '') = 'returned'" if "status" in cols else "false")
+    flags = [f for f, col in (("coalesce(is_return, false)", "is_return"),
+                              ("coalesce(status, '') = 'returned'", "status")) if col in cols]
+    ret = " OR ".join([*flags, "coalesce(amount, 0) < 0"])
     category = "category" if "category" in cols else "NULL::VARCHAR"
     # ts::TIMESTAMPTZ: DuckDB 2.0 will not compare nanosecond and microsecond time-zone timestamps directly.
-    return f"(SELECT persona_id, ts::TIMESTAMPTZ AS ts, amount, {category} AS category FROM {source} WHERE NOT ({ret}))"
+    return (f"(SELECT persona_id, ts::TIMESTAMPTZ AS ts, {category} AS category, NOT ({ret}) AS purchase, "
+            f"CASE WHEN {ret} THEN -abs(coalesce(amount, 0)) ELSE coalesce(amount, 0) END::DOUBLE AS net "
+            f"FROM {source})")
 
 
 def labelled_dates(dates: Sequence[pd.Timestamp], *, data_end: pd.Timestamp, horizon_days: int) -> list[pd.Timestamp]:
@@ -39,30 +47,32 @@ def labelled_dates(dates: Sequence[pd.Timestamp], *, data_end: pd.Timestamp, hor
 
 def _customer_labels(con: duckdb.DuckDBPyConnection, source: str, dates: Sequence[pd.Timestamp],
                      horizon_days: int, label: str) -> pd.DataFrame:
-    """One row per (customer who bought before the date, date), with `label` computed over the purchases up to the
-    end of the window (`t.ts >= d.as_of` selects those inside it)."""
+    """One row per (customer with a purchase occasion before the date, date), with `label` computed over the
+    transactions up to the end of the window (`t.ts >= d.as_of` selects those inside it)."""
     d = _dates_table(con, dates)
     p = _purchases(con, source)
     return con.execute(f"""
         SELECT t.persona_id, d.as_of AS event_timestamp, {label} AS label
         FROM {p} t JOIN {d} d ON t.ts < d.as_of + INTERVAL {int(horizon_days)} DAY
         GROUP BY t.persona_id, d.as_of
-        HAVING count(*) FILTER (WHERE t.ts < d.as_of) > 0
+        HAVING count(*) FILTER (WHERE t.ts < d.as_of AND t.purchase) > 0
         ORDER BY 2, 1""").df()
 
 
 def churn_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
                  horizon_days: int) -> pd.DataFrame:
-    """churned = 1 when a customer who bought before the date makes no purchase in the next `horizon_days`."""
+    """churned = 1 when a customer who bought before the date makes no purchase in the next `horizon_days` (a $0
+    order counts as a purchase, a refund does not)."""
     return _customer_labels(con, source, dates, horizon_days,
-                            "CAST(count(*) FILTER (WHERE t.ts >= d.as_of) = 0 AS INTEGER)")
+                            "CAST(count(*) FILTER (WHERE t.ts >= d.as_of AND t.purchase) = 0 AS INTEGER)")
 
 
 def value_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
                  horizon_days: int) -> pd.DataFrame:
-    """Spend in the next `horizon_days` (0 for those who do not buy) for everyone with a purchase before the date."""
+    """Net spend (purchases minus refunds, floored at 0) in the next `horizon_days` for everyone with a purchase
+    before the date (0 for those who do not buy)."""
     return _customer_labels(con, source, dates, horizon_days,
-                            "coalesce(sum(t.amount) FILTER (WHERE t.ts >= d.as_of), 0)::DOUBLE")
+                            "greatest(coalesce(sum(t.net) FILTER (WHERE t.ts >= d.as_of), 0), 0)::DOUBLE")
 
 
 def interest_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
@@ -76,10 +86,14 @@ def interest_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Seque
     bought = con.execute(f"""
         SELECT DISTINCT t.persona_id, d.as_of AS event_timestamp, t.category
         FROM {p} t JOIN {d} d ON t.ts >= d.as_of AND t.ts < d.as_of + INTERVAL {int(horizon_days)} DAY
-        WHERE t.category IS NOT NULL""").df()
+        WHERE t.category IS NOT NULL AND t.purchase""").df()
+    out = population[["persona_id", "event_timestamp"]].reset_index(drop=True)
+    if bought.empty:  # no category column, or no categorised purchase in any window: no label column
+        return out
+    bought["event_timestamp"] = pd.to_datetime(bought["event_timestamp"], utc=True)
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
     wide = pd.crosstab([bought["persona_id"], bought["event_timestamp"]], bought["category"]).clip(upper=1)
-    out = population[["persona_id", "event_timestamp"]].merge(
-        wide.reset_index(), on=["persona_id", "event_timestamp"], how="left")
+    out = out.merge(wide.reset_index(), on=["persona_id", "event_timestamp"], how="left")
     cats = [c for c in wide.columns]
     out[cats] = out[cats].fillna(0).astype("int8")
     return out
@@ -88,5 +102,6 @@ def interest_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Seque
 def purchase_categories(con: duckdb.DuckDBPyConnection, source: str) -> list[str]:
     """Categories with purchases, most purchased first."""
     p = _purchases(con, source)
-    rows = con.execute(f"SELECT category, count(*) n FROM {p} WHERE category IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1")
+    rows = con.execute(f"SELECT category, count(*) n FROM {p} WHERE category IS NOT NULL AND purchase "
+                       "GROUP BY 1 ORDER BY 2 DESC, 1")
     return [r[0] for r in rows.fetchall()]

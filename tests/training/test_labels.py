@@ -53,7 +53,7 @@ def test_value_label_sums_spend_in_window(con):
     con.register("t", tx(("a", "2025-10-01", 5, "food", False), ("a", "2026-01-02", 20, "food", False),
                          ("a", "2026-02-01", 30.5, "home", False), ("a", "2026-02-02", 7, "home", True)))
     got = lab.value_labels(con, "t", dates=[D], horizon_days=60)
-    assert got["label"].tolist() == [50.5]
+    assert got["label"].tolist() == [43.5]  # net: 20 + 30.5 bought, 7 returned
 
 
 def test_interest_labels_per_category_for_whole_population(con):
@@ -122,3 +122,35 @@ def test_regression_metrics():
     # The top 10 of 100 rows are half of the twenty 1000s: 10,000 of 22,200.
     assert m["spearman"] == pytest.approx(1.0) and m["capture_top_decile"] == pytest.approx(10000 / 22200)
     assert grade("spearman", 0.5) == "good"
+
+
+def test_amount_policy_zero_orders_count_refunds_do_not(con):
+    # a: only a $0 order inside the window -> came back (not churned), value 0
+    # b: a refund (negative amount, no flag) inside the window -> churned; its amount comes off the spend
+    # c: bought 50 and refunded 80 in the window -> value floored at 0, not churned (the purchase counts)
+    # e: a $0 order before the date is a purchase occasion: e is scored at D
+    con.register("t", tx(
+        ("a", "2025-12-01", 10, "food", False), ("a", "2026-01-10", 0, "food", False),
+        ("b", "2025-12-01", 10, "food", False), ("b", "2026-01-10", -10, "food", False),
+        ("c", "2025-12-01", 10, "food", False), ("c", "2026-01-10", 50, "home", False),
+        ("c", "2026-01-11", -80, "home", False),
+        ("e", "2025-12-01", 0, "food", False), ("e", "2026-01-20", 30, "home", False),
+        ("f", "2025-12-01", -5, "food", False),  # only a refund before D: not a customer yet
+    ))
+    churn = lab.churn_labels(con, "t", dates=[D], horizon_days=60).set_index("persona_id")["label"].to_dict()
+    value = lab.value_labels(con, "t", dates=[D], horizon_days=60).set_index("persona_id")["label"].to_dict()
+    assert churn == {"a": 0, "b": 1, "c": 0, "e": 0}
+    assert value == {"a": 0.0, "b": 0.0, "c": 0.0, "e": 30.0}
+    pop = lab.value_labels(con, "t", dates=[D], horizon_days=60)[["persona_id", "event_timestamp"]]
+    interest = lab.interest_labels(con, "t", dates=[D], horizon_days=60, population=pop).set_index("persona_id")
+    # a's $0 food order is a purchase in food; c's refund in home does not undo its purchase in home
+    assert interest.loc["a", "food"] == 1 and interest.loc["c", "home"] == 1 and interest.loc["b", "food"] == 0
+
+
+def test_interest_labels_without_a_category_column_have_no_label_columns(con):
+    frame = tx(("a", "2025-12-01", 10, None, False), ("a", "2026-01-10", 10, None, False)).drop(columns="category")
+    con.register("t", frame)
+    pop = lab.value_labels(con, "t", dates=[D], horizon_days=60)[["persona_id", "event_timestamp"]]
+    out = lab.interest_labels(con, "t", dates=[D], horizon_days=60, population=pop)
+    assert list(out.columns) == ["persona_id", "event_timestamp"] and len(out) == 1
+    assert lab.purchase_categories(con, "t") == []
