@@ -37,6 +37,7 @@ __all__ = [
     "parse_bools",
     "parse_numbers",
     "parse_timestamps",
+    "phone_reachable",
     "salted_hash",
     "sha256_hex",
 ]
@@ -209,10 +210,10 @@ def _lengths(arr: pa.Array) -> np.ndarray:
     return pc.utf8_length(arr).to_numpy(zero_copy_only=False)
 
 
-def _phones_fast(text: pa.Array, plan: _PhonePlan) -> tuple[pa.Array, np.ndarray]:
-    """E.164 for plainly formatted numbers; second item marks the values decided.
+def _phones_fast(text: pa.Array, plan: _PhonePlan) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """E.164 of the possible numbers among plainly formatted ones, which of them are valid, and the values decided.
 
-    Mirrors phonenumbers.parse + is_valid_number for strings made of digits,
+    Mirrors phonenumbers.parse + _possible + is_valid_number for strings made of digits,
     spaces and ``()./-`` with an optional leading ``+``, when the number
     belongs to the plan's own calling code. Everything else is left undecided.
     """
@@ -256,52 +257,89 @@ def _phones_fast(text: pa.Array, plan: _PhonePlan) -> tuple[pa.Array, np.ndarray
     n_nsn = _lengths(nsn)
     failed |= n_nsn > _MAX_NSN
 
+    # phonenumbers' is_possible_number_with_reason == IS_POSSIBLE (no type: the general lengths; a local-only
+    # length comes first there), and a national number that is not all zeros (see _possible).
+    possible = (~failed & ~undecided & np.isin(n_nsn, plan.general.lengths) & ~np.isin(n_nsn, plan.local_lengths)
+                & _bools(pc.match_substring_regex(nsn, "[1-9]")))
     valid = _matches_desc(nsn, n_nsn, plan.general)
     any_type = np.zeros(n, dtype=bool)
     for desc in plan.types:
         any_type |= _matches_desc(nsn, n_nsn, desc)
-    good = valid & any_type & ~failed & ~undecided
     e164 = pc.binary_join_element_wise(pa.scalar("+" + cc), nsn, "")
-    out = pc.if_else(pa.array(good), e164, pa.nulls(n, pa.string()))
-    return out, ~undecided
+    out = pc.if_else(pa.array(possible), e164, pa.nulls(n, pa.string()))
+    return out, possible & valid & any_type, ~undecided
 
 
-def _phone_slow(text: str, region: str) -> str | None:
-    """One value through phonenumbers.parse + is_valid_number (letters refused)."""
+def _possible(number: phonenumbers.PhoneNumber) -> bool:
+    """A number that could exist: a possible length for its country (phonenumbers' IS_POSSIBLE).
+
+    Stricter than phonenumbers.is_possible_number in two ways: a local-only length (a fixed line without its area
+    code, ``12345`` in CN) is refused, since it names a different line in every area; and so is an all-zero national
+    number (``00000000000``), which is a placeholder, not a number.
+    """
+    return (number.national_number != 0 and phonenumbers.is_possible_number_with_reason(number)
+            == phonenumbers.ValidationResult.IS_POSSIBLE)
+
+
+def _phone_slow(text: str, region: str) -> tuple[str | None, bool]:
+    """One value through phonenumbers: (E.164 when possible, else None; whether valid). Letters are refused."""
     if _LETTER.search(text):
-        return None
+        return None, False
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        return None, False
+    if not _possible(number):
+        return None, False
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), phonenumbers.is_valid_number(number)
 
 
-def normalise_phones(values: pd.Series, region: str = "CN") -> pd.Series:
-    """Raw phone strings -> E.164 (``+8613812345678``) or <NA> when not a valid number.
-
-    Numbers without a country code are read as numbers of ``region``.
-    Spreadsheet floats (``13812345678.0``) are accepted; any letter makes the
-    value invalid. Distinct values in plain formats of ``region``'s own
-    calling code are decided by a vectorised path built from phonenumbers'
-    metadata (same result as phonenumbers); the rest go through
-    ``phonenumbers.parse`` one distinct value at a time.
-    """
+def _parse_phones(values: pd.Series, region: str) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+    """Codes of ``values`` into their distinct values, the E.164 of each distinct value (null when not possible),
+    and whether each is valid; the fast path first, then phonenumbers for what it leaves undecided."""
     region = region.upper()
     plan = _phone_plan(region)
     codes, uniques = _factorize_text(values)
     text = pc.replace_substring_regex(pc.utf8_trim_whitespace(uniques), _SPREADSHEET_FLOAT, r"\1")
     if plan is not None and len(text):
-        out, decided = _phones_fast(text, plan)
+        out, valid, decided = _phones_fast(text, plan)
     else:
-        out, decided = pa.nulls(len(text), pa.string()), np.zeros(len(text), dtype=bool)
+        out, valid = pa.nulls(len(text), pa.string()), np.zeros(len(text), dtype=bool)
+        decided = np.zeros(len(text), dtype=bool)
     if not decided.all():
         left = np.flatnonzero(~decided)
         slow = [_phone_slow(t, region) for t in text.take(pa.array(left)).to_pylist()]
-        out = pc.replace_with_mask(out, pa.array(~decided), pa.array(slow, type=pa.string()))
+        out = pc.replace_with_mask(out, pa.array(~decided), pa.array([e for e, _ in slow], type=pa.string()))
+        valid = valid.copy()
+        valid[left] = [v for _, v in slow]
+    return codes, out, valid
+
+
+def normalise_phones(values: pd.Series, region: str = "CN") -> pd.Series:
+    """Raw phone strings -> E.164 (``+8613812345678``), or <NA> when the number could not exist.
+
+    A number is kept when it could exist: a country calling code and a possible length for that country
+    (phonenumbers' is_possible_number, without local-only lengths or an all-zero number; see `_possible`), whether
+    or not its range is assigned: that is `phone_reachable`'s question, not linking's. Numbers without a country
+    code are read as numbers of ``region``. Spreadsheet floats (``13812345678.0``) are accepted; any letter makes the
+    value invalid. Distinct values in plain formats of ``region``'s own calling code are decided by a vectorised
+    path built from phonenumbers' metadata (same result as phonenumbers); the rest go through
+    ``phonenumbers.parse`` one distinct value at a time.
+    """
+    codes, out, _ = _parse_phones(values, region)
     return _expand_text(codes, out, values)
+
+
+def phone_reachable(values: pd.Series, region: str = "CN") -> pd.Series:
+    """Whether each phone (raw or E.164) is in an assigned number range (phonenumbers' is_valid_number), so that a
+    call or SMS can reach it: True, False for a possible but unassigned number (linked, never messaged), <NA> where
+    `normalise_phones` gives <NA>. A ``boolean`` Series with the index and name of ``values``."""
+    codes, out, valid = _parse_phones(values, region)
+    known = pc.is_valid(out).to_numpy(zero_copy_only=False)
+    flag = pd.array(valid, dtype="boolean")
+    flag[~known] = pd.NA
+    result = flag.take(codes, allow_fill=True) if len(flag) else pd.array(np.full(len(codes), pd.NA), dtype="boolean")
+    return pd.Series(result, index=values.index, name=values.name, dtype="boolean")
 
 
 # --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from features.standardise import (
     parse_bools,
     parse_numbers,
     parse_timestamps,
+    phone_reachable,
     salted_hash,
     sha256_hex,
 )
@@ -55,7 +56,14 @@ PHONES_GOOD = [
     ("+1 650 253 0000", "+16502530000"),
     ("+44 20 7946 0958", "+442079460958"),
 ]
-PHONES_BAD = ["12345", "1381234567x", "00000000000", "", "   ", "abc", "138 1234 567八", "+86 138", "1381234567", "23812345678"]
+PHONES_BAD = ["12345", "1381234567x", "00000000000", "", "   ", "abc", "138 1234 567八", "+86 138", "0000000",
+              "99999999999999", "+44 0000000000"]
+# Could exist (a possible length for the country) but outside every assigned range: linked, flagged not reachable.
+PHONES_UNASSIGNED = [
+    ("23812345678", "+8623812345678"),
+    ("1381234567", "+861381234567"),  # a mobile missing a digit is still a possible CN length
+    ("+1 555 010 0000", "+15550100000"),
+]
 
 
 @pytest.mark.parametrize(("raw", "expected"), PHONES_GOOD)
@@ -66,6 +74,23 @@ def test_phones_good(raw: str, expected: str) -> None:
 @pytest.mark.parametrize("raw", PHONES_BAD)
 def test_phones_bad(raw: str) -> None:
     assert as_list(normalise_phones(pd.Series([raw]))) == [NA]
+    assert as_list(phone_reachable(pd.Series([raw]))) == [NA]
+
+
+@pytest.mark.parametrize(("raw", "expected"), PHONES_UNASSIGNED)
+def test_phones_possible_but_unassigned_are_kept_and_not_reachable(raw: str, expected: str) -> None:
+    assert as_list(normalise_phones(pd.Series([raw]))) == [expected]
+    assert as_list(phone_reachable(pd.Series([raw]))) == [False]
+    assert as_list(phone_reachable(pd.Series([expected]))) == [False]  # the E.164 spelling says the same
+
+
+def test_phone_reachable_values_index_and_dtype() -> None:
+    raw = pd.Series(["13812345678", "23812345678", "12345", None, "+44 20 7946 0958", "13812345678"],
+                    index=[5, 4, 3, 2, 1, 0], name="mobile")
+    out = phone_reachable(raw)
+    assert as_list(out) == [True, False, NA, NA, True, True]
+    assert out.dtype == "boolean" and out.index.equals(raw.index) and out.name == "mobile"
+    assert phone_reachable(pd.Series([], dtype="string")).dtype == "boolean"
 
 
 def test_phones_missing_and_numeric_inputs() -> None:
@@ -87,26 +112,32 @@ def test_phones_other_region_and_unknown_region() -> None:
         "+16502530000",
         CN,
     ]
-    assert as_list(normalise_phones(pd.Series(["030 1234567", "13812345678"]), region="de")) == ["+49301234567", NA]
+    # A CN mobile read as a German number has a possible German length but no German range: kept, not reachable.
+    de = pd.Series(["030 1234567", "13812345678", "12"])
+    assert as_list(normalise_phones(de, region="de")) == ["+49301234567", "+4913812345678", NA]
+    assert as_list(phone_reachable(de, region="de")) == [True, False, NA]
     with pytest.raises(ValueError):
         normalise_phones(pd.Series(["13812345678"]), region="XX")
 
 
-def _reference_phone(value: object, region: str) -> str | None:
-    """The library, one value at a time, with the module's two documented pre-rules."""
+def _reference_phone(value: object, region: str) -> tuple[str | None, bool | None]:
+    """The library, one value at a time, with the module's documented rules: (E.164 when the number is possible,
+    whether it is valid). Letters are refused, spreadsheet floats read; possible means IS_POSSIBLE (a local-only
+    length is not) with a national number other than zero."""
     if value is None:
-        return None
+        return None, None
     text = str(value).strip()
     if re.search(r"[^\W\d_]", text):  # letters refused
-        return None
+        return None, None
     text = re.sub(r"^([+-]?[0-9]+)\.0+$", r"\1", text)  # spreadsheet float
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        return None, None
+    if (number.national_number == 0
+            or phonenumbers.is_possible_number_with_reason(number) != phonenumbers.ValidationResult.IS_POSSIBLE):
+        return None, None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), phonenumbers.is_valid_number(number)
 
 
 def _phone_mix(rng: random.Random, n: int) -> list[str]:
@@ -146,11 +177,14 @@ def test_phones_fast_path_matches_phonenumbers(region: str) -> None:
     raw = [rng.choice(distinct) for _ in range(10_000)]
     series = pd.Series(raw, index=pd.RangeIndex(10_000, 0, -1), name="phone")
     out = normalise_phones(series, region=region)
+    reachable = phone_reachable(series, region=region)
     reference = {v: _reference_phone(v, region) for v in distinct}
-    assert as_list(out) == [reference[v] for v in raw]
-    assert out.index.equals(series.index)
-    n_valid = sum(v is not None for v in reference.values())
-    assert 0.2 * len(distinct) < n_valid < 0.8 * len(distinct)  # a real mix of valid and invalid
+    assert as_list(out) == [reference[v][0] for v in raw]
+    assert as_list(reachable) == [reference[v][1] for v in raw]
+    assert out.index.equals(series.index) and reachable.index.equals(series.index)
+    n_possible = sum(e is not None for e, _ in reference.values())
+    n_valid = sum(bool(v) for _, v in reference.values())
+    assert 0.2 * len(distinct) < n_valid < n_possible < 0.9 * len(distinct)  # valid, unassigned and impossible
 
 
 def test_phones_fast_path_skips_phonenumbers_parse(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,10 +196,12 @@ def test_phones_fast_path_skips_phonenumbers_parse(monkeypatch: pytest.MonkeyPat
         return real_parse(number, region, *args, **kwargs)
 
     monkeypatch.setattr(std.phonenumbers, "parse", counting_parse)
-    plain = pd.Series(["13812345678", "+86 139 1234 5678", "0086 15012345678", "12345", "+1 650 253 0000"])
+    plain = pd.Series(["13812345678", "+86 139 1234 5678", "0086 15012345678", "12345", "23812345678",
+                       "+1 650 253 0000"])
     out = normalise_phones(plain)
-    assert as_list(out) == [CN, "+8613912345678", "+8615012345678", NA, "+16502530000"]
-    assert calls == ["+1 650 253 0000"]  # only the foreign number needed the library
+    assert as_list(out) == [CN, "+8613912345678", "+8615012345678", NA, "+8623812345678", "+16502530000"]
+    assert as_list(phone_reachable(plain)) == [True, True, True, NA, False, True]
+    assert calls == ["+1 650 253 0000"] * 2  # only the foreign number needed the library (once per call)
 
 
 # ---------------------------------------------------------------- e-mails
