@@ -3,7 +3,8 @@
 A file becomes three staged outputs, each written atomically:
 - accepted rows (canonical fields, UTC time, a row key and a mention key; no identifiers),
 - its identifier mentions (mention key -> identifier type and salted hash of the normalised value; no raw value),
-- quarantined rows, each with its source, file, row number, reason and the raw values.
+- quarantined rows, each with its source, file, row number, reason and the raw values (a row whose identifier is
+  longer than `identity.max_identifier_length` among them).
 The normalised raw values themselves (`StagedFile.identifiers`) are handed to integration in memory only: the
 published identity map is the one table that keeps them.
 A row carrying a forgotten identifier (a person's erasure, `persona forget`) is dropped whole, valid or not, and
@@ -15,7 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,8 @@ class StagedFile:
     erased: int = 0
     invalid_identifiers: dict[str, int] = field(default_factory=dict)
     unmapped_codes: dict[str, int] = field(default_factory=dict)
+    # Rows whose phone could exist but is outside every assigned range: linked, flagged not reachable.
+    unreachable_identifiers: dict[str, int] = field(default_factory=dict)
 
     @property
     def read(self) -> int:
@@ -169,6 +172,12 @@ def _check_columns(path: Path, present: list[str], needed: list[str]) -> None:
         )
 
 
+def _text_lengths(values: pd.Series) -> np.ndarray:
+    """Characters of each value once trimmed (0 where missing), as int64."""
+    text = values.astype(ARROW_STR).str.strip().str.len()
+    return text.fillna(0).to_numpy(dtype=np.int64)
+
+
 def _is_blank(values: pd.Series) -> np.ndarray:
     if values.dtype.kind in "biuf":
         return values.isna().to_numpy()
@@ -187,12 +196,15 @@ def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, sour
     n = len(frame)
     reason = np.full(n, None, dtype=object)
 
-    def fail(mask: np.ndarray, why: str | tuple[pd.Series, str, str]) -> None:
-        """Give rows that fail a check (and no earlier one) a reason; per-row text is built for those rows only."""
+    def fail(mask: np.ndarray, why: str | tuple[pd.Series, str, str] | Callable[[np.ndarray], np.ndarray]) -> None:
+        """Give rows that fail a check (and no earlier one) a reason; per-row text is built for those rows only
+        (a callable gets the rows' mask and returns their texts)."""
         hit = mask & pd.isna(reason)
         if not hit.any():
             return
-        if isinstance(why, tuple):
+        if callable(why):
+            reason[hit] = why(hit)
+        elif isinstance(why, tuple):
             col, what, expected = why
             found = col[hit].astype("string").fillna("").str.slice(0, 40)
             reason[hit] = (what + " = '" + found + "' (expected " + expected + ")").to_numpy(dtype=object)
@@ -245,13 +257,26 @@ def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, sour
     # Identifiers, and the erasure of rows carrying a forgotten one.
     ids = pd.DataFrame(index=frame.index)
     invalid: dict[str, int] = {}
+    unreachable: dict[str, int] = {}
     erased = np.zeros(n, dtype=bool)
+    limit = cfg.identity.max_identifier_length
     for id_type, column in spec.identifiers.items():
         col = frame[column]
-        value = std.normalise_identifiers(col, cfg.identity.identifiers[id_type].normalise, cfg.phone_region)
+        # An over-long value is no identifier (no phone, e-mail or account id is that long) but a broken export
+        # or an attack: its row is quarantined rather than the value silently linked or dropped.
+        length = _text_lengths(col)
+        fail(length > limit, lambda hit, column=column, length=length: (
+            f"identifier_too_long: {column} has " + pd.Series(length[hit]).astype(str)
+            + f" characters (identity.max_identifier_length = {limit})").to_numpy(dtype=object))
+        how = cfg.identity.identifiers[id_type].normalise
+        value = std.normalise_identifiers(col, how, cfg.phone_region)
         dropped = int((value.isna().to_numpy() & ~_is_blank(col)).sum())
         if dropped:
             invalid[id_type] = dropped
+        if how == "phone":  # linked all the same; counted so the report says how many cannot be messaged
+            flagged = int((~std.phone_reachable(value, cfg.phone_region)).sum())
+            if flagged:
+                unreachable[id_type] = flagged
         ids[id_type] = value.to_numpy(dtype=object, na_value=None)
         if forgotten and forgotten.get(id_type):
             erased |= _hashes_in(value, salt, forgotten[id_type])
@@ -289,7 +314,7 @@ def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, sour
         erased_malformed = 0
     quarantined = _quarantine(frame.loc[rejected], raw.rows[rejected], reason[rejected], malformed, source, file_id)
     return StagedFile(accepted, mentions, quarantined, identifiers, int(erased.sum()) + erased_malformed,
-                      invalid, unmapped)
+                      invalid, unmapped, unreachable)
 
 
 def mention_keys(ids: pd.DataFrame, source: str, salt: str) -> np.ndarray:

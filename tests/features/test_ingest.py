@@ -178,6 +178,39 @@ def test_invalid_phone_is_dropped_but_row_kept_when_another_identifier_is_valid(
     assert "12345" not in values_of(staged)["value"].tolist()
 
 
+def test_possible_but_unassigned_phone_is_linked_and_counted_unreachable(tmp_path):
+    # 238... is a possible CN length in no assigned range: it links (an identifier the customer gave), is counted as
+    # not reachable; 12345 (a local-only length) is impossible and dropped as before.
+    path = write(tmp_path / "raw/orders/a.csv", HEADER + "O1,238 1234 5678,,10,2026-05-01T10:00:00\n"
+                 "O2,12345,,10,2026-05-01T10:00:00\n"
+                 "O3,13800138003,,10,2026-05-01T10:00:00\n")
+    staged = ingest(path, config())
+    assert staged.accepted["order_id"].tolist() == ["O1", "O3"]
+    assert reasons_by_row(staged) == {2: "no_identifier: no valid phone/email"}
+    assert sorted(values_of(staged)["value"]) == ["+8613800138003", "+8623812345678"]
+    assert staged.invalid_identifiers == {"phone": 1} and staged.unreachable_identifiers == {"phone": 1}
+
+
+def test_over_long_identifier_quarantines_its_row_and_counts_reconcile(tmp_path):
+    cfg = parse_config({**config().model_dump(), "identity": {
+        "identifiers": {"phone": {"normalise": "phone"}, "email": {"normalise": "email"}},
+        "max_identifier_length": 20}})
+    long_email = "a" * 12 + "@example.com"  # 24 characters
+    path = write(tmp_path / "raw/orders/a.csv", HEADER + f"O1,13800138001,{long_email},10,2026-05-01T10:00:00\n"
+                 "O2,13800138002,b@x.com,10,2026-05-01T10:00:00\n"
+                 f"O3,13800138003,  {'c' * 8}@x.com  ,10,2026-05-01T10:00:00\n")  # 14 once trimmed: fine
+    staged = ingest(path, cfg)
+    assert reasons_by_row(staged) == {
+        1: "identifier_too_long: email has 24 characters (identity.max_identifier_length = 20)"}
+    assert staged.accepted["order_id"].tolist() == ["O2", "O3"]
+    assert staged.read == len(staged.accepted) + len(staged.quarantined) == 3
+    # Nothing of the quarantined row links: its phone (valid on its own) is not among the mentions either.
+    assert "+8613800138001" not in values_of(staged)["value"].tolist()
+    assert json.loads(staged.quarantined["raw"].iloc[0])["email"] == long_email
+    # The default limit (256) lets the same file through.
+    assert len(ingest(path, config()).accepted) == 3
+
+
 def test_code_mappings_and_unmapped_codes(tmp_path):
     cfg = parse_config({
         "sources": {"crm": {"channel": "crm", "kind": "profile", "path": "raw/crm.csv",
