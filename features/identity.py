@@ -13,6 +13,11 @@ Guards against over-merging:
 IDs are stable: each new component keeps the persona_id its identifiers had before; when a re-run joins several
 former personas the oldest survives and the others are logged as absorbed (with the identifier that bridged them);
 when one splits, its largest part keeps the id.
+No former id vanishes without a trace. An identifier that stops linking (now shared, blocked, split off or set not
+to link) is logged as `unlink` against the persona it belonged to. A former persona left holding no linked identifier
+(its only device turned out to be shared) is logged as `dissolve` and retired: its alias record has no `alias_of`
+and a `reason`; an absorbed one's alias record points at the persona that holds most of its identifiers. Retired
+and absorbed ids are never given out again (sequence numbers only grow).
 """
 
 from __future__ import annotations
@@ -64,8 +69,8 @@ class Resolution:
 
     nodes: pd.DataFrame  # id_type, <on>, persona_id (<NA> when not linked), status
     mention_persona: pd.DataFrame  # mention_key, persona_id (only resolved mentions)
-    audit: pd.DataFrame  # event, persona_id, other_persona_id, id_type, <on>
-    aliases: pd.DataFrame  # persona_id (retired), alias_of (surviving)
+    audit: pd.DataFrame  # event, persona_id, other_persona_id, reason, id_type, <on>
+    aliases: pd.DataFrame  # persona_id (no longer live), alias_of (the live persona; <NA> when retired), reason
     next_seq: int
     stats: dict = field(default_factory=dict)
 
@@ -217,6 +222,11 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
     prev_seq = _previous_seq(nodes, previous, on)
     clock.lap("previous_ids")
     seq, audit, new_aliases, next_seq, id_stats = _assign_ids(comp, prev_seq, src, dst, next_seq)
+    unlinked, retired = _dissolved(previous, prev_seq, seq, status, new_aliases, nodes["id_type"])
+    audit = pd.concat([a for a in (audit, unlinked) if len(a)] or [audit], ignore_index=True)
+    new_aliases = pd.concat([a for a in (new_aliases, retired) if len(a)] or [new_aliases], ignore_index=True)
+    id_stats["unlinked"] = int((unlinked["event"] == "unlink").sum())
+    id_stats["dissolved"] = int(len(retired))
     clock.lap("assign_ids")
     nodes["persona_id"] = _id_strings(seq)
     nodes["status"] = pd.array(np.where((seq < 0) & (status == "linked"), "unresolved", status), dtype="string")
@@ -334,12 +344,59 @@ def _assign_ids(comp: np.ndarray, prev: np.ndarray, src: np.ndarray, dst: np.nda
         events.append(pd.DataFrame({"event": "split", "persona_id": _id_strings(split["prev"].to_numpy()),
                                     "other_persona_id": _id_strings(comp_seq[split["comp"].to_numpy()]),
                                     "node": split["comp"].map(first_node).to_numpy()}))
-    audit = pd.concat(events, ignore_index=True) if events else pd.DataFrame(
-        {"event": [], "persona_id": [], "other_persona_id": [], "node": pd.Series(dtype="int64")})
+    audit = pd.concat(events, ignore_index=True) if events else _no_events()
+    audit["reason"] = pd.array([None] * len(audit), dtype="string")
     aliases = pd.DataFrame({"persona_id": _id_strings(absorbed["prev"].to_numpy()),
-                            "alias_of": _id_strings(absorbed["winner"].to_numpy())})
+                            "alias_of": _id_strings(absorbed["winner"].to_numpy()),
+                            "reason": pd.array(["merged"] * len(absorbed), dtype="string")})
     stats = {"new_personas": int(len(fresh)), "merges": int(len(absorbed)), "splits": int(len(split))}
     return seq, audit, aliases, next_seq, stats
+
+
+def _no_events() -> pd.DataFrame:
+    return pd.DataFrame({"event": pd.Series(dtype="string"), "persona_id": pd.Series(dtype="string"),
+                         "other_persona_id": pd.Series(dtype="string"), "node": pd.Series(dtype="int64"),
+                         "reason": pd.Series(dtype="string")})
+
+
+# Why an identifier stopped linking, strongest first: the status named in a dissolved persona's retirement.
+_UNLINK_ORDER = ("shared", "blocked", "split", "no_link")
+GONE = "identifiers no longer seen"
+
+
+def _dissolved(previous: pd.DataFrame | None, prev_seq: np.ndarray, seq: np.ndarray, status: np.ndarray,
+               absorbed: pd.DataFrame, node_types: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Audit events for identifiers that stopped linking (`unlink`) and for former personas left with no linked
+    identifier (`dissolve`), and the retirement records (alias_of <NA>, reason) of the latter."""
+    rank = pd.Series(np.arange(len(_UNLINK_ORDER)), index=list(_UNLINK_ORDER))
+    why = pd.Series(status).map(rank).to_numpy(dtype=np.float64)  # NaN: still linked
+    left = np.flatnonzero((prev_seq >= 0) & ~np.isnan(why))
+    unlink = pd.DataFrame({"event": "unlink", "persona_id": _id_strings(prev_seq[left]),
+                           "other_persona_id": _id_strings(np.full(len(left), -1)), "node": left,
+                           "reason": pd.array(status[left].astype(object), dtype="string")})
+    before = (np.unique(parse_persona_ids(previous["persona_id"].dropna()))
+              if previous is not None and len(previous) else np.zeros(0, dtype=np.int64))
+    gone = np.setdiff1d(before, np.concatenate([seq[seq >= 0], parse_persona_ids(absorbed["persona_id"])]))
+    if not len(gone):
+        empty = pd.DataFrame({c: pd.Series(dtype="string") for c in ("persona_id", "alias_of", "reason")})
+        return unlink, empty
+    # The identifier named for each dissolved persona: its strongest reason, then its first node.
+    cause = pd.DataFrame({"prev": prev_seq[left], "rank": why[left], "node": left})
+    cause = cause[np.isin(cause["prev"].to_numpy(), gone)].sort_values(["prev", "rank", "node"])
+    cause = cause.drop_duplicates("prev").set_index("prev")
+    node = pd.Series(gone).map(cause["node"]).fillna(-1).to_numpy(dtype=np.int64)
+    found = node >= 0
+    reason = np.full(len(gone), GONE, dtype=object)
+    reason[found] = status[node[found]]
+    dissolve = pd.DataFrame({"event": "dissolve", "persona_id": _id_strings(gone),
+                             "other_persona_id": _id_strings(np.full(len(gone), -1)), "node": node,
+                             "reason": pd.array(reason, dtype="string")})
+    text = np.full(len(gone), "dissolved: " + GONE, dtype=object)
+    kinds = node_types.to_numpy(dtype=object)
+    text[found] = "dissolved: its " + kinds[node[found]] + " became " + status[node[found]].astype(object)
+    retired = pd.DataFrame({"persona_id": _id_strings(gone), "alias_of": _id_strings(np.full(len(gone), -1)),
+                            "reason": pd.array(text, dtype="string")})
+    return pd.concat([unlink, dissolve], ignore_index=True), retired
 
 
 def _bridges(absorbed: pd.DataFrame, prev: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -355,18 +412,28 @@ def _bridges(absorbed: pd.DataFrame, prev: np.ndarray, src: np.ndarray, dst: np.
 
 
 def _merge_aliases(previous: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
-    """Cumulative alias table, chains collapsed so every retired id points at a live one."""
-    frames = [f for f in (previous, new) if f is not None and len(f)]
+    """Cumulative alias table, chains collapsed so every old id points at a live one or is retired (alias_of <NA>):
+    an id absorbed into a persona that later dissolved is retired with that persona's reason."""
+    frames = [f.astype("string") for f in (previous, new) if f is not None and len(f)]
     if not frames:
-        return pd.DataFrame({"persona_id": pd.Series(dtype="string"), "alias_of": pd.Series(dtype="string")})
-    table = pd.concat(frames, ignore_index=True).drop_duplicates("persona_id", keep="last")
-    target = dict(zip(table["persona_id"], table["alias_of"]))
+        return pd.DataFrame({c: pd.Series(dtype="string") for c in ("persona_id", "alias_of", "reason")})
+    table = pd.concat(frames, ignore_index=True)
+    if "reason" not in table.columns:  # written before retirements existed: every record was a merge
+        table["reason"] = pd.NA
+    table["reason"] = table["reason"].fillna("merged")
+    table = table.drop_duplicates("persona_id", keep="last").reset_index(drop=True)
+    target = table.set_index("persona_id")
     for _ in range(64):  # chains are short; the bound only guards against a cycle
-        resolved = table["alias_of"].map(lambda x: target.get(x, x))
-        if (resolved == table["alias_of"]).all():
+        step = table["alias_of"].notna() & table["alias_of"].isin(target.index)
+        if not step.any():
             break
-        table["alias_of"] = resolved
-    return table.astype("string").reset_index(drop=True)
+        via = target.loc[table.loc[step, "alias_of"]]
+        table.loc[step, "alias_of"] = via["alias_of"].to_numpy()
+        retired = step.copy()
+        retired[step] = via["alias_of"].isna().to_numpy()
+        table.loc[retired, "reason"] = via.loc[via["alias_of"].isna(), "reason"].to_numpy()
+        target = table.set_index("persona_id")
+    return table[["persona_id", "alias_of", "reason"]].astype("string").reset_index(drop=True)
 
 
 def pairwise_scores(truth: pd.Series, predicted: pd.Series) -> dict[str, float]:

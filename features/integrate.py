@@ -12,13 +12,17 @@ After a publish, the identity maps of the older run folders lose their raw value
 erased with `persona forget` (state/forgotten.parquet) are dropped at staging and only counted (`erased`).
 
 Published (integrated/current/):
-- identity_map.parquet      id_type, value (normalised; restricted: the only copy), value_hash, persona_id, status
+- identity_map.parquet      id_type, value (normalised; restricted: the only copy), value_hash, persona_id, status,
+                            reachable (phones: False for a number that could exist but is in no assigned range, so
+                            it links but must not be called or messaged; <NA> for other types)
 - identity_hashed.parquet   id_type, value_hash, persona_id: what later stages and serving look identifiers up in
-- aliases.parquet           retired persona_id -> surviving persona_id
+- aliases.parquet           persona_id no longer live -> alias_of (the persona holding most of its identifiers), or
+                            alias_of <NA> when it was retired (dissolved: left with no linked identifier), and reason
 - profiles.parquet          one row per persona, survivorship + enrichment, hashed identifiers only
 - lineage.parquet           persona_id, attribute, source, record, as_of
 - transactions/events/interactions.parquet   attributed activity with persona_id, no raw identifiers
-- audit_log.parquet         merges and splits across runs
+- audit_log.parquet         merges, splits, identifiers that stopped linking (unlink) and dissolved personas, across
+                            runs, each with its reason
 - quarantine.parquet        every rejected row with its source, file, row number and reason
 - report.json               counts, resolution quality, enrichment match rates
 """
@@ -126,6 +130,7 @@ def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, salt:
             "read": staged.read, "accepted": len(staged.accepted), "quarantined": len(staged.quarantined),
             "erased": staged.erased, "reasons": {k: int(v) for k, v in reasons.items()},
             "invalid_identifiers": staged.invalid_identifiers, "unmapped_codes": staged.unmapped_codes,
+            "unreachable_identifiers": staged.unreachable_identifiers,
             # Its raw values live only in this process until the run publishes: a crash before that re-stages it.
             PUBLISHED: False,
         }
@@ -194,12 +199,12 @@ def _source_counts(manifest: dict, cfg: PersonaConfig) -> dict:
     for name in cfg.sources:
         files = manifest.get(name, {})
         agg: dict = {"read": 0, "accepted": 0, "quarantined": 0, "erased": 0, "files": len(files), "reasons": {},
-                     "invalid_identifiers": {}, "unmapped_codes": {}}
+                     "invalid_identifiers": {}, "unmapped_codes": {}, "unreachable_identifiers": {}}
         for entry in files.values():
             for k in ("read", "accepted", "quarantined", "erased"):
                 agg[k] += entry.get(k, 0)
-            for group in ("reasons", "invalid_identifiers", "unmapped_codes"):
-                for k, v in entry[group].items():
+            for group in ("reasons", "invalid_identifiers", "unmapped_codes", "unreachable_identifiers"):
+                for k, v in entry.get(group, {}).items():  # files staged before a group existed have none
                     agg[group][k] = agg[group].get(k, 0) + v
         out[name] = agg
     return out
@@ -250,6 +255,17 @@ def known_values(previous: pd.DataFrame | None, staged: pd.DataFrame) -> pd.Data
     if previous is not None and "value" in previous.columns:
         parts.append(previous.dropna(subset=["value"])[IDENTIFIER_COLUMNS].astype("string"))
     return pd.concat(parts, ignore_index=True).drop_duplicates(["id_type", "value_hash"])
+
+
+def phone_reachability(nodes: pd.DataFrame, cfg: PersonaConfig) -> pd.Series:
+    """Per identity-map row (id_type, value): whether a phone can be reached (`std.phone_reachable`); <NA> for other
+    identifier types and for a value not known in this run."""
+    phones = [t for t, spec in cfg.identity.identifiers.items() if spec.normalise == "phone"]
+    out = pd.Series(pd.NA, index=nodes.index, dtype="boolean")
+    mask = (nodes["id_type"].isin(phones) & nodes["value"].notna()).to_numpy(dtype=bool)
+    if mask.any():
+        out[mask] = std.phone_reachable(nodes.loc[mask, "value"], cfg.phone_region).to_numpy()
+    return out
 
 
 def _drop_forgotten(mentions: pd.DataFrame, forgotten: Mapping[str, set[str]]) -> pd.DataFrame:
@@ -304,6 +320,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     nodes = resolution.nodes.merge(known_values(previous, staging.identifiers), on=["id_type", "value_hash"],
                                    how="left")
     resolution.stats["values_unknown"] = int(nodes["value"].isna().sum())
+    nodes["reachable"] = phone_reachability(nodes, cfg)
     con.register("mp", resolution.mention_persona)
     rows_files = _staged(ws, cfg, manifest, "rows")
     channel_of = pd.DataFrame({"source": list(cfg.sources), "channel": [s.channel for s in cfg.sources.values()],
@@ -371,7 +388,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
 
     with publishing(ws, STAGE, run_id) as out:
         write_parquet_atomic(out / "identity_map.parquet", nodes[["id_type", "value", "value_hash", "persona_id",
-                                                                   "status"]])
+                                                                   "status", "reachable"]])
         write_parquet_atomic(out / "identity_hashed.parquet", linked[["id_type", "value_hash", "persona_id"]])
         write_parquet_atomic(out / "aliases.parquet", resolution.aliases)
         write_parquet_atomic(out / "profiles.parquet", profiles)

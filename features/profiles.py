@@ -45,7 +45,8 @@ def build_profiles(personas: pd.Series, winners: pd.DataFrame, activity: pd.Data
     """Assemble the profile table and its lineage.
 
     `activity`: persona_id, channel, first_ts, last_ts, n (records) per persona and channel; `identifiers`: persona_id, id_type, value_hash,
-    last_seen for every linked identifier (the latest one per type becomes the profile's contact hash).
+    last_seen and optionally reachable for every linked identifier (the latest one per type not flagged unreachable
+    becomes the profile's contact hash; phone types also get `<type>_reachable`).
     """
     profile = pd.DataFrame({"persona_id": pd.Series(personas, dtype="string").sort_values(ignore_index=True)})
     wide = winners.pivot(index="persona_id", columns="attribute", values="value") if len(winners) else \
@@ -72,15 +73,26 @@ def build_profiles(personas: pd.Series, winners: pd.DataFrame, activity: pd.Data
         channels = (activity[["persona_id", "channel"]].drop_duplicates().sort_values(["persona_id", "channel"])
                     .groupby("persona_id")["channel"].agg("|".join))
         profile["channels"] = profile["persona_id"].map(channels).astype("string")
-    latest = identifiers.sort_values(["persona_id", "id_type", "last_seen", "value_hash"],
-                                     ascending=[True, True, False, True], na_position="last")
+    # A phone flagged not reachable (possible but in no assigned range) links, but is never the contact: the
+    # `<type>_hash` columns are what segments export for activation.
+    reachable = (identifiers["reachable"].astype("boolean") if "reachable" in identifiers.columns
+                 else pd.Series(pd.NA, index=identifiers.index, dtype="boolean"))
+    contact = identifiers[~reachable.eq(False).fillna(False).to_numpy(dtype=bool)]
+    latest = contact.sort_values(["persona_id", "id_type", "last_seen", "value_hash"],
+                                 ascending=[True, True, False, True], na_position="last")
     latest = latest.drop_duplicates(["persona_id", "id_type"])
     counts = identifiers.groupby(["persona_id", "id_type"]).size().unstack(fill_value=0)
+    phones = {t for t, spec in cfg.identity.identifiers.items() if spec.normalise == "phone"}
     for id_type in cfg.identity.identifiers:
         pick = latest[latest["id_type"] == id_type].set_index("persona_id")["value_hash"]
         profile[f"{id_type}_hash"] = profile["persona_id"].map(pick).astype("string")
         n = counts[id_type] if id_type in counts.columns else pd.Series(dtype="int64")
         profile[f"n_{id_type}"] = profile["persona_id"].map(n).fillna(0).astype("int64")
+        if id_type in phones:
+            # True: a reachable phone of this type; False: phones, none reachable; <NA>: no phone (or unknown).
+            mine = (identifiers["id_type"] == id_type).to_numpy(dtype=bool)
+            best = reachable[mine].astype("Float64").groupby(identifiers.loc[mine, "persona_id"].to_numpy()).max()
+            profile[f"{id_type}_reachable"] = profile["persona_id"].map(best).astype("Float64").astype("boolean")
 
     lineage = winners.rename(columns={"ts": "as_of"})[LINEAGE_COLUMNS]
     lineage["as_of"] = pd.to_datetime(lineage["as_of"], utc=True)

@@ -124,6 +124,70 @@ def test_split_keeps_id_on_largest_part_and_logs_it():
     assert split["persona_id"].tolist() == [pid]
 
 
+def test_device_reclassified_as_shared_dissolves_its_persona_with_a_retirement_record():
+    # Run 1: D1 is an anonymous device (its own persona); A1 logs in on D2. Run 2: D1 is seen logged into two
+    # accounts, so (max_accounts 1) it is shared and links nothing: its persona is left with no identifier.
+    m = mentions((1, "device_id", "D1"), (2, "account_id", "A1"), (2, "device_id", "D2"))
+    first = resolve(m, config(), blocked={})
+    gone, kept = persona_of(first, "device_id", "D1"), persona_of(first, "account_id", "A1")
+    more = pd.concat([m, mentions((3, "device_id", "D1"), (3, "account_id", "A7"),
+                                  (4, "device_id", "D1"), (4, "account_id", "A8"))])
+    second = resolve(more, config(), blocked={}, previous=first.nodes, previous_aliases=first.aliases,
+                     next_seq=first.next_seq)
+    assert pd.isna(persona_of(second, "device_id", "D1")) and persona_of(second, "account_id", "A1") == kept
+    assert gone not in set(second.nodes["persona_id"].dropna())
+    events = second.audit.set_index("event")
+    assert set(events.index) == {"unlink", "dissolve"}
+    for event in ("unlink", "dissolve"):
+        assert (events.loc[event, "persona_id"], events.loc[event, "reason"]) == (gone, "shared")
+        assert (events.loc[event, "id_type"], events.loc[event, "value"]) == ("device_id", "D1")
+    record = second.aliases.set_index("persona_id").loc[gone]
+    assert pd.isna(record["alias_of"]) and record["reason"] == "dissolved: its device_id became shared"
+    assert second.stats["dissolved"] == 1 and second.stats["unlinked"] == 1
+    # The retired id is never handed out again, and a re-run keeps the record without logging it twice.
+    assert gone not in {persona_of(second, "account_id", a) for a in ("A7", "A8")}
+    again = resolve(more, config(), blocked={}, previous=second.nodes, previous_aliases=second.aliases,
+                    next_seq=second.next_seq)
+    assert again.audit.empty
+    pd.testing.assert_frame_equal(again.aliases, second.aliases)
+
+
+def test_device_turned_shared_splits_a_persona_and_the_audit_names_it():
+    # D1 (max_accounts 2) joined A1 and A2 into one persona; a third account makes it shared and the persona splits.
+    cfg = config(device_id={"max_accounts": 2})
+    m = mentions((1, "device_id", "D1"), (1, "account_id", "A1"), (2, "device_id", "D1"), (2, "account_id", "A2"))
+    first = resolve(m, cfg, blocked={})
+    pid = persona_of(first, "account_id", "A1")
+    assert persona_of(first, "account_id", "A2") == pid
+    second = resolve(pd.concat([m, mentions((3, "device_id", "D1"), (3, "account_id", "A3"))]), cfg, blocked={},
+                     previous=first.nodes, next_seq=first.next_seq)
+    parts = {persona_of(second, "account_id", a) for a in ("A1", "A2")}
+    assert pid in parts and len(parts) == 2  # one part keeps the id: nothing dissolved, nothing retired
+    unlink = second.audit[second.audit["event"] == "unlink"]
+    assert unlink[["persona_id", "reason", "id_type", "value"]].values.tolist() == [[pid, "shared", "device_id",
+                                                                                    "D1"]]
+    split = second.audit[second.audit["event"] == "split"]
+    assert split[["persona_id", "other_persona_id"]].values.tolist() == [[pid, (parts - {pid}).pop()]]
+    assert second.aliases.empty
+
+
+def test_id_absorbed_into_a_persona_that_later_dissolves_is_retired_too():
+    # Run 1: D1 and D2 are two anonymous devices; run 2: one mention carries both (merge, alias);
+    # run 3: the device joining them is blocked, then the survivor (D1 only) is left with nothing.
+    m = mentions((1, "device_id", "D1"), (2, "device_id", "D2"))
+    first = resolve(m, config(), blocked={})
+    p1, p2 = persona_of(first, "device_id", "D1"), persona_of(first, "device_id", "D2")
+    joined = pd.concat([m, mentions((3, "device_id", "D1"), (3, "device_id", "D2"))])
+    second = resolve(joined, config(), blocked={}, previous=first.nodes, previous_aliases=first.aliases,
+                     next_seq=first.next_seq)
+    assert second.aliases.values.tolist() == [[max(p1, p2), min(p1, p2), "merged"]]
+    third = resolve(joined, config(), blocked={"device_id": {"D1", "D2"}}, previous=second.nodes,
+                    previous_aliases=second.aliases, next_seq=second.next_seq)
+    records = third.aliases.set_index("persona_id")
+    assert records["alias_of"].isna().all() and set(records.index) == {p1, p2}
+    assert set(records["reason"]) == {"dissolved: its device_id became blocked"}
+
+
 @pytest.mark.parametrize("truth,pred,precision,recall", [
     ([1, 1, 2, 2], ["a", "a", "b", "b"], 1.0, 1.0),
     ([1, 1, 2, 2], ["a", "a", "a", "a"], 2 / 6, 1.0),
