@@ -1,8 +1,14 @@
 """The features stage: compute point-in-time snapshots, apply the Feast repository, materialise online.
 
 Snapshot dates sit on a fixed grid (every `training.cutoff_every_days` days counted from 1970-01-01) so that a
-later run with more data finds the same dates: only dates not computed yet are computed, plus the scoring date
-(the day after the last activity), which moves with the data. Each snapshot only reads activity before its date.
+later run with more data finds the same dates, plus the scoring date (the day after the last activity), which
+moves with the data. Each snapshot only reads activity before its date, i.e. the data up to and including the day
+before it (`--as-of DATE` asks for the snapshot at the midnight after DATE).
+
+The manifest records, per snapshot date, a fingerprint of the inputs it read (`snapshots.input_fingerprints`). A
+later run computes the dates that are new and every date whose inputs changed since (a late row of day D, or a
+corrected file re-integrated, changes every date after D); only the attributes group when only the profiles
+changed. An incremental run therefore writes the same snapshots as `--full`.
 """
 
 from __future__ import annotations
@@ -46,8 +52,10 @@ def data_span(con: duckdb.DuckDBPyConnection, integrated) -> tuple[pd.Timestamp,
 
 def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bool = False, online: bool = True,
                    progress: Progress | None = None) -> dict:
-    """Compute missing snapshots (all with `full`), apply the Feast repository, materialise (unless not `online`:
-    batch-only use needs the offline snapshots and the registry); return a report."""
+    """Compute new and stale snapshots (all with `full`), apply the Feast repository, materialise (unless not
+    `online`: batch-only use needs the offline snapshots and the registry); return a report.
+
+    `as_of`: a calendar date (UTC); the last snapshot is then the one holding the data up to and including it."""
     t0 = time.perf_counter()
     cfg = ws.config()
     integrated = ws.require_current("integrated", "run `persona integrate` first")
@@ -55,7 +63,12 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
     con.execute("SET TimeZone = 'UTC'")
     start, end = data_span(con, integrated)
     if as_of is not None:
-        end = min(end, as_of - pd.Timedelta(microseconds=1))
+        wanted = snapshots.snapshot_for(as_of)
+        if wanted > (end + pd.Timedelta(days=1)).normalize():
+            raise InsufficientDataError(
+                f"--as-of {snapshots.data_through(wanted).date()} is after the end of the data (last activity "
+                f"{end.date()}): pass a date up to {end.date()}, or leave --as-of out to use all the data")
+        end = min(end, wanted - pd.Timedelta(microseconds=1))
     dates = snapshot_dates(start, end, every_days=cfg.training.cutoff_every_days,
                            min_history_days=cfg.training.min_history_days)
     if len(dates) < 2:
@@ -65,17 +78,27 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
     offline = ws.root / "features" / "offline"
     manifest_path = ws.root / "features" / "manifest.json"
     previous = read_json(manifest_path, {}) or {}
-    # The scoring date of an earlier run is not on the grid: recompute it whenever it is asked for again.
-    done = set() if full else {pd.Timestamp(d) for d in previous.get("grid_dates", [])}
-    todo = [d for d in dates if d not in done]
     t = time.perf_counter()
     # Events the online service accepted since count like the integrated ones (the next snapshot sees them).
     logged = eventlog.export(ws, cfg)
-    frames = snapshots.compute_snapshots(integrated, todo, progress=progress, extra_events=logged) if todo else {}
-    # A group with no feature columns (no events in a transactions-only workspace) has nothing to serve.
-    frames = {g: f for g, f in frames.items() if len(f.columns) > len(KEYS)}
-    if frames:
-        snapshots.write_snapshots(frames, offline)
+    if progress:
+        progress("fingerprinting the inputs of each snapshot date", 0.0)
+    fingerprints = snapshots.input_fingerprints(integrated, dates, extra_events=logged)
+    recorded = recorded_fingerprints(previous, offline)
+    plan = plan_snapshots(dates, fingerprints, recorded, full=full)
+    for key in set(plan) & set(previous.get("dates", [])) - set(recorded):
+        plan[key]["why"] = "no input fingerprint recorded for it (written by an earlier persona or another DuckDB)"
+    rows: dict[str, int] = {}
+    for groups, todo in _batches(plan).items():
+        computed = snapshots.compute_snapshots(integrated, todo, progress=progress, extra_events=logged,
+                                               groups=groups)
+        # A group with no feature columns (no events in a transactions-only workspace) has nothing to serve.
+        computed = {g: f for g, f in computed.items() if len(f.columns) > len(KEYS)}
+        if computed:
+            snapshots.write_snapshots(computed, offline)
+        for g, f in computed.items():
+            rows[g] = rows.get(g, 0) + len(f)
+        del computed
     kill_point("features.snapshots_written")
     compute_s = time.perf_counter() - t
 
@@ -87,18 +110,59 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
     if progress:
         progress("materialising online features", 0.95)
     t = time.perf_counter()
-    materialised = load_online(ws, cfg, store, end=end + pd.Timedelta(days=1), first_start=dates[-1]) \
-        if online else None
+    # The latest snapshot written again under the same date: an incremental load would see nothing newer than its
+    # last end, so the online store is loaded again from that snapshot.
+    rewritten = str(dates[-1]) in plan and plan[str(dates[-1])]["why"] != NEW
+    materialised = load_online(ws, cfg, store, end=end + pd.Timedelta(days=1), first_start=dates[-1],
+                               force=rewritten) if online else None
     report = {
         "data_start": str(start), "data_end": str(end), "dates": [str(d) for d in dates],
-        "grid_dates": [str(d) for d in dates[:-1]], "computed": [str(d) for d in todo],
-        "rows": {g: int(len(f)) for g, f in frames.items()}, "services": services,
+        "grid_dates": [str(d) for d in dates[:-1]], "computed": [d for d in plan],
+        "recomputed": {d: p for d, p in plan.items() if p["why"] != NEW},
+        "rows": rows, "services": services,
         "store": cfg.store.profile, "materialized": materialised,
+        "fingerprint_method": snapshots.FINGERPRINT_METHOD,
+        "fingerprints": {**recorded, **fingerprints},
         "seconds": {"snapshots": round(compute_s, 1), "materialize": round(time.perf_counter() - t, 1),
                     "total": round(time.perf_counter() - t0, 1)},
     }
     write_json_atomic(manifest_path, report)
     return report
+
+
+NEW = "not computed yet"
+
+
+def recorded_fingerprints(manifest: dict, offline: Path) -> dict[str, dict[str, str]]:
+    """The fingerprints the last run recorded per snapshot date: none when they were taken another way (another
+    DuckDB), or when the offline snapshot files are gone (every date must be written again)."""
+    if manifest.get("fingerprint_method") != snapshots.FINGERPRINT_METHOD or not any(offline.glob("*.parquet")):
+        return {}
+    return manifest.get("fingerprints") or {}
+
+
+def plan_snapshots(dates: list[pd.Timestamp], current: dict[str, dict[str, str]],
+                   recorded: dict[str, dict[str, str]], *, full: bool = False) -> dict[str, dict]:
+    """{date: {"groups": [...], "why": "..."}} for every snapshot date to compute: all with `full`, else the new
+    ones and those whose inputs changed since their fingerprint was recorded (see `snapshots.stale_groups`)."""
+    plan = {}
+    for d in dates:  # one step per snapshot date
+        key = str(d)
+        if full:
+            groups, why = snapshots.GROUPS, "--full"
+        else:
+            groups, why = snapshots.stale_groups(current[key], recorded.get(key))
+        if groups:
+            plan[key] = {"groups": list(groups), "why": why}
+    return plan
+
+
+def _batches(plan: dict[str, dict]) -> dict[tuple[str, ...], list[pd.Timestamp]]:
+    """The dates of the plan by the groups they need: each set of groups is computed once for all its dates."""
+    batches: dict[tuple[str, ...], list[pd.Timestamp]] = {}
+    for key, p in plan.items():
+        batches.setdefault(tuple(p["groups"]), []).append(pd.Timestamp(key))
+    return batches
 
 
 def load_online(ws: Workspace, cfg, store, *, end: pd.Timestamp, first_start: pd.Timestamp,

@@ -3,6 +3,10 @@
 `compute_snapshots` opens the integrated Parquet files in DuckDB (bounded memory, spilling to a temporary folder)
 and runs each group once for all dates; `write_snapshots` merges them into `<out_dir>/<group>.parquet`, one file
 per group (the Feast feature view's source), replacing the rows of any date computed again.
+
+Dates: a snapshot at date c reads activity with ts < c, so it holds the data up to and including the day before c
+(`snapshot_for` / `data_through` convert between the two). `input_fingerprints` says, per snapshot date, what the
+snapshot read, so a later run can tell which dates a corrected or late-arriving row has made stale.
 """
 
 from __future__ import annotations
@@ -35,6 +39,30 @@ LEAKY_PROFILE_COLUMNS = ("first_seen", "last_seen", "records", "channels")
 ROW_GROUP_ROWS = 262_144
 
 
+DAY = pd.Timedelta(days=1)
+
+
+def _utc(value: pd.Timestamp | str) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
+
+
+def snapshot_for(day: pd.Timestamp | str) -> pd.Timestamp:
+    """The snapshot date holding all data up to and including `day` (a calendar date in UTC): the midnight after it.
+
+    `--as-of 1997-09-30` means the snapshot at 1997-10-01 00:00 UTC, which reads every row with ts < 1997-10-01."""
+    ts = _utc(day)
+    if ts != ts.normalize():
+        raise ValueError(f"as-of {ts}: expected a calendar date such as {ts.date()} (data up to and including that "
+                         "whole day, UTC), not a time of day")
+    return ts + DAY
+
+
+def data_through(snapshot: pd.Timestamp | str) -> pd.Timestamp:
+    """The last day (UTC) whose data a snapshot at this date holds: the day before it (see `snapshot_for`)."""
+    return (_utc(snapshot) - pd.Timedelta(microseconds=1)).normalize()
+
+
 def snapshot_grid(data_end: pd.Timestamp, *, every_days: int, count: int) -> list[pd.Timestamp]:
     """`count` midnight-UTC dates, ascending: the day after `data_end` (the scoring date), then every `every_days`
     days back from it."""
@@ -64,22 +92,107 @@ def data_end(integrated: Path) -> pd.Timestamp:
     return pd.Timestamp(int(t), tz="UTC")
 
 
+# --- what a snapshot read ---------------------------------------------------------------------------------------
+# A fingerprint is "rows:hash" with hash the sum, modulo 2**64, of DuckDB's hash of every column of every row: it does
+# not depend on row order, so the same rows written in another order by another run fingerprint the same, while one
+# changed, added or removed row changes it. DuckDB's hash may change between DuckDB releases: FINGERPRINT_METHOD
+# names the one used, and a manifest written with another method fingerprints nothing (every date is recomputed).
+FINGERPRINT_METHOD = f"rows+sum(hash(row)) mod 2^64, duckdb {duckdb.__version__}"
+LOGGED_EVENTS = "logged_events"  # the online service's event log, counted with the events
+PROFILES = "profiles"
+# Which inputs each group reads: a change in one of these recomputes the group (profiles: attributes only).
+GROUP_INPUTS = {"attributes": (*ACTIVITY, LOGGED_EVENTS, PROFILES), **{g: (*ACTIVITY, LOGGED_EVENTS)
+                                                                    for g in GROUPS if g != "attributes"}}
+
+
+def input_fingerprints(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *,
+                       extra_events: Path | None = None) -> dict[str, dict[str, str]]:
+    """Per snapshot date (ISO string), a fingerprint ("rows:hash") of every input a snapshot at that date reads.
+
+    Activity sources (transactions, events, interactions, the logged events in `extra_events`) count their rows with
+    ts < the date, so a row of day D changes the fingerprint of every date after D and of none before. The profiles
+    hold one row per persona as it is now, read whole by the attributes group: their fingerprint is the same for every
+    date. A source that does not exist is left out. One pass over each file in DuckDB: each row is placed in the
+    interval of the first snapshot date after it (an ASOF join), then the intervals are summed cumulatively.
+    """
+    integrated = Path(integrated)
+    dates = as_of_index(as_of_dates)
+    files = {name: integrated / f"{name}.parquet" for name in ACTIVITY}
+    if extra_events is not None:
+        files[LOGGED_EVENTS] = Path(extra_events)
+    files = {name: f for name, f in files.items() if f.exists()}
+    keys = [str(d) for d in dates]
+    out: dict[str, dict[str, str]] = {k: {} for k in keys}
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("CREATE TABLE dates (c TIMESTAMPTZ)")
+        con.executemany("INSERT INTO dates VALUES (?)", [[d.to_pydatetime()] for d in dates])
+        for name, path in files.items():
+            rows = con.execute(f"""
+                WITH r AS (SELECT ts::TIMESTAMPTZ AS ts, hash(*COLUMNS(*)) AS h FROM read_parquet('{_sql_path(path)}')
+                           WHERE ts IS NOT NULL)
+                SELECT d.c, count(*), (sum(r.h) % 18446744073709551616)::UBIGINT
+                FROM r ASOF JOIN dates d ON r.ts < d.c GROUP BY d.c""").fetchall()
+            per = {pd.Timestamp(c).tz_convert("UTC"): (int(n), int(h)) for c, n, h in rows}
+            n = h = 0
+            for d, key in zip(dates, keys):  # one step per snapshot date, not per row
+                dn, dh = per.get(d, (0, 0))
+                n, h = n + dn, (h + dh) % 2**64
+                out[key][name] = f"{n}:{h:016x}"
+        profiles = integrated / "profiles.parquet"
+        if profiles.exists():
+            cols = ", ".join('"' + c.replace('"', '""') + '"' for c in _profile_columns(profiles))
+            n, h = con.execute(f"SELECT count(*), coalesce(sum(hash({cols})) % 18446744073709551616, 0)::UBIGINT "
+                               f"FROM read_parquet('{_sql_path(profiles)}')").fetchone()
+            for key in keys:
+                out[key][PROFILES] = f"{int(n)}:{int(h):016x}"
+    finally:
+        con.close()
+    return out
+
+
+def stale_groups(current: Mapping[str, str], previous: Mapping[str, str] | None) -> tuple[tuple[str, ...], str]:
+    """The groups a snapshot date must be computed again for, and why (empty: its inputs are unchanged).
+
+    `current` and `previous` are one date's fingerprints now and when it was written (None: never written, or by a
+    persona that recorded no fingerprint)."""
+    if previous is None:
+        return GROUPS, "not computed yet"
+    changed = sorted(name for name in {*current, *previous} if current.get(name) != previous.get(name))
+    if not changed:
+        return (), ""
+    groups = tuple(g for g in GROUPS if set(GROUP_INPUTS[g]) & set(changed))
+    return groups, "; ".join(_change(name, previous.get(name), current.get(name)) for name in changed)
+
+
+def _change(name: str, before: str | None, after: str | None) -> str:
+    if before is None:
+        return f"{name} appeared"
+    if after is None:
+        return f"{name} disappeared"
+    n0, n1 = int(before.split(":")[0]), int(after.split(":")[0])
+    what = "rows" if name == PROFILES else "rows before this date"
+    return f"{name} changed ({n0:,} -> {n1:,} {what})" if n0 != n1 else f"{name} changed ({n1:,} {what}, edited)"
+
+
 def compute_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, progress: Progress | None = None,
-                      threads: int = 2, memory_limit: str = "3GB",
-                      extra_events: Path | None = None) -> dict[str, pd.DataFrame]:
-    """Every feature group (GROUPS order) for all `as_of_dates`, from the Parquet files in `integrated`.
+                      threads: int = 2, memory_limit: str = "3GB", extra_events: Path | None = None,
+                      groups: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Every feature group (GROUPS order; only `groups` when given) for all `as_of_dates`, from the Parquet files
+    in `integrated`.
 
     transactions.parquet is required; events, interactions and profiles are optional (a group with no input is
     left out of the result). All frames are held at once: at 1M customers x 13 dates that is ~7-8 GB, so a large
     grid should stream instead: `write_snapshots(iter_snapshots(...), out_dir)` holds one group at a time.
     """
     return dict(iter_snapshots(integrated, as_of_dates, progress=progress, threads=threads,
-                               memory_limit=memory_limit, extra_events=extra_events))
+                               memory_limit=memory_limit, extra_events=extra_events, groups=groups))
 
 
 def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, progress: Progress | None = None,
-                   threads: int = 2, memory_limit: str = "3GB",
-                   extra_events: Path | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
+                   threads: int = 2, memory_limit: str = "3GB", extra_events: Path | None = None,
+                   groups: Sequence[str] | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
     """(group, frame) for each feature group in GROUPS order, computed one at a time (see `compute_snapshots`).
 
     DuckDB runs with `threads` and `memory_limit` and spills to a temporary folder removed at the end.
@@ -87,6 +200,9 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
     event_type, category), counted with the integrated events.
     """
     integrated = Path(integrated)
+    unknown = sorted(set(groups or ()) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"unknown feature groups {unknown} (expected some of {list(GROUPS)})")
     dates = list(as_of_index(as_of_dates))
     tx_path = integrated / "transactions.parquet"
     if not tx_path.exists():
@@ -108,6 +224,8 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
         ("affinity", lambda con: affinity_features(con, tx, as_of_dates=dates, events=ev)),
         ("realtime", lambda con: realtime_features(con, ev, as_of_dates=dates, transactions=tx)),
     ]
+    if groups is not None:
+        steps = [(g, step) for g, step in steps if g in groups]
     spill = tempfile.mkdtemp(prefix="persona-features-")
     try:
         for i, (group, step) in enumerate(steps):
@@ -136,12 +254,17 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _read_profiles(path: Path) -> pd.DataFrame:
+def _profile_columns(path: Path) -> list[str]:
     """The profile columns attributes may use (no identifiers, nothing that summarises activity)."""
+    names = pq.read_schema(path).names
+    return [c for c in names if c not in LEAKY_PROFILE_COLUMNS and not c.endswith("_hash") and not c.startswith("n_")]
+
+
+def _read_profiles(path: Path) -> pd.DataFrame:
+    """The profile columns attributes may use (see `_profile_columns`)."""
     if not path.exists():
         return pd.DataFrame({"persona_id": pd.Series([], dtype="string")})
-    names = pq.read_schema(path).names
-    cols = [c for c in names if c not in LEAKY_PROFILE_COLUMNS and not c.endswith("_hash") and not c.startswith("n_")]
+    cols = _profile_columns(path)
     return pq.read_table(path, columns=cols).to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
 
 

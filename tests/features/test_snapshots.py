@@ -142,3 +142,21 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path, monkeypatch):
         write_snapshots({"g": _frame([d1, d2], 9.0)}, tmp_path)
     assert (tmp_path / "g.parquet").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["g.parquet"]
+
+
+def test_a_date_is_included_whole_by_the_snapshot_at_the_next_midnight(integrated):
+    day = pd.Timestamp("2026-03-30", tz=UTC)
+    snap = snapshots.snapshot_for(day)
+    assert snap == pd.Timestamp("2026-03-31", tz=UTC) and snapshots.snapshot_for("2026-03-30") == snap
+    assert snapshots.data_through(snap) == day
+    with pytest.raises(ValueError, match="expected a calendar date"):
+        snapshots.snapshot_for(pd.Timestamp("2026-03-30 12:00", tz=UTC))
+    # C's store return at 2026-03-30 23:59:59 is in the snapshot for 30 March; A's view at 31 March 23:30 is not
+    frames = compute_snapshots(integrated, [snap], groups=["transactions", "realtime"])
+    assert tuple(frames) == ("transactions", "realtime")
+    assert frames["transactions"].set_index("persona_id").loc["C", "tx_return_rate_365d"] == 1.0
+    assert frames["realtime"].set_index("persona_id").loc["A", "rt_views_24h"] == 0
+    before = compute_snapshots(integrated, [snapshots.snapshot_for("2026-03-29")], groups=["transactions"])
+    assert "C" not in set(before["transactions"]["persona_id"])
+    with pytest.raises(ValueError, match="unknown feature groups"):
+        compute_snapshots(integrated, [snap], groups=["nope"])
