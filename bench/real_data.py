@@ -306,7 +306,7 @@ def _message(err: str, out: str, report: dict | None) -> str:
                 para.append(nxt.strip())
             return " ".join(para)
     if report and report.get("skipped"):
-        return "; ".join(f"skipped {why}" for why in report["skipped"].values())
+        return "trained nothing: " + "; ".join(report["skipped"].values())
     tail = [ln for ln in lines if ln.strip()] or [ln for ln in out.splitlines() if ln.strip()]
     return tail[-1].strip() if tail else "(no output)"
 
@@ -483,7 +483,7 @@ def main() -> int:
                   f"{m.get('baselines')}; beats all: {m.get('beats_baselines')}; promoted: {promo.get('promoted')}")
         if step["rc"] == 0:
             for why in (report.get("skipped") or {}).values():
-                print(f"    skipped {why}")
+                print(f"    not trained: {why}")
     if overrides:
         print("persona.yaml beyond the horizons (NOT the user's defaults): "
               + ", ".join(f"{k}={v}" for k, v in overrides.items()))
