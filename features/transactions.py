@@ -11,6 +11,18 @@ How all dates are computed at once (the helpers below are shared by every featur
   date is the difference of two of its columns; "last/first" values use a running max/min instead.
 The cost is linear in the records (one scan, one aggregation) plus personas x periods per measure, instead of
 records x dates for a join of records with a table of dates; memory stays bounded at 1M customers.
+
+Amounts (one policy for every feature; `return_expr` and `net_amount_expr` below are its only definition, and
+training's labels follow the same rules):
+- a RETURN (refund) is a row with is_return true, status 'returned', or a negative amount. It is never a purchase
+  occasion (no count, recency, first/last purchase, interval, BTYD input); its absolute amount is subtracted from
+  spend. Spend features (tx_spend_*) are NET spend: purchases minus refunds in the window, so a window holding a
+  refund of an older order can be negative.
+- an amount of 0 that is not a return is a purchase occasion worth nothing: it counts for counts, recency, intervals
+  and BTYD frequency/recency/T, and adds 0 to spend. Per-purchase values (tx_aov_365d, tx_btyd_monetary) are means
+  of purchase amounts over purchase occasions, zeros included, refunds left out (a refund is not an order).
+- a missing amount (NULL or NaN) is an error naming the relation: ingest quarantines such rows (missing_field), so
+  none reaches here from `persona integrate`, and no value is made up for one.
 """
 
 from __future__ import annotations
@@ -59,13 +71,20 @@ def require(cols: set[str], needed: Sequence[str], source: str) -> None:
 
 
 def return_expr(cols: set[str]) -> str:
-    """A return is `is_return OR status = 'returned'`, with whichever of the two columns exists."""
+    """A return (refund) is `is_return OR status = 'returned' OR amount < 0`, with whichever columns exist."""
     parts = []
     if "is_return" in cols:
         parts.append("coalesce(is_return, false)")
     if "status" in cols:
         parts.append("coalesce(status, '') = 'returned'")
+    if "amount" in cols:
+        parts.append("coalesce(amount < 0, false)")
     return " OR ".join(parts) if parts else "false"
+
+
+def net_amount_expr(cols: set[str]) -> str:
+    """A row's signed value in spend: minus its absolute amount for a return, its amount otherwise (NULL stays NULL)."""
+    return f"(CASE WHEN {return_expr(cols)} THEN -abs(amount) ELSE amount END)::DOUBLE"
 
 
 def sanitise(name: str) -> str:
@@ -225,6 +244,24 @@ class PeriodTable:
         out[np.isinf(out)] = np.nan
         return out
 
+    def latest(self, values: np.ndarray | str) -> np.ndarray:
+        """(personas x periods) float32 value of the latest period up to each column that has a non-null one; NaN
+        before the first."""
+        v = np.asarray(self.col(values) if isinstance(values, str) else values, dtype=np.float32)
+        ok = ~np.isnan(v)
+        code, j = self.code[ok], self.j[ok]
+        pos = np.full((self.n_personas, self.periods.n), -1, dtype=np.int32)
+        pos[code, j] = j
+        np.maximum.accumulate(pos, axis=1, out=pos)
+        vals = np.full((self.n_personas, self.periods.n), np.nan, dtype=np.float32)
+        vals[code, j] = v[ok]
+        missing = pos < 0
+        np.maximum(pos, 0, out=pos)
+        vals = np.take_along_axis(vals, pos, axis=1)
+        del pos
+        vals[missing] = np.nan
+        return vals
+
 
 class FeatureBlock:
     """The output of a group for one time-of-day group of dates: for date k, the personas whose running record
@@ -298,13 +335,28 @@ def transaction_features(con: duckdb.DuckDBPyConnection, source: str, *,
     """`tx_` features for every persona with any transaction (a return included) before each as_of date.
 
     `source`: a relation with at least persona_id, ts, amount; channel, discount, category, status and is_return
-    are used when present (their features are absent otherwise). One row is one purchase. Returns are left out of
-    counts, spend, intervals and BTYD inputs, and counted in tx_return_rate_365d.
+    are used when present (their features are absent otherwise). One row is one purchase or one return; amounts
+    follow the policy in the module docstring (net spend; $0 orders are purchase occasions; a missing amount is an
+    error). Returns are counted in tx_return_rate_365d.
+
+    For sparse buyers (most customers buy once or twice), with "purchase days" the days on the as_of's grid with a
+    purchase occasion:
+    - tx_tenure_days: days since the first purchase (the customer's age); tx_recency_days: since the last one;
+    - tx_ipi_*: intervals in whole days between consecutive purchase days: mean (NaN below 2 purchase days),
+      std and coefficient of variation std/mean (regularity; NaN below 3 purchase days), the last interval (NaN
+      below 2), and tx_recency_over_ipi = days since the last purchase / mean interval (overdue when above 1);
+    - tx_weekend_share: share of purchase occasions on a Saturday or Sunday (UTC calendar), all history;
+    - tx_same_quarter_share: share of purchase occasions in the calendar quarter (UTC) of the as_of date, in any
+      earlier year or earlier in this quarter: a seasonality signal that needs no future data;
+    - trends: tx_spend_trend = max(0, spend 90 d) / (max(0, spend in the 90 d before) + 1) (net spend floored at 0 so
+      the ratio keeps its meaning), tx_spend_diff_90d = spend 90 d - spend in the 90 d before (net, may be
+      negative); tx_count_trend and tx_count_diff_90d likewise with purchase counts.
 
     BTYD inputs count whole days on the as_of's grid (a "period" of the lifetimes convention is a day):
     tx_btyd_frequency = purchase days - 1, tx_btyd_recency = last - first purchase day,
-    tx_btyd_T = as_of's day - first purchase day (so recency <= T - 1), tx_btyd_monetary = mean spend of the
-    repeat purchase days (0 without repeat). All are NaN for a persona whose only records are returns.
+    tx_btyd_T = as_of's day - first purchase day (so recency <= T - 1), tx_btyd_monetary = mean purchase value of the
+    repeat purchase days, $0 orders included (0 without repeat). All are NaN for a persona whose only records are
+    returns.
     """
     cols = columns_of(con, source)
     require(cols, ["persona_id", "ts", "amount"], source)
@@ -317,8 +369,9 @@ def transaction_feature_names(cols: set[str], has_categories: bool) -> list[str]
     names = ["tx_recency_days", "tx_tenure_days"]
     for w in WINDOWS:
         names += [f"tx_count_{w}d", f"tx_spend_{w}d"]
-    names += ["tx_count_all", "tx_spend_all", "tx_aov_365d", "tx_spend_trend", "tx_count_trend", "tx_ipi_mean_days",
-              "tx_ipi_std_days", "tx_recency_over_ipi", "tx_return_rate_365d"]
+    names += ["tx_count_all", "tx_spend_all", "tx_aov_365d", "tx_spend_trend", "tx_count_trend", "tx_spend_diff_90d",
+              "tx_count_diff_90d", "tx_ipi_mean_days", "tx_ipi_std_days", "tx_ipi_cv", "tx_ipi_last_days",
+              "tx_recency_over_ipi", "tx_weekend_share", "tx_same_quarter_share", "tx_return_rate_365d"]
     names += ["tx_online_share_365d"] if "channel" in cols else []
     names += ["tx_discount_share_365d", "tx_discount_rate_365d"] if "discount" in cols else []
     names += ["tx_categories_365d"] if has_categories else []
@@ -335,15 +388,20 @@ def _transactions(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConn
     P = "(NOT is_ret)"
     raw = [f"coalesce(channel = 'online', false) AS online"] if online else []
     raw += ["discount"] if disc else []
-    daily = [f"sum({P}::INTEGER)::INTEGER AS n", f"sum(CASE WHEN {P} THEN amount END) AS spend",
+    quarters = range(4)
+    daily = [f"sum({P}::INTEGER)::INTEGER AS n", "sum(net) AS spend", f"sum(CASE WHEN {P} THEN amount END) AS buy",
              "sum(is_ret::INTEGER)::INTEGER AS n_ret", f"min(CASE WHEN {P} THEN t END) AS first_t",
-             f"max(CASE WHEN {P} THEN t END) AS last_t", "sum(gap) AS gap_s", "sum(gap * gap) AS gap_s2",
-             "count(gap)::INTEGER AS gap_n"]
-    per_period = ["sum(n)::INTEGER AS n", "sum(spend) AS spend", "sum(n_ret)::INTEGER AS n_ret", "min(first_t) AS first_t",
-                  "max(last_t) AS last_t", "sum(gap_s) AS gap_s", "sum(gap_s2) AS gap_s2", "sum(gap_n)::INTEGER AS gap_n",
+             f"max(CASE WHEN {P} THEN t END) AS last_t", "count(*) FILTER (WHERE no_amount)::INTEGER AS n_null",
+             f"sum(({P} AND weekend)::INTEGER)::INTEGER AS n_weekend",
+             *(f"sum(({P} AND quarter = {q})::INTEGER)::INTEGER AS n_q{q}" for q in quarters)]
+    per_period = ["sum(n)::INTEGER AS n", "sum(spend) AS spend", "sum(buy) AS buy", "sum(n_ret)::INTEGER AS n_ret",
+                  "min(first_t) AS first_t", "max(last_t) AS last_t", "sum(n_null)::INTEGER AS n_null",
+                  "sum(n_weekend)::INTEGER AS n_weekend", *(f"sum(n_q{q})::INTEGER AS n_q{q}" for q in quarters),
+                  "sum(gap)::DOUBLE AS gap_s", "sum(gap * gap)::DOUBLE AS gap_s2", "count(gap)::INTEGER AS gap_n",
+                  "arg_max(gap, day) FILTER (WHERE gap IS NOT NULL) AS last_gap",
                   "(count(*) FILTER (WHERE n > 0))::INTEGER AS pdays", "min(day) FILTER (WHERE n > 0) AS first_day",
                   "max(day) FILTER (WHERE n > 0) AS last_day",
-                  "arg_min(spend, day) FILTER (WHERE n > 0) AS first_day_spend"]
+                  "arg_min(buy, day) FILTER (WHERE n > 0) AS first_day_buy"]
     if online:
         daily.append(f"sum(({P} AND online)::INTEGER) AS n_online")
         per_period.append("sum(n_online)::INTEGER AS n_online")
@@ -353,24 +411,42 @@ def _transactions(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConn
                   f"sum(CASE WHEN {P} AND discount IS NOT NULL THEN amount END) AS disc_base"]
         per_period += ["sum(n_disc_known)::INTEGER AS n_disc_known", "sum(n_disc)::INTEGER AS n_disc", "sum(disc) AS disc",
                        "sum(disc_base) AS disc_base"]
+    # Calendar facts from epoch microseconds (a TIMESTAMPTZ's weekday or month would follow the session's time zone):
+    # 1970-01-01 was a Thursday, so (days since the epoch + 3) mod 7 is 0 on Mondays; make_timestamp is naive UTC.
+    utc_day = f"(({T_US} // {DAY_US}) + 3) % 7"
     base = f"""
-        SELECT persona_id, {T_US} AS t, {per.day_sql()} AS day, amount, ({return_expr(cols)}) AS is_ret
+        SELECT persona_id, {T_US} AS t, {per.day_sql()} AS day, amount, ({return_expr(cols)}) AS is_ret,
+               {net_amount_expr(cols)} AS net, (amount IS NULL OR isnan(amount::DOUBLE)) AS no_amount,
+               ({utc_day} + 7) % 7 >= 5 AS weekend, (month(make_timestamp({T_US})) - 1) // 3 AS quarter
                {"".join(", " + r for r in raw)}{", " + cat_map.format(col="category") + " AS cat" if categories else ""}
         FROM {source} WHERE {per.keep_sql()}"""
-    # Intervals between consecutive purchases (a lag over each persona's purchases), summed per day, then per period.
+    # Intervals between consecutive purchase days: a lag over each persona's purchases (the partition by is_ret keeps
+    # returns out of it) gives 0 between orders of one day and the interval on the first order of a later day, so the
+    # day's interval is the max over its orders (NULL on the first purchase day). Summed per period; the period's
+    # last interval is that of its latest day.
     tab = PeriodTable.fetch(con, f"""
         WITH r AS ({base}),
         g AS (SELECT *, CASE WHEN NOT is_ret
-                            THEN (t - lag(t) OVER (PARTITION BY persona_id, is_ret ORDER BY t)) / {DAY_US}.0 END AS gap
+                            THEN day - lag(day) OVER (PARTITION BY persona_id, is_ret ORDER BY day) END AS gap_row
               FROM r),
-        daily AS (SELECT persona_id, day, {", ".join(daily)} FROM g GROUP BY persona_id, day)
+        daily AS (SELECT persona_id, day, {", ".join(daily)}, max(gap_row) FILTER (WHERE gap_row > 0) AS gap
+                  FROM g GROUP BY persona_id, day)
         SELECT persona_id, {per.period_sql("day")} AS j, {", ".join(per_period)}
         FROM daily GROUP BY ALL""", per)
+    n_null = int(np.nansum(tab.col("n_null")))
+    if n_null:
+        raise ValueError(f"{source}: {n_null} transaction(s) before {dates[-1]} have no amount (NULL or NaN); "
+                         "`persona integrate` quarantines such rows (missing_field: amount): fix or drop them, a "
+                         "value is not made up for them")
     out = FeatureBlock(per, tab.pids, tab.cumsum(tab.col("n") + tab.col("n_ret")), names)
     at = per.at
 
     def window(c: np.ndarray, k: int, w: int | None) -> np.ndarray:
         return c[:, at(k)] - (c[:, at(k, w)] if w else 0)
+
+    def before(c: np.ndarray, k: int) -> np.ndarray:
+        """The 90 days before the last 90."""
+        return c[:, at(k, 90)] - c[:, at(k, 180)]
 
     n, spend = tab.cumsum("n"), tab.cumsum("spend", exact=True)
     for w in WINDOWS:
@@ -378,12 +454,29 @@ def _transactions(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConn
         out.put(f"tx_spend_{w}d", lambda k, w=w: window(spend, k, w))
     out.put("tx_count_all", lambda k: n[:, at(k)])
     out.put("tx_spend_all", lambda k: spend[:, at(k)])
-    out.put("tx_aov_365d", lambda k: ratio(window(spend, k, 365), window(n, k, 365)))
-    out.put("tx_spend_trend", lambda k: window(spend, k, 90) / (spend[:, at(k, 90)] - spend[:, at(k, 180)] + 1))
-    out.put("tx_count_trend", lambda k: window(n, k, 90) / (n[:, at(k, 90)] - n[:, at(k, 180)] + 1))
+    out.put("tx_spend_trend",
+            lambda k: np.maximum(window(spend, k, 90), 0) / (np.maximum(before(spend, k), 0) + 1))
+    out.put("tx_spend_diff_90d", lambda k: window(spend, k, 90) - before(spend, k))
+    out.put("tx_count_trend", lambda k: window(n, k, 90) / (before(n, k) + 1))
+    out.put("tx_count_diff_90d", lambda k: window(n, k, 90) - before(n, k))
+    del spend
+    buy = tab.cumsum("buy", exact=True)
+    out.put("tx_aov_365d", lambda k: ratio(window(buy, k, 365), window(n, k, 365)))
     n_ret = tab.cumsum("n_ret")
     out.put("tx_return_rate_365d", lambda k: ratio(window(n_ret, k, 365), window(n_ret, k, 365) + window(n, k, 365)))
     del n_ret
+    c = tab.cumsum("n_weekend")
+    out.put("tx_weekend_share", lambda k: ratio(c[:, at(k)], n[:, at(k)]))
+    del c
+    same_quarter = [np.zeros(0)] * len(dates)
+    date_quarters = np.asarray(dates.quarter) - 1
+    for q in np.unique(date_quarters):
+        c = tab.cumsum(f"n_q{q}")
+        for k in np.flatnonzero(date_quarters == q):
+            same_quarter[k] = c[:, at(k)].copy()  # a copy: a view would keep all of `c` alive
+        del c
+    out.put("tx_same_quarter_share", lambda k: ratio(same_quarter[k], n[:, at(k)]))
+    del same_quarter
     if online:
         c = tab.cumsum("n_online")
         out.put("tx_online_share_365d", lambda k: ratio(window(c, k, 365), window(n, k, 365)))
@@ -410,29 +503,31 @@ def _transactions(dates: pd.DatetimeIndex, off: int, *, con: duckdb.DuckDBPyConn
         return np.where(m >= 2, np.sqrt(np.maximum(var, 0)), np.nan)
 
     out.put("tx_ipi_std_days", ipi_std)
-    f = out.names.index
-    # recency / mean interval, from the two features already in the block
-    out.block[f("tx_recency_over_ipi")] = ratio(out.block[f("tx_recency_days")], out.block[f("tx_ipi_mean_days")])
-    out.block[f("tx_recency_over_ipi")][out.block[f("tx_ipi_mean_days")] == 0] = np.nan
     del gs, gs2, gn
-    del n
+    f = out.names.index
+    # from features already in the block: the mean interval is at least one day, never 0
+    out.block[f("tx_ipi_cv")] = out.block[f("tx_ipi_std_days")] / out.block[f("tx_ipi_mean_days")]
+    out.block[f("tx_recency_over_ipi")] = out.block[f("tx_recency_days")] / out.block[f("tx_ipi_mean_days")]
+    last_gap = tab.latest("last_gap")
+    out.put("tx_ipi_last_days", lambda k: last_gap[:, at(k)])
+    del last_gap, n
     pdays = tab.cumsum("pdays")
     first_day = tab.running("first_day", "min", np.float32)
     last_day = tab.running("last_day", "max", np.float32)
-    # spend on the first purchase day: the first period with a purchase holds it
+    # purchase value of the first purchase day: the first period with a purchase holds it
     has = tab.col("pdays") > 0
-    fds = np.full(tab.n_personas, np.nan)
+    fdb = np.full(tab.n_personas, np.nan)
     order = np.lexsort((tab.j[has], tab.code[has]))
-    codes_h, fds_h = tab.code[has][order], np.asarray(tab.col("first_day_spend"), dtype=np.float64)[has][order]
+    codes_h, fdb_h = tab.code[has][order], np.asarray(tab.col("first_day_buy"), dtype=np.float64)[has][order]
     firsts = np.flatnonzero(np.r_[True, codes_h[1:] != codes_h[:-1]]) if len(codes_h) else np.zeros(0, np.int64)
-    fds[codes_h[firsts]] = fds_h[firsts]
+    fdb[codes_h[firsts]] = fdb_h[firsts]
     out.put("tx_btyd_frequency", lambda k: np.where(pdays[:, at(k)] > 0, pdays[:, at(k)] - 1, np.nan))
     out.put("tx_btyd_recency", lambda k: last_day[:, at(k)] - first_day[:, at(k)])
     out.put("tx_btyd_T", lambda k: per.days[k] - first_day[:, at(k)])
     out.put("tx_btyd_monetary", lambda k: np.where(
-        pdays[:, at(k)] > 1, ratio(spend[:, at(k)] - fds, pdays[:, at(k)] - 1),
+        pdays[:, at(k)] > 1, ratio(buy[:, at(k)] - fdb, pdays[:, at(k)] - 1),
         np.where(pdays[:, at(k)] == 1, 0.0, np.nan)))
-    del pdays, first_day, last_day, spend
+    del pdays, first_day, last_day, buy
     if categories:
         cats = PeriodTable.fetch(con, f"""
             SELECT persona_id, {per.period_sql("day")} AS j, cat, count(*)::INTEGER AS buys

@@ -54,6 +54,8 @@ def make_data(seed: int = 7, personas: int = 25) -> dict[str, pd.DataFrame]:
         "is_return": rng.choice([True, False, None], n, p=[0.05, 0.5, 0.45]),
     })
     tx.loc[rng.random(n) < 0.1, "discount"] = np.nan
+    tx.loc[rng.random(n) < 0.05, "amount"] = 0.0  # $0 orders: purchases worth nothing
+    tx.loc[rng.random(n) < 0.05, "amount"] *= -1  # refunds given as negative amounts, mostly without a flag
     m = 2500
     ev = pd.DataFrame({
         "persona_id": rng.choice(pids[: personas - 3], m), "channel": "app", "ts": _random_ts(rng, m),
@@ -92,7 +94,7 @@ def _is_return(tx: pd.DataFrame) -> pd.Series:
         r |= tx["is_return"].astype("boolean").fillna(False).astype(bool)
     if "status" in tx:
         r |= tx["status"].fillna("").eq("returned")
-    return r
+    return r | (tx["amount"] < 0) if "amount" in tx else r
 
 
 def _in(ts: pd.Series, a: pd.Timestamp, days: float | None = None) -> pd.Series:
@@ -110,7 +112,10 @@ def _grid_day(ts: pd.Series, a: pd.Timestamp) -> np.ndarray:
 
 
 def ref_transactions(tx: pd.DataFrame, dates) -> pd.DataFrame:
+    """The amount policy: returns (flagged or negative) subtract their absolute amount from spend and are no purchase;
+    a $0 order is a purchase worth 0."""
     tx = tx.assign(ret=_is_return(tx))
+    tx = tx.assign(net=np.where(tx.ret, -tx.amount.abs(), tx.amount))
     rows = []
     for a in dates:
         for pid, g in tx[tx.ts < a].groupby("persona_id"):
@@ -119,19 +124,26 @@ def ref_transactions(tx: pd.DataFrame, dates) -> pd.DataFrame:
             row["tx_recency_days"] = _days(a - p.ts.max()) if len(p) else np.nan
             row["tx_tenure_days"] = _days(a - p.ts.min()) if len(p) else np.nan
             for w in (7, 30, 90, 180, 365):
-                sel = p[_in(p.ts, a, w)]
-                row[f"tx_count_{w}d"], row[f"tx_spend_{w}d"] = len(sel), sel.amount.sum()
-            row["tx_count_all"], row["tx_spend_all"] = len(p), p.amount.sum()
+                row[f"tx_count_{w}d"] = len(p[_in(p.ts, a, w)])
+                row[f"tx_spend_{w}d"] = g[_in(g.ts, a, w)].net.sum()
+            row["tx_count_all"], row["tx_spend_all"] = len(p), g.net.sum()
             y = p[_in(p.ts, a, 365)]
             row["tx_aov_365d"] = y.amount.sum() / len(y) if len(y) else np.nan
-            prev = p[(p.ts < a - 90 * DAY) & (p.ts >= a - 180 * DAY)]
-            row["tx_spend_trend"] = row["tx_spend_90d"] / (prev.amount.sum() + 1)
-            row["tx_count_trend"] = row["tx_count_90d"] / (len(prev) + 1)
-            gaps = p.ts.diff().dropna() / DAY
+            prev = (g.ts < a - 90 * DAY) & (g.ts >= a - 180 * DAY)
+            prev_spend, prev_count = g[prev].net.sum(), int((prev & ~g.ret).sum())
+            row["tx_spend_trend"] = max(row["tx_spend_90d"], 0) / (max(prev_spend, 0) + 1)
+            row["tx_count_trend"] = row["tx_count_90d"] / (prev_count + 1)
+            row["tx_spend_diff_90d"] = row["tx_spend_90d"] - prev_spend
+            row["tx_count_diff_90d"] = row["tx_count_90d"] - prev_count
+            days = np.unique(_grid_day(p.ts, a))
+            gaps = np.diff(days).astype(float)
             row["tx_ipi_mean_days"] = gaps.mean() if len(gaps) else np.nan
             row["tx_ipi_std_days"] = gaps.std(ddof=1) if len(gaps) >= 2 else np.nan
-            row["tx_recency_over_ipi"] = (row["tx_recency_days"] / row["tx_ipi_mean_days"]
-                                          if row["tx_ipi_mean_days"] else np.nan)
+            row["tx_ipi_cv"] = row["tx_ipi_std_days"] / row["tx_ipi_mean_days"]
+            row["tx_ipi_last_days"] = gaps[-1] if len(gaps) else np.nan
+            row["tx_recency_over_ipi"] = row["tx_recency_days"] / row["tx_ipi_mean_days"]
+            row["tx_weekend_share"] = (p.ts.dt.dayofweek >= 5).mean() if len(p) else np.nan
+            row["tx_same_quarter_share"] = (p.ts.dt.quarter == a.quarter).mean() if len(p) else np.nan
             ry = r[_in(r.ts, a, 365)]
             row["tx_return_rate_365d"] = len(ry) / (len(y) + len(ry)) if len(y) + len(ry) else np.nan
             if "channel" in tx:
@@ -430,7 +442,8 @@ def test_personas_without_history():
     t = transaction_features(con, "tx", as_of_dates=[a]).set_index("persona_id")
     assert "LATER" not in t.index  # nothing before as_of: no row at all
     r = t.loc["ONLY_RETURN"]
-    assert r["tx_count_all"] == 0 and r["tx_spend_365d"] == 0 and r["tx_return_rate_365d"] == 1
+    assert r["tx_count_all"] == 0 and r["tx_return_rate_365d"] == 1
+    assert r["tx_spend_365d"] == -50  # net spend: the refund of an order from before the data
     assert np.isnan(r["tx_recency_days"]) and np.isnan(r["tx_aov_365d"]) and np.isnan(r["tx_btyd_frequency"])
     assert np.isnan(t.loc["BUYER", "tx_ipi_mean_days"]) and t.loc["BUYER", "tx_btyd_monetary"] == 0
     # no date, or a date before everything: empty frames with the full schema
