@@ -377,7 +377,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     if current and (current / "audit_log.parquet").exists():
         earlier = pd.read_parquet(current / "audit_log.parquet")
         if len(earlier):  # concatenating an empty frame is deprecated (its all-NA columns would decide dtypes)
-            audit = pd.concat([earlier, audit], ignore_index=True) if len(audit) else earlier
+            audit = pd.concat(_same_columns(earlier, audit), ignore_index=True) if len(audit) else earlier
     sources = _source_counts(manifest, cfg)
     unattributed = con.execute(
         f"""SELECT r.source, count(*) AS n FROM read_parquet({rows_files!r}, union_by_name=true) r
@@ -433,6 +433,15 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
             entry.pop(PUBLISHED, None)
     write_json_atomic(ws.state / MANIFEST, manifest)
     return report
+
+
+def _same_columns(earlier: pd.DataFrame, new: pd.DataFrame) -> list[pd.DataFrame]:
+    """Two audit logs with the same columns and dtypes (text as "string"): an older log lacks `reason`, and an
+    all-NA column (a reason only unlink/dissolve events have, ids blanked by `persona forget`) must not decide the
+    concatenated dtype."""
+    columns = list(dict.fromkeys([*earlier.columns, *new.columns]))
+    text = {c: "string" for c in columns if c != "at"}
+    return [f.reindex(columns=columns).astype(text) for f in (earlier, new)]
 
 
 def retire_raw_values(ws: Workspace) -> list[Path]:

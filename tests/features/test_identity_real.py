@@ -106,3 +106,20 @@ def test_device_turned_shared_dissolves_a_persona_across_runs_with_audit_and_ret
     third = integrate(ws, now=NOW + pd.Timedelta(hours=2))
     assert third["identity"]["dissolved"] == 0 and len(published(ws, "audit_log.parquet")) == len(audit)
     assert published(ws, "aliases.parquet").set_index("persona_id").loc[guest, "reason"] == record["reason"]
+
+
+def test_audit_log_from_before_reasons_is_extended_with_one_dtype_per_column():
+    # A log written before `reason` existed, with ids blanked by `persona forget`, next to this run's events.
+    from features.integrate import _same_columns
+
+    at = pd.Timestamp("2026-06-01", tz="UTC")
+    earlier = pd.DataFrame({"event": ["merge"], "persona_id": [None], "other_persona_id": ["P0000000002"],
+                            "id_type": ["phone"], "run_id": ["000001"], "at": [at], "value_hash": [None]})
+    new = pd.DataFrame({"event": ["dissolve"], "persona_id": ["P0000000003"], "other_persona_id": [None],
+                        "reason": ["shared"], "id_type": ["device_id"], "run_id": ["000002"], "at": [at],
+                        "value_hash": ["ab"]})
+    a, b = _same_columns(earlier, new)
+    assert list(a.columns) == list(b.columns) and a.dtypes.equals(b.dtypes)
+    log = pd.concat([a, b], ignore_index=True)
+    assert log["reason"].tolist()[1] == "shared" and pd.isna(log["reason"].iloc[0])
+    assert str(log["at"].dtype) == "datetime64[ns, UTC]"
