@@ -235,6 +235,9 @@ class TrainingConfig(Strict):
     min_negatives: int = Field(50, ge=1)
     min_history_days: int = Field(180, ge=30, description="data needed before the first snapshot date")
     seed: int = 7
+    refit: bool = Field(
+        True, description="after the held-out comparison, refit the chosen model on every labelled date up to the "
+                          "held-out one, so scoring learns from the newest behaviour (the comparison is unchanged)")
     promotion_margin: float = Field(
         0.005, ge=0, description="a challenger replaces the champion only if its held-out metric (AUC, Spearman) is "
                                  "higher by at least this much, on the same rows")

@@ -13,13 +13,10 @@ import lightgbm as lgb
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-from sklearn.impute import SimpleImputer
 from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from training.btyd import BetaGeoModel, GammaGammaModel, expected_value
+from training.btyd import BetaGeoModel
+from training.candidates import Calibrated, Lgbm, RankCalibrator
 
 BTYD_INPUTS = ("tx_btyd_frequency", "tx_btyd_recency", "tx_btyd_T")
 BTYD_FEATURES = ("btyd_p_alive", "btyd_expected_purchases")
@@ -62,14 +59,28 @@ def btyd_columns(bg: BetaGeoModel | None, frame: pd.DataFrame, horizon_days: int
 class TagModel(mlflow.pyfunc.PythonModel):
     """A model tag as one pyfunc: features in, one score column per output."""
 
+    evaluation = None  # defaults for models pickled before these attributes existed
+    learners: dict = {}
+
     def __init__(self, tag: str, kind: str, features: list[str], estimators: dict, horizon_days: int,
-                 btyd: BetaGeoModel | None = None) -> None:
+                 btyd: BetaGeoModel | None = None, evaluation: TagModel | None = None,
+                 learners: dict[str, str] | None = None) -> None:
         self.tag = tag
         self.kind = kind
         self.features = features
         self.estimators = estimators
         self.horizon_days = horizon_days
         self.btyd = btyd
+        # The model as it was scored on the held-out period, before the refit on the newest windows: the promotion
+        # gate compares a challenger with this, since the refitted model has seen the labels of later periods.
+        self.evaluation = evaluation
+        self.learners = learners or {}  # output -> candidate family served
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns of the matrix the estimators read: the features, then the BG/NBD columns if fitted."""
+        extra = list(BTYD_FEATURES) if self.btyd is not None and set(BTYD_INPUTS) <= set(self.features) else []
+        return [*self.features, *extra]
 
     def model_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         missing = [f for f in self.features if f not in frame.columns]
@@ -106,7 +117,9 @@ class TagModel(mlflow.pyfunc.PythonModel):
 
 
 class CalibratedClassifier:
-    """A fitted classifier and an isotonic map from its scores to the rates observed on held-out data."""
+    """A fitted classifier and an isotonic map from its scores to the rates observed on held-out data.
+
+    What models registered before Platt calibration hold (training/candidates.py): kept so they still load."""
 
     def __init__(self, model: lgb.LGBMClassifier, calibrator: IsotonicRegression) -> None:
         self.model = model
@@ -141,30 +154,42 @@ def _lgbm_common(params: LearnerParams) -> dict:
                 n_jobs=2, verbose=-1, deterministic=True, force_col_wise=True)
 
 
-def fit_classifier(x_train: pd.DataFrame, y_train: np.ndarray, x_val: pd.DataFrame, y_val: np.ndarray,
-                   params: LearnerParams) -> CalibratedClassifier:
-    """LightGBM with early stopping on the validation date, then isotonic calibration on that same date."""
-    model = lgb.LGBMClassifier(**_lgbm_common(params))
+def fit_classifier(x_train: pd.DataFrame | np.ndarray, y_train: np.ndarray, x_val: pd.DataFrame | np.ndarray,
+                   y_val: np.ndarray, params: LearnerParams, *, names: list[str] | None = None,
+                   trees: int | None = None) -> Calibrated:
+    """LightGBM with early stopping on the validation date, then Platt calibration on that same date.
+
+    With `trees` (a refit): exactly that many trees, no early stopping, and the Platt map is the caller's to set."""
+    names = names if names is not None else list(x_train.columns)
+    model = lgb.LGBMClassifier(**{**_lgbm_common(params), **({"n_estimators": trees} if trees else {})})
     xv = _matrix(x_val)
-    model.fit(_matrix(x_train), y_train, eval_X=(xv,), eval_y=(y_val,), eval_metric="auc",
-              feature_name=list(x_train.columns),
-              callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)])
-    calibrator = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1)
-    calibrator.fit(model.booster_.predict(xv), y_val)
-    return CalibratedClassifier(model, calibrator)
+    if trees:
+        model.fit(_matrix(x_train), y_train, feature_name=names)
+    else:
+        model.fit(_matrix(x_train), y_train, eval_X=(xv,), eval_y=(y_val,), eval_metric="auc", feature_name=names,
+                  callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)])
+    inner = Lgbm(model, "probability")
+    return Calibrated(inner, RankCalibrator().fit(inner.score(xv), y_val) if not trees else RankCalibrator())
 
 
-def fit_regressor(x_train: pd.DataFrame, y_train: np.ndarray, x_val: pd.DataFrame, y_val: np.ndarray,
-                  params: LearnerParams) -> lgb.LGBMRegressor:
-    """LightGBM with a Tweedie loss: spend is zero for many and heavy-tailed for a few."""
-    model = lgb.LGBMRegressor(objective="tweedie", tweedie_variance_power=1.3, **_lgbm_common(params))
-    model.fit(_matrix(x_train), y_train, eval_X=(_matrix(x_val),), eval_y=(y_val,), feature_name=list(x_train.columns),
-              callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)])
-    return ValueRegressor(model)
+def fit_regressor(x_train: pd.DataFrame | np.ndarray, y_train: np.ndarray, x_val: pd.DataFrame | np.ndarray,
+                  y_val: np.ndarray, params: LearnerParams, *, names: list[str] | None = None,
+                  trees: int | None = None) -> Lgbm:
+    """LightGBM with a Tweedie loss: spend is zero for many and heavy-tailed for a few (refit: see fit_classifier)."""
+    names = names if names is not None else list(x_train.columns)
+    model = lgb.LGBMRegressor(objective="tweedie", tweedie_variance_power=1.3,
+                              **{**_lgbm_common(params), **({"n_estimators": trees} if trees else {})})
+    if trees:
+        model.fit(_matrix(x_train), np.maximum(y_train, 0), feature_name=names)
+    else:
+        model.fit(_matrix(x_train), np.maximum(y_train, 0), eval_X=(_matrix(x_val),), eval_y=(np.maximum(y_val, 0),),
+                  feature_name=names, callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)])
+    return Lgbm(model, "value")
 
 
 class ValueRegressor:
-    """The value model: LightGBM on a float32 matrix of the features, predictions floored at zero."""
+    """The value model: LightGBM on a float32 matrix of the features, predictions floored at zero (what models
+    registered before training/candidates.py hold: kept so they still load)."""
 
     def __init__(self, model: lgb.LGBMRegressor) -> None:
         self.model = model
@@ -174,34 +199,16 @@ class ValueRegressor:
 
 
 def feature_importance(estimator) -> pd.Series:
-    """Gain importance of the LightGBM inside a (calibrated) estimator."""
-    booster = estimator.model.booster_
+    """Gain importance of the LightGBM inside a (calibrated) estimator; empty for the other families."""
+    inner = getattr(estimator, "model", None)
+    inner = getattr(inner, "model", inner)  # candidates.Calibrated(Lgbm(LGBMModel)) or Lgbm or the old wrappers
+    booster = getattr(inner, "booster_", None)
+    if booster is None:
+        return pd.Series(dtype=np.float64)
     return pd.Series(booster.feature_importance("gain"), index=booster.feature_name()).sort_values(ascending=False)
 
 
-# --- baselines --------------------------------------------------------------------------------------------
-class LinearInputs:
-    """Median imputation and standardisation fitted once on the training rows, shared by a tag's linear baselines."""
-
-    def __init__(self, x_train: pd.DataFrame, x_test: pd.DataFrame, *, max_rows: int, seed: int) -> None:
-        rows = np.random.default_rng(seed).permutation(len(x_train))[:max_rows]
-        prep = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler())
-        self.rows = rows
-        self.train = prep.fit_transform(_matrix(x_train)[rows])
-        self.test = prep.transform(_matrix(x_test))
-
-
-def logistic_baseline(inputs: LinearInputs, y_train: np.ndarray, seed: int) -> np.ndarray:
-    """Logistic regression on the same features (median-imputed, standardised)."""
-    model = LogisticRegression(max_iter=300, C=1.0, random_state=seed)
-    return model.fit(inputs.train, y_train[inputs.rows]).predict_proba(inputs.test)[:, 1]
-
-
-def linear_value_baseline(inputs: LinearInputs, y_train: np.ndarray) -> np.ndarray:
-    """Ridge regression on log spend, on the same features."""
-    return np.expm1(Ridge(1.0).fit(inputs.train, np.log1p(y_train[inputs.rows])).predict(inputs.test))
-
-
+# --- baselines (the analyst's heuristics; the candidate models are in training/candidates.py) -------------
 def _quintile(values: pd.Series) -> np.ndarray:
     return (values.rank(pct=True, method="average").fillna(0).to_numpy() * 5).clip(0, 5)
 
@@ -224,40 +231,3 @@ def rfm_interest_score(frame: pd.DataFrame, category: str) -> np.ndarray:
     buys = frame.get(f"aff_buy_{category}_365d", pd.Series(0, index=frame.index)).fillna(0)
     views = frame.get(f"aff_view_{category}_90d", pd.Series(0, index=frame.index)).fillna(0)
     return (buys * 1000 + views).to_numpy(dtype=np.float64)
-
-
-def fit_btyd(frame: pd.DataFrame) -> tuple[BetaGeoModel, GammaGammaModel | None]:
-    """Fit BG/NBD (and Gamma-Gamma on repeat buyers) on one snapshot's customer summaries."""
-    x, tx, T = (frame[c].fillna(0).to_numpy(dtype=np.float64) for c in BTYD_INPUTS)
-    bg = BetaGeoModel(penalizer=0.001).fit(x, tx, np.maximum(T, tx))
-    gg = None
-    if "tx_btyd_monetary" in frame.columns:
-        repeat = (x > 0) & frame["tx_btyd_monetary"].fillna(0).gt(0).to_numpy()
-        if repeat.sum() >= 20:
-            gg = GammaGammaModel(penalizer=0.001).fit(x[repeat], frame["tx_btyd_monetary"].to_numpy()[repeat])
-    return bg, gg
-
-
-def btyd_churn_score(bg: BetaGeoModel, frame: pd.DataFrame, horizon_days: int) -> np.ndarray:
-    x, tx, T = (frame[c].fillna(0).to_numpy(dtype=np.float64) for c in BTYD_INPUTS)
-    return bg.probability_no_purchase(horizon_days, x, tx, np.maximum(T, tx))
-
-
-def btyd_value_score(bg: BetaGeoModel, gg: GammaGammaModel | None, frame: pd.DataFrame,
-                     horizon_days: int) -> np.ndarray:
-    x, tx, T = (frame[c].fillna(0).to_numpy(dtype=np.float64) for c in BTYD_INPUTS)
-    T = np.maximum(T, tx)
-    if gg is None:
-        aov = frame.get("tx_aov_365d", pd.Series(0.0, index=frame.index)).fillna(0).to_numpy()
-        return bg.expected_purchases(horizon_days, x, tx, T) * aov
-    monetary = frame["tx_btyd_monetary"].fillna(0).to_numpy(dtype=np.float64)
-    return expected_value(bg, gg, horizon_days, x, tx, T, monetary)
-
-
-def btyd_interest_score(bg: BetaGeoModel, frame: pd.DataFrame, category: str, horizon_days: int) -> np.ndarray:
-    """P(any purchase in the horizon) from BG/NBD times the customer's smoothed share of purchases in the category."""
-    p_buy = 1 - btyd_churn_score(bg, frame, horizon_days)
-    buys = frame.get(f"aff_buy_{category}_365d", pd.Series(0, index=frame.index)).fillna(0).to_numpy()
-    total = frame.get("tx_count_365d", pd.Series(0, index=frame.index)).fillna(0).to_numpy()
-    prior = 1.0 / 12
-    return p_buy * (buys + prior) / (total + 1)

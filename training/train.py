@@ -20,6 +20,7 @@ The verdict and its reason are logged on the challenger's run (see `tracking.rec
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -42,9 +43,11 @@ from features import store as feature_store  # noqa: E402
 from persona.config import PersonaConfig  # noqa: E402
 from persona.errors import InsufficientDataError  # noqa: E402
 from persona.workspace import Workspace, read_json  # noqa: E402
+from training import candidates as cand  # noqa: E402
 from training import labels as lab  # noqa: E402
 from training import models as mdl  # noqa: E402
 from training import tracking  # noqa: E402
+from training.btyd import ConvergenceError  # noqa: E402
 from training.metrics import (  # noqa: E402
     calibration_table,
     classification_metrics,
@@ -121,6 +124,39 @@ class TagResult:
     details: dict = field(default_factory=dict)
 
 
+@dataclass
+class Fitted:
+    """A tag trained and evaluated, not yet logged: what `train` registers once every tag has finished."""
+
+    spec: TagSpec
+    split: Split
+    model: mdl.TagModel
+    results: list[TagResult]
+    data: pd.DataFrame
+    features: list[str]
+    skipped: dict
+    refit: dict | None
+
+
+# Candidate families in the order that wins a tie on the held-out metric: the simpler model first.
+PREFERENCE = ["bg_nbd", "bg_nbd_gamma_gamma", "logistic_regression", "linear_regression", "lightgbm"]
+
+
+def _finite(value: float) -> float:
+    return value if np.isfinite(value) else -np.inf
+
+
+def _predict(kind: str, est, x: np.ndarray) -> np.ndarray:
+    out = est.predict_proba(x)[:, 1] if kind == "probability" else est.predict(x)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _calibrate(kind: str, model, x_val: np.ndarray, y_val: np.ndarray):
+    if kind != "probability":
+        return model
+    return cand.Calibrated(model, cand.RankCalibrator().fit(model.score(x_val), y_val))
+
+
 def _check_counts(tag: str, y: np.ndarray, period: str, date: str, cfg: PersonaConfig) -> None:
     pos, neg = int((y == 1).sum()), int((y == 0).sum())
     if pos < cfg.training.min_positives or neg < cfg.training.min_negatives:
@@ -183,7 +219,9 @@ class Trainer:
         return feats.merge(labels, on=KEYS, how="inner")
 
     # --- one tag ------------------------------------------------------------------------------------------
-    def train_tag(self, spec: TagSpec) -> list[TagResult]:
+    def fit_tag(self, spec: TagSpec) -> Fitted:
+        """Labels, features, every candidate scored on the held-out date, the best one per output chosen and (with
+        training.refit) refitted on the newest labelled windows. Nothing is logged or registered here."""
         cfg = self.cfg
         split = plan_split(self.dates, data_end=self.data_end, horizon_days=spec.horizon_days,
                            cutoffs=cfg.training.cutoffs, tag=spec.tag)
@@ -199,87 +237,194 @@ class Trainer:
             labels = lab.interest_labels(self.con, self.tx, dates=dates, horizon_days=spec.horizon_days,
                                          population=population)
             cats = [c for c in labels.columns if c not in KEYS]
+            if not cats:
+                raise EligibilityError(f"{spec.tag}: skipped: the transactions have no category (map a `category` "
+                                       "field in the source's `fields:` to train product-interest tags)")
             labels = labels.rename(columns={c: f"label_{c}" for c in cats})
             outputs = {f"interest_{c}": f"label_{c}" for c in cats}
         data = self.dataset(spec, split, sample_labels(labels, split, cfg.training.seed))
         label_cols = set(outputs.values())
         features = _features_of(data, label_cols)
         when = data["event_timestamp"]
-        train = data[when.isin(split.train)]
-        val = data[when == split.val]
-        test = data[when == split.test]
-
-        bg, gg = mdl.fit_btyd(train[when[train.index] == split.train[-1]]) \
-            if set(mdl.BTYD_INPUTS) <= set(features) else (None, None)
+        frames = {"train": data[when.isin(split.train)], "val": data[when == split.val],
+                  "test": data[when == split.test]}
+        failed: dict[str, str] = {}
+        bg, gg = self._btyd(frames["train"][when[frames["train"].index] == split.train[-1]], features, failed)
         shell = mdl.TagModel(spec.tag, spec.kind, features, {}, spec.horizon_days, btyd=bg)
-        x_test = shell.model_frame(test)
-        estimators, results, skipped = {}, [], {}
-        x_tr, x_val = shell.model_frame(train), shell.model_frame(val)
-        linear = mdl.LinearInputs(train[features], test[features], max_rows=LINEAR_ROWS, seed=cfg.training.seed)
+        x = {k: mdl._matrix(shell.model_frame(f)) for k, f in frames.items()}
+        at = {c: i for i, c in enumerate(shell.columns)}
+        estimators, results, skipped, chosen = {}, [], {}, {}
         for i, (out, col) in enumerate(outputs.items()):
             self._say(f"training {out}", i / len(outputs))
-            try:
-                if spec.kind == "probability":
-                    for period, frame, date in (("training dates", train, split.train[-1]), ("validation date", val, split.val),
-                                                ("held-out date", test, split.test)):
-                        _check_counts(out, frame[col].to_numpy(), period, str(date.date()), cfg)
-            except EligibilityError as exc:
-                if len(outputs) == 1:
-                    raise
-                skipped[out] = str(exc)
-                continue
-            y_tr, y_val, y_te = train[col].to_numpy(), val[col].to_numpy(), test[col].to_numpy()
-            params = mdl.LearnerParams(seed=cfg.training.seed)
+            y = {k: f[col].to_numpy() for k, f in frames.items()}
             if spec.kind == "probability":
-                est = mdl.fit_classifier(x_tr, y_tr, x_val, y_val, params)
-                score = est.predict_proba(x_test)[:, 1]
-                metrics = classification_metrics(y_te, score)
-                baselines = {"logistic_regression": mdl.logistic_baseline(linear, y_tr, cfg.training.seed)}
-                if spec.tag == "churn_risk":
-                    baselines["rfm_heuristic"] = mdl.rfm_churn_score(test)
-                    if bg is not None:
-                        baselines["bg_nbd"] = mdl.btyd_churn_score(bg, test, spec.horizon_days)
-                else:
-                    cat = out.removeprefix("interest_")
-                    baselines["rfm_heuristic"] = mdl.rfm_interest_score(test, cat)
-                    if bg is not None:
-                        baselines["bg_nbd"] = mdl.btyd_interest_score(bg, test, cat, spec.horizon_days)
-                base_scores = {k: classification_metrics(y_te, v)["auc"] for k, v in baselines.items()}
-            else:
-                est = mdl.fit_regressor(x_tr, y_tr, x_val, y_val, params)
-                score = est.predict(x_test)
-                metrics = regression_metrics(y_te, score)
-                baselines = {"linear_regression": mdl.linear_value_baseline(linear, y_tr),
-                             "rfm_heuristic": mdl.rfm_value_score(test)}
-                if bg is not None:
-                    baselines["bg_nbd_gamma_gamma"] = mdl.btyd_value_score(bg, gg, test, spec.horizon_days)
-                base_scores = {k: regression_metrics(y_te, v)["spearman"] for k, v in baselines.items()}
-            estimators[out] = est
-            value = metrics[spec.metric]
-            results.append(TagResult(out, spec.metric, value, base_scores, grade=grade(spec.metric, value), details={
-                "metrics": metrics, "score": score, "y": y_te, "importance": mdl.feature_importance(est),
-                "rows": {"train": len(train), "validation": len(val), "test": len(test)},
-                "calibration": calibration_table(y_te, score) if spec.kind == "probability" else None,
+                try:
+                    for period, k, date in (("training dates", "train", split.train[-1]),
+                                            ("validation date", "val", split.val), ("held-out date", "test", split.test)):
+                        _check_counts(out, y[k], period, str(date.date()), cfg)
+                except EligibilityError as exc:
+                    if len(outputs) == 1:
+                        raise
+                    skipped[out] = str(exc)
+                    continue
+            cands = self._candidates(spec, out, x, y, at, bg, gg, failed)
+            scores = {name: _predict(spec.kind, est, x["test"]) for name, est in cands.items()}
+            metric_of = (lambda v: classification_metrics(y["test"], v)) if spec.kind == "probability" else \
+                (lambda v: regression_metrics(y["test"], v))
+            table = {name: metric_of(v) for name, v in scores.items()}
+            if not table:
+                raise RuntimeError(f"{out}: every candidate failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+            best = max(table, key=lambda n: (_finite(table[n][spec.metric]), -PREFERENCE.index(n)))
+            others = {k: v[spec.metric] for k, v in table.items() if k != best}
+            others.update(self._heuristics(spec, out, frames["test"], y["test"]))
+            estimators[out], chosen[out] = cands[best], best
+            value = table[best][spec.metric]
+            results.append(TagResult(out, spec.metric, value, others, grade=grade(spec.metric, value), details={
+                "metrics": table[best], "learner": best, "score": scores[best], "y": y["test"],
+                "candidates": {k: v[spec.metric] for k, v in table.items()},
+                "failed": {k: v for k, v in failed.items()},
+                "importance": mdl.feature_importance(cands[best]),
+                "rows": {"train": len(frames["train"]), "validation": len(frames["val"]), "test": len(frames["test"])},
+                "calibration": calibration_table(y["test"], scores[best]) if spec.kind == "probability" else None,
+                "raw_auc": (classification_metrics(y["test"], cands[best].raw(x["test"]))["auc"]
+                            if spec.kind == "probability" else None),
             }))
         if not estimators:
             raise EligibilityError(f"{spec.tag}: no output is eligible: " + "; ".join(skipped.values()))
-        model = mdl.TagModel(spec.tag, spec.kind, features, estimators, spec.horizon_days, btyd=bg)
-        self.held_out[spec.tag] = test[KEYS + features]
-        version = self._log(spec, split, model, results, data, features, skipped)
-        for r in results:
-            r.version = version
-        return results
+        selected = mdl.TagModel(spec.tag, spec.kind, features, estimators, spec.horizon_days, btyd=bg,
+                                learners=chosen)
+        model, refit = selected, None
+        if cfg.training.refit:
+            model, refit = self._refit(spec, split, selected, frames, outputs, failed)
+        self.held_out[spec.tag] = frames["test"][KEYS + features]
+        return Fitted(spec, split, model, results, data, features, skipped, refit)
+
+    def _btyd(self, frame: pd.DataFrame, features: list[str], failed: dict[str, str]):
+        """BG/NBD (+ Gamma-Gamma) on one snapshot's summaries; a fit that fails is reported, not raised."""
+        if not set(mdl.BTYD_INPUTS) <= set(features) or frame.empty:
+            return None, None
+        cols = [frame[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in mdl.BTYD_INPUTS]
+        m = frame[cand.MONETARY].to_numpy(dtype=np.float64, na_value=np.nan) if cand.MONETARY in frame else None
+        try:
+            return cand.fit_btyd(*cols, m)
+        except (ConvergenceError, ValueError) as exc:
+            failed["bg_nbd"] = f"{type(exc).__name__}: {exc}"
+            return None, None
+
+    def _candidates(self, spec: TagSpec, out: str, x: dict, y: dict, at: dict, bg, gg, failed: dict) -> dict:
+        """Every candidate of one output, fitted on the training dates (calibrated on the validation date)."""
+        seed = self.cfg.training.seed
+        params = mdl.LearnerParams(seed=seed)
+        names = list(at)
+        found = {}
+        fits = {"lightgbm": lambda: (mdl.fit_classifier if spec.kind == "probability" else mdl.fit_regressor)(
+                    x["train"], y["train"], x["val"], y["val"], params, names=names)}
+        rows = np.random.default_rng(seed).permutation(len(x["train"]))[:LINEAR_ROWS]
+
+        def linear():
+            model = cand.Linear(spec.kind, range(len(names)), seed).fit(x["train"][rows], y["train"][rows])
+            return _calibrate(spec.kind, model, x["val"], y["val"])
+        fits["logistic_regression" if spec.kind == "probability" else "linear_regression"] = linear
+        if bg is not None:
+            if spec.tag == "churn_risk":
+                fits["bg_nbd"] = lambda: _calibrate(spec.kind, cand.BtydChurn(bg, at, spec.horizon_days),
+                                                    x["val"], y["val"])
+            elif spec.tag == "interest":
+                category = out.removeprefix("interest_")
+                buys = f"aff_buy_{category}_365d"
+                fits["bg_nbd"] = lambda: _calibrate(spec.kind, cand.BtydInterest(
+                    bg, at, spec.horizon_days, buys if buys in at else None,
+                    "tx_count_365d" if "tx_count_365d" in at else None, categories=12), x["val"], y["val"])
+            else:
+                fits["bg_nbd_gamma_gamma"] = lambda: cand.BtydValue(
+                    bg, gg, at, spec.horizon_days, "tx_aov_365d" if "tx_aov_365d" in at else None)
+        for name, fit in fits.items():
+            try:
+                est = fit()
+                score = _predict(spec.kind, est, x["test"])
+                if not np.isfinite(score).all():
+                    raise ValueError(f"{int((~np.isfinite(score)).sum())} non-finite scores on the held-out date")
+                found[name] = est
+            except Exception as exc:  # a candidate that cannot be fitted is reported in the table, not raised
+                failed[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        return found
+
+    def _heuristics(self, spec: TagSpec, out: str, test: pd.DataFrame, y: np.ndarray) -> dict[str, float]:
+        """The analyst's RFM heuristic on the held-out date (a baseline only: its scores are ranks)."""
+        if spec.tag == "churn_risk":
+            score = mdl.rfm_churn_score(test)
+        elif spec.tag == "interest":
+            score = mdl.rfm_interest_score(test, out.removeprefix("interest_"))
+        else:
+            score = mdl.rfm_value_score(test)
+        value = classification_metrics(y, score)["auc"] if spec.kind == "probability" else \
+            regression_metrics(y, score)["spearman"]
+        return {"rfm_heuristic": value}
+
+    def _refit(self, spec: TagSpec, split: Split, selected: mdl.TagModel, frames: dict, outputs: dict,
+               failed: dict) -> tuple[mdl.TagModel, dict]:
+        """The selected candidates refitted on every labelled date up to the held-out one (the newest windows
+        included), BG/NBD on the held-out date's summaries: what scoring then uses. Platt maps are kept from the
+        validation date; LightGBM keeps the tree count early stopping chose."""
+        every = pd.concat([frames["train"], frames["val"], frames["test"]], ignore_index=True)
+        bg, gg = selected.btyd, None
+        if bg is not None:
+            refitted = self._btyd(frames["test"], selected.features, {})
+            if refitted[0] is not None:
+                bg, gg = refitted
+        shell = mdl.TagModel(spec.tag, spec.kind, selected.features, {}, spec.horizon_days, btyd=bg)
+        x = mdl._matrix(shell.model_frame(every))
+        at = {c: i for i, c in enumerate(shell.columns)}
+        params = mdl.LearnerParams(seed=self.cfg.training.seed)
+        estimators = {}
+        for out, est in selected.estimators.items():
+            y = every[outputs[out]].to_numpy()
+            family = selected.learners[out]
+            if family == "lightgbm":
+                inner = est.model if isinstance(est, cand.Calibrated) else est
+                fit = mdl.fit_classifier if spec.kind == "probability" else mdl.fit_regressor
+                new = fit(x, y, x[:1], y[:1], params, names=list(at), trees=inner.trees)
+                if isinstance(new, cand.Calibrated):
+                    new.platt = est.platt
+            elif family in ("logistic_regression", "linear_regression"):
+                rows = np.random.default_rng(self.cfg.training.seed).permutation(len(x))[:LINEAR_ROWS]
+                inner = est.model if isinstance(est, cand.Calibrated) else est
+                model = cand.Linear(spec.kind, range(len(at)), self.cfg.training.seed).fit(x[rows], y[rows])
+                new = cand.Calibrated(model, est.platt) if isinstance(est, cand.Calibrated) else model
+            else:  # the BTYD families: the same formulas on the refitted BG/NBD (and Gamma-Gamma)
+                inner = est.model if isinstance(est, cand.Calibrated) else est
+                inner_new = copy.copy(inner)
+                inner_new.bg, inner_new.at = bg, at
+                if isinstance(inner_new, cand.BtydValue):
+                    inner_new.gg = gg if gg is not None else inner.gg
+                new = cand.Calibrated(inner_new, est.platt) if isinstance(est, cand.Calibrated) else inner_new
+            estimators[out] = new
+        model = mdl.TagModel(spec.tag, spec.kind, selected.features, estimators, spec.horizon_days, btyd=bg,
+                             evaluation=selected, learners=dict(selected.learners))
+        info = {"dates": [str(d.date()) for d in [*split.train, split.val, split.test]], "rows": len(every),
+                "btyd_refit_on": str(split.test.date()) if bg is not selected.btyd else None}
+        return model, info
 
     # --- MLflow -------------------------------------------------------------------------------------------
+    def log(self, fitted: Fitted) -> str:
+        """Log a fitted tag to MLflow, register its model and point `challenger` at it; returns the version."""
+        version = self._log(fitted.spec, fitted.split, fitted.model, fitted.results, fitted.data, fitted.features,
+                            fitted.skipped, fitted.refit)
+        for r in fitted.results:
+            r.version = version
+        return version
+
     def _log(self, spec: TagSpec, split: Split, model: mdl.TagModel, results: list[TagResult],
-             data: pd.DataFrame, features: list[str], skipped: dict) -> str:
+             data: pd.DataFrame, features: list[str], skipped: dict, refit: dict | None) -> str:
         main = float(np.mean([r.value for r in results]))
         with mlflow.start_run(run_name=f"{spec.tag}-{split.test.date()}", nested=mlflow.active_run() is not None):
             mlflow.log_params({
                 "tag": spec.tag, "kind": spec.kind, "metric": spec.metric, "horizon_days": spec.horizon_days,
                 "feature_service": f"{spec.tag}_v1", "features": len(features),
                 "train_dates": ",".join(str(d.date()) for d in split.train), "validation_date": str(split.val.date()),
-                "test_date": str(split.test.date()), "outputs": len(results), "learner": "lightgbm",
+                "test_date": str(split.test.date()), "outputs": len(results),
+                "learner": ",".join(sorted({r.details["learner"] for r in results})),
+                "calibration": "centred isotonic with Platt tails", "refit": refit is not None,
                 **{f"lgbm_{k}": v for k, v in mdl.LearnerParams().__dict__.items()},
             })
             mlflow.log_metric("test_metric", main)
@@ -289,9 +434,18 @@ class Trainer:
                     mlflow.log_metric(f"{prefix}test_{k}", v)
                 for k, v in r.baselines.items():
                     mlflow.log_metric(f"{prefix}baseline_{k}_{spec.metric}", v)
+                if r.details.get("raw_auc") is not None:
+                    mlflow.log_metric(f"{prefix}test_raw_auc", r.details["raw_auc"])
             rows = {str(k): int(v) for k, v in data["event_timestamp"].dt.date.value_counts().sort_index().items()}
             mlflow.log_dict({"rows_per_date": rows, "data_hash": _data_hash(data[KEYS + features]),
-                             "skipped_outputs": skipped}, "lineage.json")
+                             "skipped_outputs": skipped,
+                             "selection": {r.tag: {"served": r.details["learner"], "on": str(split.test.date()),
+                                                   "metric": spec.metric, "candidates": r.details["candidates"],
+                                                   "failed": r.details["failed"]} for r in results},
+                             "refit": refit}, "lineage.json")
+            for r in results:
+                if r.details["calibration"] is not None:
+                    mlflow.log_table(r.details["calibration"], f"reliability/{r.tag}.json")
             dataset = mlflow.data.from_pandas(data[KEYS + features].head(1000), name=f"{spec.tag}_v1",
                                               digest=_data_hash(data[KEYS + features]))
             mlflow.log_input(dataset, context="training")
@@ -308,13 +462,14 @@ class Trainer:
 
     def _plots(self, spec: TagSpec, results: list[TagResult]) -> None:
         first = results[0]
-        fig, ax = plt.subplots(figsize=(5, 4))
         imp = first.details["importance"].head(20)[::-1]
-        ax.barh(imp.index, imp.to_numpy())
-        ax.set_title(f"{first.tag}: feature importance (gain)")
-        fig.tight_layout()
-        mlflow.log_figure(fig, "feature_importance.png")
-        plt.close(fig)
+        if len(imp):
+            fig, ax = plt.subplots(figsize=(5, 4))
+            ax.barh(imp.index, imp.to_numpy())
+            ax.set_title(f"{first.tag}: feature importance (gain)")
+            fig.tight_layout()
+            mlflow.log_figure(fig, "feature_importance.png")
+            plt.close(fig)
         if spec.kind != "probability":
             return
         fig, (roc, cal) = plt.subplots(1, 2, figsize=(9, 4))
@@ -461,7 +616,10 @@ def promote_challenger(client: MlflowClient, spec: TagSpec, results: list[TagRes
     champion_error = None
     if champion is not None:
         try:
-            predictions = mlflow.pyfunc.load_model(f"models:/{name}@{tracking.CHAMPION}").predict(held_out)
+            loaded = mlflow.pyfunc.load_model(f"models:/{name}@{tracking.CHAMPION}").unwrap_python_model()
+            # the champion as it was evaluated (before its refit on windows that may overlap these held-out rows)
+            judged = getattr(loaded, "evaluation", None) or loaded
+            predictions = judged.predict(None, held_out)
             champion_scores = {c: predictions[c].to_numpy(dtype=np.float64) for c in predictions.columns}
         except Exception as exc:  # a champion that cannot score today's features cannot be compared
             champion_error = f"{type(exc).__name__}: {exc}"
@@ -480,27 +638,35 @@ def promote_challenger(client: MlflowClient, spec: TagSpec, results: list[TagRes
 
 def train(ws: Workspace, *, promote: bool = False, tags: list[str] | None = None,
           progress: Progress | None = None) -> dict:
-    """Train (and optionally promote) every model tag; returns the comparison table and what was skipped."""
+    """Train (and optionally promote) every model tag; returns the comparison table and what was skipped.
+
+    All or nothing: every requested tag is fitted and evaluated first; only when each has finished (or was skipped
+    with its reason) are models logged, registered and gated. A failure in any tag registers and promotes nothing.
+    """
     cfg = ws.config()
     t0 = time.perf_counter()
     trainer = Trainer(ws, cfg, progress=progress)
-    rows, skipped, promotions = [], {}, {}
+    rows, skipped, promotions, fitted = [], {}, {}, []
     specs = [s for s in tag_specs(cfg) if not tags or s.tag in tags]
+    for spec in specs:
+        try:
+            fitted.append(trainer.fit_tag(spec))
+        except EligibilityError as exc:
+            skipped[spec.tag] = str(exc)
     with mlflow.start_run(run_name=f"train-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}"):
         mlflow.log_param("data_end", str(trainer.data_end))
-        for spec in specs:
-            try:
-                results = trainer.train_tag(spec)
-            except EligibilityError as exc:
-                skipped[spec.tag] = str(exc)
-                continue
-            for r in results:
+        for f in fitted:
+            trainer.log(f)
+            for r in f.results:
                 rows.append({"tag": r.tag, "metric": r.metric, "value": round(r.value, 4),
+                             "learner": r.details["learner"],
                              "baselines": {k: round(v, 4) for k, v in r.baselines.items()},
+                             "failed": dict(r.details["failed"]),
                              "beats_baselines": all(beats(r.metric, r.value, v) for v in r.baselines.values()),
                              "grade": r.grade, "version": r.version, "rows": r.details["rows"]})
-            if promote:
-                promotions[spec.tag] = trainer.promote(spec, results)
+        if promote:
+            for f in fitted:
+                promotions[f.spec.tag] = trainer.promote(f.spec, f.results)
     out = {"models": rows, "skipped": skipped, "data_end": str(trainer.data_end),
            "seconds": round(time.perf_counter() - t0, 1)}
     if promote:

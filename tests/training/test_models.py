@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 
 from training import models as mdl
+from training.candidates import Platt, RankCalibrator
 from training.metrics import calibration_table, classification_metrics
 
 
@@ -14,17 +15,62 @@ def synthetic(n, seed):
     return x, (rng.uniform(size=n) < true_p).astype(int), true_p.to_numpy()
 
 
-def test_calibrated_probabilities_match_observed_rates_on_new_data():
+def test_platt_maps_distorted_scores_to_observed_rates_and_keeps_the_ranking():
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(-1, 1.5, size=60000)
+    y = (rng.uniform(size=true_logit.size) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    raw = 1 / (1 + np.exp(-(3 * true_logit + 2)))  # over-confident and shifted: not probabilities
+    fit, new = slice(0, 20000), slice(20000, None)
+    platt = Platt().fit(raw[fit], y[fit])
+    calibrated = platt(raw[new])
+    assert classification_metrics(y[new], calibrated)["auc"] == classification_metrics(y[new], raw[new])["auc"]
+    assert len(np.unique(calibrated)) == len(np.unique(raw[new]))  # nobody is pooled with a neighbour
+    assert classification_metrics(y[new], calibrated)["ece"] < 0.01 < 0.1 < classification_metrics(y[new], raw[new])["ece"]
+    assert abs(platt.a - 1 / 3) < 0.03  # undoes the distortion: logit(p) = (logit(raw) - 2) / 3
+
+
+def test_a_backwards_score_is_not_calibrated_into_a_decreasing_map():
+    y = np.array([1, 1, 1, 0, 0, 0] * 50)
+    score = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9] * 50)
+    platt = Platt().fit(score, y)
+    assert (platt.a, platt.b) == (1.0, 0.0)  # identity: calibration never reverses a ranking
+
+
+def test_the_rank_calibrator_follows_a_non_logistic_distortion_and_keeps_every_customer_distinct():
+    rng = np.random.default_rng(1)
+    p_true = rng.beta(0.6, 1.8, size=60000)
+    y = (rng.uniform(size=p_true.size) < p_true).astype(int)
+    raw = np.sqrt(p_true)  # a concave distortion: Platt's sigmoid of the logit cannot undo it
+    fit, new = slice(0, 20000), slice(20000, None)
+    cal = RankCalibrator().fit(raw[fit], y[fit])
+    calibrated = cal(raw[new])
+    assert cal.method == "centred isotonic"
+    assert classification_metrics(y[new], calibrated)["auc"] == classification_metrics(y[new], raw[new])["auc"]
+    assert len(np.unique(calibrated)) == len(np.unique(raw[new]))
+    assert (np.diff(cal(np.sort(raw[new]))) >= 0).all()
+    table = calibration_table(y[new], calibrated)
+    assert np.allclose(table["predicted"], table["observed"], atol=0.02)
+    platt = Platt().fit(raw[fit], y[fit])(raw[new])
+    assert classification_metrics(y[new], calibrated)["ece"] < classification_metrics(y[new], platt)["ece"]
+
+
+def test_few_positives_fall_back_to_platt():
+    rng = np.random.default_rng(2)
+    score = rng.uniform(size=400)
+    y = (rng.uniform(size=400) < score / 8).astype(int)  # about 25 positives
+    assert RankCalibrator().fit(score, y).method == "platt"
+
+
+def test_calibrated_lightgbm_probabilities_match_observed_rates_on_new_data():
     x_tr, y_tr, _ = synthetic(20000, 0)
     x_val, y_val, _ = synthetic(10000, 1)
     x_te, y_te, true_p = synthetic(20000, 2)
-    # A deliberately over-confident learner (few, deep, fast trees) whose raw scores are not probabilities.
     params = mdl.LearnerParams(learning_rate=0.5, num_leaves=64, min_child_samples=5, max_trees=60)
     model = mdl.fit_classifier(x_tr, y_tr, x_val, y_val, params)
     calibrated = model.predict_proba(x_te)[:, 1]
-    raw = model.model.predict_proba(x_te.to_numpy(dtype=np.float32))[:, 1]
-    assert classification_metrics(y_te, calibrated)["ece"] < 0.02
-    assert classification_metrics(y_te, calibrated)["ece"] < classification_metrics(y_te, raw)["ece"]
+    raw = model.raw(x_te.to_numpy(dtype=np.float32))
+    assert classification_metrics(y_te, calibrated)["auc"] == classification_metrics(y_te, raw)["auc"]
+    assert len(np.unique(calibrated)) == len(np.unique(raw))
     table = calibration_table(y_te, calibrated)
     assert np.allclose(table["predicted"], table["observed"], atol=0.05)
     assert abs(calibrated.mean() - true_p.mean()) < 0.01
@@ -53,7 +99,7 @@ def test_same_data_and_seed_give_the_same_model_bit_for_bit():
     x_val, y_val, _ = synthetic(3000, 6)
     params = mdl.LearnerParams(max_trees=40)
     first, again = (mdl.fit_classifier(x_tr, y_tr, x_val, y_val, params) for _ in range(2))
-    assert first.model.booster_.model_to_string() == again.model.booster_.model_to_string()
+    assert first.model.model.booster_.model_to_string() == again.model.model.booster_.model_to_string()
     np.testing.assert_array_equal(first.predict_proba(x_val), again.predict_proba(x_val))
     value = [mdl.fit_regressor(x_tr, np.abs(x_tr["a"].to_numpy()), x_val, np.abs(x_val["a"].to_numpy()), params)
              for _ in range(2)]
