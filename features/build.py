@@ -1,6 +1,7 @@
 """The features stage: compute point-in-time snapshots, apply the Feast repository, materialise online.
 
-Snapshot dates sit on a fixed grid (every `training.cutoff_every_days` days counted from 1970-01-01) so that a
+Snapshot dates sit on a fixed grid (every `training.cutoff_every_days` days counted from 1970-01-01; by default a
+spacing that fits the data's span, `TrainingConfig.grid`) so that a
 later run with more data finds the same dates, plus the scoring date (the day after the last activity), which
 moves with the data. Each snapshot only reads activity before its date, i.e. the data up to and including the day
 before it (`--as-of DATE` asks for the snapshot at the midnight after DATE).
@@ -69,12 +70,13 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
                 f"--as-of {snapshots.data_through(wanted).date()} is after the end of the data (last activity "
                 f"{end.date()}): pass a date up to {end.date()}, or leave --as-of out to use all the data")
         end = min(end, wanted - pd.Timedelta(microseconds=1))
-    dates = snapshot_dates(start, end, every_days=cfg.training.cutoff_every_days,
-                           min_history_days=cfg.training.min_history_days)
+    every, history = cfg.training.grid((end - start) / pd.Timedelta(days=1))
+    dates = snapshot_dates(start, end, every_days=every, min_history_days=history)
     if len(dates) < 2:
         raise InsufficientDataError(
             f"too little history for features: data covers {start.date()}..{end.date()}, and the first snapshot "
-            f"needs {cfg.training.min_history_days} days of history (training.min_history_days)")
+            f"needs {history} days of history (training.min_history_days): set training.min_history_days to at "
+            f"most {max((end - start).days - 1, 0)}")
     offline = ws.root / "features" / "offline"
     manifest_path = ws.root / "features" / "manifest.json"
     previous = read_json(manifest_path, {}) or {}

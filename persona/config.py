@@ -229,12 +229,28 @@ class LabelConfig(Strict):
 
 
 class TrainingConfig(Strict):
-    cutoff_every_days: int = Field(30, ge=7, description="spacing of the historical snapshot dates")
+    cutoff_every_days: int | None = Field(
+        None, ge=7, description="spacing of the historical snapshot dates; default by the data's span: 7 days "
+                                "under 120 days of data, 14 under 360, else 30")
     cutoffs: int = Field(6, ge=2, description="how many fully labelled snapshot dates to train and test on")
     min_positives: int = Field(50, ge=1)
     min_negatives: int = Field(50, ge=1)
-    min_history_days: int = Field(180, ge=30, description="data needed before the first snapshot date")
+    min_history_days: int | None = Field(
+        None, ge=7, description="data needed before the first snapshot date; default by the data's span: 30 days "
+                                "under 360 days of data, 90 under 720, else 180")
     seed: int = 7
+    split: Literal["auto", "time", "customers"] = Field(
+        "auto", description="held-out protocol: time (every training window ends by the held-out date), customers "
+                            "(a short log: the held-out date's customers are set apart instead), auto (time when "
+                            "the data allows it)")
+    def grid(self, span_days: float) -> tuple[int, int]:
+        """(cutoff_every_days, min_history_days) for data spanning `span_days`: the settings, or defaults that fit
+        the span. In steps, not in proportion, so a nightly run's growing span keeps the same snapshot grid (a step
+        changes the grid once: every snapshot is recomputed that night)."""
+        every = self.cutoff_every_days or (7 if span_days < 120 else 14 if span_days < 360 else 30)
+        history = self.min_history_days or (30 if span_days < 360 else 90 if span_days < 720 else 180)
+        return every, history
+
     refit: bool = Field(
         True, description="after the held-out comparison, refit the chosen model on every labelled date up to the "
                           "held-out one, so scoring learns from the newest behaviour (the comparison is unchanged)")

@@ -6,6 +6,13 @@ Time-based protocol, per tag with horizon H, over the feature snapshot dates:
 - validation (early stopping, calibration): the latest date whose window ends by the test date;
 - training: the `training.cutoffs` dates before it, also with windows ending by the test date.
 So nothing the model is trained or tuned on overlaps the held-out period, and no feature sees past its date.
+A log too short for that (a few months) holds out the held-out date's customers instead (`plan_split`).
+
+Candidates (training/candidates.py): LightGBM, logistic / linear regression and the buy-till-you-die models are each
+fitted on the training dates, calibrated on the validation date and scored on the held-out date; the best serves,
+whatever its family (the RFM heuristic is a baseline only). With training.refit, the chosen model is then refitted
+on every labelled row up to the held-out date, so scoring uses the newest behaviour; the table's figures are those
+of the model before the refit, on rows it never saw.
 
 Promotion gate (`gate`, applied by `promote_challenger`): a challenger becomes `champion` only if
 1. every output beats every one of its baselines on the held-out metric (the table `train` returns). A multi-output
@@ -92,25 +99,72 @@ class Split:
     train: list[pd.Timestamp]
     val: pd.Timestamp
     test: pd.Timestamp
+    # False: a time split (every window ends by the held-out date). True: the data is too short for that, so the
+    # held-out date's customers are set apart instead (see plan_split).
+    customers: bool = False
+
+
+HOLDOUT_SHARE = 30  # percent of customers held out (customer split); the next VALIDATION_SHARE percent validate
+VALIDATION_SHARE = 20
 
 
 def plan_split(dates: list[pd.Timestamp], *, data_end: pd.Timestamp, horizon_days: int, cutoffs: int,
-               tag: str) -> Split:
-    """Choose train / validation / test snapshot dates for a horizon (see the module docstring)."""
+               tag: str, mode: str = "auto", horizon_key: str = "labels.*_horizon_days") -> Split:
+    """Choose train / validation / test snapshot dates for a horizon (see the module docstring).
+
+    Time split (mode "time", and "auto" when the data allows it): the held-out date is the latest with a fully
+    observed label window; validation and training dates have windows that end by it, so nothing learnt overlaps
+    the held-out period. A log of a few months cannot hold that (a 90-day horizon needs two windows before a third:
+    270 days after the first snapshot). Then (mode "auto" or "customers") the held-out date keeps its place but
+    its customers are split: HOLDOUT_SHARE% of them (by a hash of persona_id, the same every run) are scored there
+    and never trained on; the rest train on the earlier labelled dates (windows may overlap the held-out period,
+    but never for the same customers) and VALIDATION_SHARE% of all customers validate on the latest training date.
+    """
     h = pd.Timedelta(days=horizon_days)
     labelled = lab.labelled_dates(dates, data_end=data_end, horizon_days=horizon_days)
+    first = dates[0] if dates else None
     if not labelled:
-        raise EligibilityError(f"{tag}: no snapshot date has a fully observed {horizon_days}-day label window "
-                               f"(data ends {data_end.date()}); needs more history")
+        room = (data_end - first).days if first is not None else 0
+        raise EligibilityError(
+            f"{tag}: no snapshot date has a fully observed {horizon_days}-day label window: the data ends "
+            f"{data_end.date()} and the first snapshot is "
+            f"{first.date() if first is not None else 'missing'}; a horizon of at most {max(room - 1, 0)} days "
+            f"fits ({horizon_key}), or start snapshots earlier with a lower training.min_history_days")
     test = labelled[-1]
     before = [d for d in labelled if d + h <= test]
-    if len(before) < 2:
-        span = (data_end - dates[0]).days if dates else 0
+    if mode != "customers" and len(before) >= 2:
+        return Split(train=before[:-1][-cutoffs:], val=before[-1], test=test)
+    earlier = [d for d in labelled if d < test]
+    if mode == "time" or not earlier:
+        span = (data_end - first).days if first is not None else 0
+        need = "two training dates whose windows end before" if mode == "time" else "one labelled date before"
         raise EligibilityError(
-            f"{tag}: too little history: a {horizon_days}-day horizon needs two training dates whose windows end "
-            f"before the held-out date {test.date()}, found {len(before)} (snapshots cover {span} days; "
-            f"need about {2 * horizon_days + 60} days after the first snapshot date)")
-    return Split(train=before[:-1][-cutoffs:], val=before[-1], test=test)
+            f"{tag}: too little history: a {horizon_days}-day horizon needs {need} the held-out date "
+            f"{test.date()}, found {len(before) if mode == 'time' else 0} (snapshots cover {span} days from "
+            f"{first.date() if first is not None else '-'}; need about "
+            f"{(2 * horizon_days + 60) if mode == 'time' else horizon_days + 30} days: a shorter horizon "
+            f"({horizon_key}), a lower training.min_history_days or training.cutoff_every_days"
+            + (", or training.split: auto" if mode == "time" else "") + ")")
+    return Split(train=earlier[-cutoffs:], val=earlier[-1], test=test, customers=True)
+
+
+def customer_fold(persona_id: pd.Series) -> np.ndarray:
+    """0-99 per persona, from a fixed hash of its id: the same customer lands in the same fold every run."""
+    return (pd.util.hash_pandas_object(persona_id.astype(str), index=False).to_numpy() % 100).astype(np.int64)
+
+
+def period_masks(frame: pd.DataFrame, split: Split) -> dict[str, np.ndarray]:
+    """Which rows of a (persona_id, event_timestamp, ...) frame train, validate and test under `split`."""
+    when = pd.to_datetime(frame["event_timestamp"], utc=True)
+    as_utc = lambda ds: pd.to_datetime(pd.Series(ds), utc=True)  # noqa: E731
+    train, val, test = when.isin(as_utc(split.train)).to_numpy(), (when == as_utc([split.val])[0]).to_numpy(), \
+        (when == as_utc([split.test])[0]).to_numpy()
+    if not split.customers:
+        return {"train": train, "val": val, "test": test}
+    fold = customer_fold(frame["persona_id"])
+    held, validating = fold < HOLDOUT_SHARE, (fold >= HOLDOUT_SHARE) & (fold < HOLDOUT_SHARE + VALIDATION_SHARE)
+    learning = ~held & ~validating
+    return {"train": train & learning, "val": val & validating, "test": test & held}
 
 
 @dataclass
@@ -169,12 +223,16 @@ def _check_counts(tag: str, y: np.ndarray, period: str, date: str, cfg: PersonaC
 def sample_labels(labels: pd.DataFrame, split: Split, seed: int) -> pd.DataFrame:
     """A seeded sample of the label rows, taken *before* the point-in-time join so that memory and time stay
     bounded by the sample (at 1M customers the full join of every date is tens of GB): at most MAX_TRAIN_ROWS
-    over the training dates and MAX_EVAL_ROWS on each of the validation and held-out dates."""
-    when = pd.to_datetime(labels["event_timestamp"], utc=True)
+    over the training rows and MAX_EVAL_ROWS on each of the validation and held-out rows."""
+    masks = period_masks(labels, split)
     parts = []
-    for dates, cap in ((split.train, MAX_TRAIN_ROWS), ([split.val], MAX_EVAL_ROWS), ([split.test], MAX_EVAL_ROWS)):
-        part = labels[when.isin(pd.to_datetime(pd.Series(dates), utc=True))]
+    for name, cap in (("train", MAX_TRAIN_ROWS), ("val", MAX_EVAL_ROWS), ("test", MAX_EVAL_ROWS)):
+        part = labels[masks[name]]
         parts.append(part.sample(cap, random_state=seed) if len(part) > cap else part)
+    if split.customers:  # the other customers' rows are what the refit learns from
+        rest = labels[~(masks["train"] | masks["val"] | masks["test"])
+                      & pd.to_datetime(labels["event_timestamp"], utc=True).le(pd.Timestamp(split.test)).to_numpy()]
+        parts.append(rest.sample(MAX_TRAIN_ROWS, random_state=seed) if len(rest) > MAX_TRAIN_ROWS else rest)
     return pd.concat(parts, ignore_index=True)
 
 
@@ -224,7 +282,8 @@ class Trainer:
         training.refit) refitted on the newest labelled windows. Nothing is logged or registered here."""
         cfg = self.cfg
         split = plan_split(self.dates, data_end=self.data_end, horizon_days=spec.horizon_days,
-                           cutoffs=cfg.training.cutoffs, tag=spec.tag)
+                           cutoffs=cfg.training.cutoffs, tag=spec.tag, mode=cfg.training.split,
+                           horizon_key=f"labels.{spec.tag.split('_')[0]}_horizon_days")
         dates = [*split.train, split.val, split.test]
         if spec.tag == "churn_risk":
             labels = lab.churn_labels(self.con, self.tx, dates=dates, horizon_days=spec.horizon_days)
@@ -245,11 +304,11 @@ class Trainer:
         data = self.dataset(spec, split, sample_labels(labels, split, cfg.training.seed))
         label_cols = set(outputs.values())
         features = _features_of(data, label_cols)
-        when = data["event_timestamp"]
-        frames = {"train": data[when.isin(split.train)], "val": data[when == split.val],
-                  "test": data[when == split.test]}
+        masks = period_masks(data, split)
+        frames = {k: data[m] for k, m in masks.items()}
         failed: dict[str, str] = {}
-        bg, gg = self._btyd(frames["train"][when[frames["train"].index] == split.train[-1]], features, failed)
+        last = frames["train"][frames["train"]["event_timestamp"] == pd.Timestamp(split.train[-1])]
+        bg, gg = self._btyd(last, features, failed)
         shell = mdl.TagModel(spec.tag, spec.kind, features, {}, spec.horizon_days, btyd=bg)
         x = {k: mdl._matrix(shell.model_frame(f)) for k, f in frames.items()}
         at = {c: i for i, c in enumerate(shell.columns)}
@@ -295,7 +354,7 @@ class Trainer:
                                 learners=chosen)
         model, refit = selected, None
         if cfg.training.refit:
-            model, refit = self._refit(spec, split, selected, frames, outputs, failed)
+            model, refit = self._refit(spec, split, selected, data, frames, outputs)
         self.held_out[spec.tag] = frames["test"][KEYS + features]
         return Fitted(spec, split, model, results, data, features, skipped, refit)
 
@@ -361,15 +420,17 @@ class Trainer:
             regression_metrics(y, score)["spearman"]
         return {"rfm_heuristic": value}
 
-    def _refit(self, spec: TagSpec, split: Split, selected: mdl.TagModel, frames: dict, outputs: dict,
-               failed: dict) -> tuple[mdl.TagModel, dict]:
-        """The selected candidates refitted on every labelled date up to the held-out one (the newest windows
-        included), BG/NBD on the held-out date's summaries: what scoring then uses. Platt maps are kept from the
-        validation date; LightGBM keeps the tree count early stopping chose."""
-        every = pd.concat([frames["train"], frames["val"], frames["test"]], ignore_index=True)
+    def _refit(self, spec: TagSpec, split: Split, selected: mdl.TagModel, data: pd.DataFrame, frames: dict,
+               outputs: dict) -> tuple[mdl.TagModel, dict]:
+        """The selected candidates refitted on every labelled row up to the held-out date (the newest windows and,
+        with a customer split, every customer included), BG/NBD on the held-out date's summaries: what scoring
+        then uses. Calibration maps are kept from the validation date; LightGBM keeps the tree count early stopping
+        chose."""
+        every = data.reset_index(drop=True)
         bg, gg = selected.btyd, None
         if bg is not None:
-            refitted = self._btyd(frames["test"], selected.features, {})
+            newest = every[every["event_timestamp"] == pd.Timestamp(split.test)]
+            refitted = self._btyd(newest, selected.features, {})
             if refitted[0] is not None:
                 bg, gg = refitted
         shell = mdl.TagModel(spec.tag, spec.kind, selected.features, {}, spec.horizon_days, btyd=bg)
@@ -401,7 +462,7 @@ class Trainer:
             estimators[out] = new
         model = mdl.TagModel(spec.tag, spec.kind, selected.features, estimators, spec.horizon_days, btyd=bg,
                              evaluation=selected, learners=dict(selected.learners))
-        info = {"dates": [str(d.date()) for d in [*split.train, split.val, split.test]], "rows": len(every),
+        info = {"dates": sorted({str(d.date()) for d in [*split.train, split.val, split.test]}), "rows": len(every),
                 "btyd_refit_on": str(split.test.date()) if bg is not selected.btyd else None}
         return model, info
 
@@ -423,6 +484,7 @@ class Trainer:
                 "feature_service": f"{spec.tag}_v1", "features": len(features),
                 "train_dates": ",".join(str(d.date()) for d in split.train), "validation_date": str(split.val.date()),
                 "test_date": str(split.test.date()), "outputs": len(results),
+                "split": "customers" if split.customers else "time",
                 "learner": ",".join(sorted({r.details["learner"] for r in results})),
                 "calibration": "centred isotonic with Platt tails", "refit": refit is not None,
                 **{f"lgbm_{k}": v for k, v in mdl.LearnerParams().__dict__.items()},

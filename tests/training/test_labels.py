@@ -80,11 +80,33 @@ def test_split_keeps_training_windows_before_the_held_out_date():
     assert len(split.train) == 6 and max(split.train) < split.val
 
 
-def test_split_refuses_too_little_history():
-    with pytest.raises(EligibilityError, match="too little history"):
-        plan_split(grid(5), data_end=grid(5)[-1], horizon_days=90, cutoffs=6, tag="churn_risk")
-    with pytest.raises(EligibilityError, match="no snapshot date"):
-        plan_split(grid(2), data_end=grid(2)[-1], horizon_days=180, cutoffs=6, tag="high_value")
+def test_split_refuses_too_little_history_naming_the_settings():
+    with pytest.raises(EligibilityError, match="too little history.*training.split: auto"):
+        plan_split(grid(5), data_end=grid(5)[-1], horizon_days=90, cutoffs=6, tag="churn_risk", mode="time")
+    with pytest.raises(EligibilityError, match=r"no snapshot date.*at most 29 days fits \(labels.value_horizon_days\)"):
+        plan_split(grid(2), data_end=grid(2)[-1], horizon_days=180, cutoffs=6, tag="high_value",
+                   horizon_key="labels.value_horizon_days")
+
+
+def test_a_short_log_holds_out_customers_instead_of_periods():
+    # six months, snapshots every 15 days, a 90-day horizon: no two windows fit before a third
+    dates = grid(11, every=15)
+    split = plan_split(dates, data_end=dates[-1] + pd.Timedelta(days=10), horizon_days=90, cutoffs=6,
+                       tag="churn_risk")
+    assert split.customers and split.test + pd.Timedelta(days=90) <= dates[-1] + pd.Timedelta(days=10)
+    assert split.val == max(split.train) < split.test
+    labels = pd.DataFrame({"persona_id": [f"p{i}" for i in range(400)] * len(dates),
+                           "event_timestamp": np.repeat(dates, 400)})
+    masks = train_mod.period_masks(labels, split)
+    ids = {k: set(labels.loc[m, "persona_id"]) for k, m in masks.items()}
+    assert not (ids["test"] & ids["train"]) and not (ids["test"] & ids["val"]) and not (ids["val"] & ids["train"])
+    assert 0.2 < len(ids["test"]) / 400 < 0.4 and 0.1 < len(ids["val"]) / 400 < 0.3
+    assert set(labels.loc[masks["test"], "event_timestamp"]) == {split.test}
+    # the same customers are held out on every run
+    assert (train_mod.customer_fold(pd.Series(["p1", "p2"])) == train_mod.customer_fold(pd.Series(["p1", "p2"]))).all()
+    sampled = sample_labels(labels, split, seed=1)
+    assert not sampled.duplicated(["persona_id", "event_timestamp"]).any()
+    assert pd.to_datetime(sampled["event_timestamp"], utc=True).max() == split.test
 
 
 def test_labels_are_sampled_per_period_before_the_join_and_the_sample_is_seeded(monkeypatch):
