@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import duckdb
 import pandas as pd
 
+from features.transactions import net_amount_expr, return_expr
+
 # Amounts (one policy for features, labels, models and baselines; features/transactions.py applies it to features):
 # - a RETURN (refund) is a row flagged `is_return`, with status 'returned', or with a negative amount. It is never a
 #   purchase occasion; its absolute amount is subtracted from spend (net spend).
@@ -28,16 +30,14 @@ def _dates_table(con: duckdb.DuckDBPyConnection, dates: Sequence[pd.Timestamp]) 
 
 
 def _purchases(con: duckdb.DuckDBPyConnection, source: str) -> str:
-    """Every transaction as (persona_id, ts, category, purchase: a purchase occasion?, net: its signed value)."""
+    """Every transaction as (persona_id, ts, category, purchase: a purchase occasion?, net: its signed value), by
+    the policy features/transactions.py defines (`return_expr`, `net_amount_expr`), so labels and features agree."""
     cols = {c[0] for c in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-    flags = [f for f, col in (("coalesce(is_return, false)", "is_return"),
-                              ("coalesce(status, '') = 'returned'", "status")) if col in cols]
-    ret = " OR ".join([*flags, "coalesce(amount, 0) < 0"])
+    ret = return_expr(cols)
     category = "category" if "category" in cols else "NULL::VARCHAR"
     # ts::TIMESTAMPTZ: DuckDB 2.0 will not compare nanosecond and microsecond time-zone timestamps directly.
     return (f"(SELECT persona_id, ts::TIMESTAMPTZ AS ts, {category} AS category, NOT ({ret}) AS purchase, "
-            f"CASE WHEN {ret} THEN -abs(coalesce(amount, 0)) ELSE coalesce(amount, 0) END::DOUBLE AS net "
-            f"FROM {source})")
+            f"coalesce({net_amount_expr(cols)}, 0) AS net FROM {source})")
 
 
 def labelled_dates(dates: Sequence[pd.Timestamp], *, data_end: pd.Timestamp, horizon_days: int) -> list[pd.Timestamp]:
