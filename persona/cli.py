@@ -29,17 +29,16 @@ console = Console()
 err = Console(stderr=True)
 
 @app.callback()
-def _main() -> None:
+def _main(ctx: typer.Context, verbose: Annotated[bool, typer.Option(
+        "--verbose", envvar="PERSONA_VERBOSE",
+        help="show the warnings and log lines of the libraries under persona (hidden by default)")] = False) -> None:
     """persona: predictive customer tagging (OneID, features, rule and model tags, serving)."""
-    # Libraries under us (Feast, ibis, MLflow, scikit-learn) warn about their own deprecations on every run; a
-    # command line prints what the user asked for. Set here, when a command runs, not at import.
-    import logging
-    import warnings
+    from persona.quiet import quiet
 
-    for category in (DeprecationWarning, FutureWarning, UserWarning, PendingDeprecationWarning):
-        warnings.filterwarnings("ignore", category=category)
-    for name in ("feast", "mlflow", "alembic", "urllib3", "bentoml"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # Libraries under us (Feast, ibis, MLflow, SQLAlchemy) warn about their own deprecations on every run; a command
+    # line prints what the user asked for. Scoped to the command; `serve` keeps its log, which is the service's output.
+    if ctx.invoked_subcommand != "serve":
+        ctx.with_resource(quiet(verbose))
 
 
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="workspace folder holding persona.yaml")]
@@ -50,7 +49,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON 
 def _errors() -> Iterator[None]:
     """Known failures print what is wrong (a line per problem) and exit 2; no stack trace for bad input."""
     from features.ingest import SourceFileError
+    from persona.quiet import settle
 
+    settle()  # the command's libraries are imported by now: their loggers get the command's quiet levels
     try:
         yield
     except (ConfigError, SourceFileError, SecretError, InsufficientDataError, FileNotFoundError,
@@ -140,22 +141,33 @@ def render_integrate(r: dict) -> None:
     console.print(f"run {r['run_id']} in {r['seconds']['total']:.1f} s")
 
 
+AS_OF_HELP = ("use the data up to and including this date (YYYY-MM-DD, UTC): the feature snapshot at the midnight "
+              "after it")
+
+
 def _as_of(value: str | None):
+    """--as-of DATE: a calendar day (a time of day is refused: the day is included whole)."""
     import pandas as pd
 
     if value is None:
         return None
     try:
-        return pd.Timestamp(value, tz="UTC")
+        day = pd.Timestamp(value, tz="UTC")
     except ValueError:
         raise typer.BadParameter(f"--as-of {value!r}: expected a date such as 2026-06-30") from None
+    if day != day.normalize():
+        raise typer.BadParameter(f"--as-of {value!r}: expected a date such as {day.date()} (its data is included "
+                                 "whole), not a time of day")
+    return day
 
 
 @app.command()
 def features(
     workspace: WorkspaceOpt = Path("."),
-    as_of: Annotated[str | None, typer.Option("--as-of", help="score as of this date (default: end of data)")] = None,
-    full: Annotated[bool, typer.Option(help="recompute every snapshot, not only new dates")] = False,
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help=f"the last snapshot: {AS_OF_HELP} (default: all the data)")] = None,
+    full: Annotated[bool, typer.Option(
+        help="recompute every snapshot, not only new dates and those whose inputs changed")] = False,
     online: Annotated[bool, typer.Option(help="load the online store (--no-online: offline snapshots only)")] = True,
     reload_online: Annotated[bool, typer.Option(
         "--reload-online", help="load the online store again in full: features, the real-time state of logged "
@@ -181,7 +193,14 @@ def features(
 
 def _render_features(r: dict) -> None:
     console.print(f"snapshots: {len(r['dates'])} dates from {r['dates'][0][:10]} to {r['dates'][-1][:10]} "
-                  f"({len(r['computed'])} computed now); data {r['data_start'][:10]}..{r['data_end'][:10]}")
+                  f"({len(r['computed'])} computed now); data {r['data_start'][:10]}..{r['data_end'][:10]}; "
+                  f"the last snapshot holds the data up to and including {r['data_end'][:10]}")
+    by_reason: dict[str, list[str]] = {}
+    for date, p in r.get("recomputed", {}).items():
+        by_reason.setdefault(p["why"] + ("" if len(p["groups"]) > 1 else f" [{p['groups'][0]} only]"),
+                             []).append(date[:10])
+    for why, dates in by_reason.items():
+        console.print(f"  recomputed {', '.join(dates)}: {why}", highlight=False)
     for group, rows in r["rows"].items():
         console.print(f"  {group:<12} {rows:>10,} rows")
     m = r["materialized"]
@@ -287,21 +306,33 @@ def forget(
 @app.command()
 def rescore(
     workspace: WorkspaceOpt = Path("."),
-    as_of: Annotated[str | None, typer.Option("--as-of", help="score the snapshot at or before this date")] = None,
-    push: Annotated[bool, typer.Option(help="write the latest tags to the online store")] = True,
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help=f"{AS_OF_HELP}; no snapshot for exactly that date is an error (see --nearest) "
+                        "(default: the latest snapshot)")] = None,
+    nearest: Annotated[bool, typer.Option(
+        "--nearest", help="with --as-of: use the latest snapshot on or before the date when there is none for it")
+    ] = False,
+    push: Annotated[bool, typer.Option(
+        help="write the latest tags to the online store (only where `persona features` loaded one)")] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Score every persona with the champion models and the rules; write a dated tag snapshot; push tags online."""
     from serving.batch import rescore as run
 
     when = _as_of(as_of)
+    if nearest and when is None:
+        raise typer.BadParameter("--nearest needs --as-of DATE")
     with _errors(), _progress(not as_json) as progress:
-        result = run(Workspace.open(workspace), as_of=when, push=push, progress=progress)
+        result = run(Workspace.open(workspace), as_of=when, nearest=nearest, push=push, progress=progress)
     _emit(result, as_json, render_rescore)
 
 
 def render_rescore(r: dict) -> None:
     s = r["seconds"]
+    if r.get("requested") and r["requested"] != r["data_through"]:
+        console.print(f"[yellow]--nearest:[/] no snapshot holds the data up to {r['requested']}; using the latest "
+                      f"before it", highlight=False)
+    console.print(f"feature snapshot {r['date']} (data up to and including {r['data_through']})", highlight=False)
     console.print(f"rescored [bold]{r['personas']:,}[/] personas as of {r['date']} with models "
                   f"{', '.join(f'{k} v{v}' for k, v in r['models'].items())}: {r['tags']} tags, "
                   f"{r['personas_per_second']:,} personas/s; snapshot {r['snapshot']}")
@@ -309,6 +340,8 @@ def render_rescore(r: dict) -> None:
     if r.get("pushed"):
         console.print(f"  online: {r['pushed']['rows']:,} rows to view '{r['pushed']['view']}' "
                       f"in {r['pushed']['seconds']} s")
+    if r.get("push_skipped"):
+        console.print(f"  online: not pushed: {r['push_skipped']}", highlight=False)
     for tag, why in r.get("unavailable", {}).items():
         console.print(f"  [yellow]tag {tag} unavailable:[/] {why}")
 
@@ -536,6 +569,32 @@ def segment_overlap(targets: Annotated[list[str], typer.Argument(help="two or mo
         for p in r["pairs"]])
 
 
+def _constraints(field) -> str:
+    words = {"ge": "at least", "gt": "more than", "le": "at most", "lt": "less than"}
+    found = [f"{words[k]} {getattr(m, k)}" for m in field.metadata for k in words if getattr(m, k, None) is not None]
+    return ", ".join(found)
+
+
+def commented_section(name: str, model) -> str:
+    """`name:` with every field of the pydantic `model` at its default, each under a comment: its description (or,
+    lacking one, its constraints), so that a key added to the model appears here without more code."""
+    import textwrap
+    import typing
+
+    lines = [f"{name}:"]
+    for key, field in model.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        about = " ".join((field.description or "").split())
+        limits = _constraints(field)
+        choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else ()
+        limits = " | ".join(map(str, choices)) or limits
+        comment = "; ".join(x for x in (about, limits) if x) or f"default {default!r}"
+        lines += [f"  # {part}" for part in textwrap.wrap(comment, 100)]
+        value = yaml.safe_dump(default, default_flow_style=True, allow_unicode=True).strip()
+        lines.append(f"  {key}: {value.removesuffix(chr(10) + '...').strip()}")
+    return "\n".join(lines) + "\n"
+
+
 @app.command()
 def init(
     workspace: WorkspaceOpt = Path("."),
@@ -575,8 +634,12 @@ def init(
                 "identifiers": {"customer_id": customer_id}, "fields": fields}},
             "identity": {"identifiers": {"customer_id": {"normalise": "id", "account": True}}},
         }
-        parse_config(config, path=target)
-        write_text_atomic(target, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+        from persona.config import LabelConfig, TrainingConfig
+
+        text = yaml.safe_dump(config, allow_unicode=True, sort_keys=False) + "".join(
+            commented_section(name, model) for name, model in (("labels", LabelConfig), ("training", TrainingConfig)))
+        parse_config(yaml.safe_load(text), path=target)
+        write_text_atomic(target, text)
         ws.ensure_secrets()
     console.print(f"wrote {target} and {ws.root / 'secrets.env'}; next: persona integrate -w {workspace}")
 

@@ -6,6 +6,11 @@ Statistics the rules learn from the population (quantile edges, RFM averages) ar
 everyone first, then every chunk is tagged with them and they are saved in the snapshot's metadata, where the
 online service reads them. Re-running on the same data writes the same snapshot; a run that crashes leaves the
 previous snapshot in place and the next run writes the whole date again.
+
+`as_of` is a calendar date: score the data up to and including it, i.e. the feature snapshot at the midnight after
+it (`features.snapshots.snapshot_for`). No snapshot at exactly that date is an error naming the dates there are,
+unless `nearest` allows the latest one before. Tags go online only when an online store was loaded for this
+workspace (`persona features` without --no-online): a batch-only workspace has none to keep current.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ import pandas as pd
 import pyarrow as pa
 
 from feature_repo import definitions as defs
+from features import snapshots
 from features import store as feature_store
 from persona.errors import InsufficientDataError
 from persona.faults import kill_point
-from persona.workspace import Workspace
+from persona.workspace import Workspace, read_json
 from rules import history, segments
 from serving import scoring
 from training import tracking
@@ -36,15 +42,51 @@ def _rules_hash(tagset) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, push: bool = True,
+def feature_dates(ws: Workspace) -> list[pd.Timestamp]:
+    """The feature snapshot dates of the last `persona features` run, ascending."""
+    manifest = read_json(ws.root / "features" / "manifest.json", None)
+    if not manifest or not manifest.get("dates"):
+        raise FileNotFoundError(f"{ws.root / 'features'}: no feature snapshots yet (run `persona features`)")
+    return sorted(pd.Timestamp(d) for d in manifest["dates"])
+
+
+def resolve_snapshot(dates: list[pd.Timestamp], as_of: pd.Timestamp | None, *, nearest: bool = False) -> pd.Timestamp:
+    """The feature snapshot to score: the latest of `dates` without `as_of`; else the one holding the data up to
+    and including the day `as_of`, or with `nearest` the latest snapshot on or before that one."""
+    if as_of is None:
+        return dates[-1]
+    wanted = snapshots.snapshot_for(as_of)
+    day = snapshots.data_through(wanted).date()
+    if wanted in dates:
+        return wanted
+    usable = [d for d in dates if d <= wanted]
+    if nearest and usable:
+        return usable[-1]
+    shown = ", ".join(str(snapshots.data_through(d).date()) for d in dates[-12:])
+    more = f" (and {len(dates) - 12} earlier)" if len(dates) > 12 else ""
+    hint = (f"pass --nearest to score the latest one before it (data through "
+            f"{snapshots.data_through(usable[-1]).date()}), or " if usable else "")
+    raise FileNotFoundError(
+        f"no feature snapshot holds the data up to and including {day} (it would be the snapshot at "
+        f"{wanted.date()} 00:00 UTC); snapshots hold the data through {shown}{more}: {hint}run "
+        f"`persona features --as-of {day}` to compute it")
+
+
+def online_loaded(ws: Workspace) -> bool:
+    """Whether an online store was ever loaded for this workspace (the marker `persona features` leaves)."""
+    return read_json(ws.state / feature_store.ONLINE_STATE, None) is not None
+
+
+def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool = False, push: bool = True,
             progress: Progress | None = None) -> dict:
-    """Score every persona as of the scoring date (or the latest snapshot at or before `as_of`); see the module."""
+    """Score every persona at the latest feature snapshot, or with the data up to and including the day `as_of`
+    (see `resolve_snapshot`); see the module."""
     t0 = time.perf_counter()
     say = progress or (lambda stage, frac: None)
     cfg = ws.config()
     timings: dict[str, float] = {}
+    date = resolve_snapshot(feature_dates(ws), as_of, nearest=nearest)
     removed = history.clean_partial(ws)
-    date = scoring.snapshot_date(ws, as_of)
 
     say("loading champion models", 0.02)
     client = tracking.connect(ws, cfg)
@@ -101,8 +143,11 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, push: bool = Tr
     timings["write"] = time.perf_counter() - t
     kill_point("rescore.written")
 
-    pushed = None
-    if push:
+    pushed = skipped = None
+    if push and not online_loaded(ws):
+        skipped = ("no online store was loaded for this workspace (`persona features --no-online`): tags kept "
+                   "offline; run `persona features` to load one")
+    elif push:
         say("pushing tags to the online store", 0.9)
         t = time.perf_counter()
         pushed = push_tags(ws, cfg, out, date)
@@ -110,9 +155,11 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, push: bool = Tr
     seconds = time.perf_counter() - t0
     del scorer
     return {
-        "date": meta["date"], "personas": int(n), "models": models.versions(), "tags": len(tag_ids),
+        "date": meta["date"], "data_through": str(snapshots.data_through(date).date()),
+        "requested": None if as_of is None else str(pd.Timestamp(as_of).date()),
+        "personas": int(n), "models": models.versions(), "tags": len(tag_ids),
         "unavailable": meta["unavailable"], "coverage": meta["coverage"], "snapshot": str(folder),
-        "pushed": pushed, "pruned": pruned, "cleaned": removed,
+        "pushed": pushed, "push_skipped": skipped, "pruned": pruned, "cleaned": removed,
         "seconds": {k: round(v, 2) for k, v in {**timings, "total": seconds}.items()},
         "personas_per_second": round(n / max(timings["read_features"] + timings["models"] + timings["rules"]
                                              + timings["write"], 1e-9)),

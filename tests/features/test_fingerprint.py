@@ -102,7 +102,8 @@ def test_plan_new_changed_unchanged_and_full():
     assert plan == {str(D2): {"groups": list(GROUPS), "why": "transactions changed (3 rows before this date, edited)"},
                     str(D3): {"groups": list(GROUPS), "why": build.NEW}}
     assert list(build.plan_snapshots(dates, current, recorded, full=True)) == [str(d) for d in dates]
-    assert build.plan_snapshots(dates, current, current) == {}
+    # nothing changed: only the scoring date (the last), which every run writes
+    assert build.plan_snapshots(dates, current, current) == {str(D3): {"groups": list(GROUPS), "why": build.SCORING}}
 
 
 def test_fingerprints_of_another_method_or_without_files_are_not_trusted(tmp_path):
@@ -152,7 +153,7 @@ def test_a_corrected_file_recomputes_the_dates_after_the_correction_like_full(tm
     first = build.build_features(ws, online=False)
     assert first["computed"] == first["dates"] and first["recomputed"] == {}
     again = build.build_features(ws, online=False)
-    assert again["computed"] == [] and again["rows"] == {}  # nothing changed, nothing computed
+    assert again["computed"] == [first["dates"][-1]] and again["recomputed"] == {}  # nothing changed but the scoring date
 
     orders = pd.read_csv(root / "orders.csv")
     fixed = orders.index[orders["ts"].str.startswith("2026-04-1")][0]

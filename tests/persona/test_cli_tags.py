@@ -4,6 +4,7 @@
 import json
 import shutil
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -27,7 +28,8 @@ def rescored(trained_workspace, tmp_path_factory) -> Workspace:
     root = tmp_path_factory.mktemp("cli_tags") / "ws"
     shutil.copytree(trained_workspace, root, symlinks=True)
     dates = sorted(read_json(root / "features" / "manifest.json")["dates"])
-    earlier = _json(["rescore", "-w", str(root), "--as-of", dates[-2][:10], "--no-push", "--json"])
+    through = str((pd.Timestamp(dates[-2]) - pd.Timedelta(days=1)).date())  # the snapshot at dates[-2] holds that day
+    earlier = _json(["rescore", "-w", str(root), "--as-of", through, "--no-push", "--json"])
     latest = _json(["rescore", "-w", str(root), "--no-push", "--json"])
     assert earlier["date"] == dates[-2][:10] and latest["date"] == dates[-1][:10]
     assert earlier["pushed"] is None and latest["personas"] > 1000
@@ -115,10 +117,32 @@ def test_tags_diff_between_two_rescores(rescored):
 @pytest.mark.parametrize("args,message", [
     (["tags", "diff", "--tag", "no_such_tag"], "no tag ['no_such_tag']"),
     (["tags", "diff", "2020-01-01", "latest"], "no tag snapshot dated '2020-01-01'"),
-    (["rescore", "--as-of", "1999-01-01", "--no-push"], "no feature snapshot at or before 1999-01-01"),
+    (["rescore", "--as-of", "1999-01-01", "--no-push"], "no feature snapshot holds the data up to and including "
+                                                         "1999-01-01"),
     (["rescore", "--as-of", "soon"], "--as-of 'soon'"),
+    (["rescore", "--as-of", "2026-06-30T12:00"], "not a time of day"),
+    (["rescore", "--nearest"], "--nearest needs --as-of"),
 ])
 def test_bad_requests_exit_2_with_the_reason(rescored, args, message):
     result = run.invoke(app, [*args, "-w", str(rescored.root)])
     assert result.exit_code == 2, result.output
     assert message in result.output.replace("\n", "")
+
+
+def test_rescore_prints_the_snapshot_it_used_and_refuses_another_unless_asked(trained_workspace, tmp_path):
+    root = tmp_path / "ws"
+    shutil.copytree(trained_workspace, root, symlinks=True)
+    dates = [pd.Timestamp(d) for d in sorted(read_json(root / "features" / "manifest.json")["dates"])]
+    day = str((dates[-2] + pd.Timedelta(days=2)).date())  # two days after a snapshot, on no snapshot
+    refused = run.invoke(app, ["rescore", "-w", str(root), "--as-of", day, "--no-push"])
+    text = refused.output.replace("\n", "")
+    assert refused.exit_code == 2 and f"up to and including {day}" in text and "--nearest" in text
+    assert str((dates[-2] - pd.Timedelta(days=1)).date()) in text  # the days there are snapshots through
+    assert history.list_dates(Workspace.open(root)) == []
+
+    done = run.invoke(app, ["rescore", "-w", str(root), "--as-of", day, "--nearest", "--no-push"])
+    text = done.output.replace("\n", " ")
+    assert done.exit_code == 0, done.output
+    assert f"feature snapshot {dates[-2].date()} (data up to and including {(dates[-2] - pd.Timedelta(days=1)).date()})" \
+        in " ".join(text.split())
+    assert "--nearest:" in text and history.list_dates(Workspace.open(root)) == [str(dates[-2].date())]

@@ -1,6 +1,7 @@
 """Batch rescoring on a trained 1,500-customer workspace: the snapshot holds every persona with scores and tags,
-re-running gives the same snapshot, a crash leaves the previous one, --as-of picks the feature snapshot, no champion
-is a clear error, and the tags reach the online store."""
+re-running gives the same snapshot, a crash leaves the previous one, --as-of DATE scores the data up to and including
+DATE (another snapshot only with `nearest`), no champion is a clear error, and the tags reach the online store (where
+one was loaded)."""
 
 import os
 import shutil
@@ -110,16 +111,37 @@ def test_a_crash_halfway_leaves_the_previous_snapshot_and_the_next_run_cleans_up
     pd.testing.assert_frame_equal(history.read(ws), before)
 
 
-def test_as_of_scores_the_feature_snapshot_at_or_before_the_date(ws):
+def test_as_of_is_the_last_day_of_data_and_another_snapshot_only_when_asked(ws):
     dates = _feature_dates(ws)
-    between = dates[-2] + pd.Timedelta(days=3)
-    result = rescore(ws, as_of=between, push=False)
-    assert result["date"] == str(dates[-2].date())
+    day = (dates[-2] - pd.Timedelta(days=1)).normalize()  # the snapshot at dates[-2] holds the data through this day
+    result = rescore(ws, as_of=day, push=False)
+    assert result["date"] == str(dates[-2].date()) and result["data_through"] == result["requested"] == str(day.date())
     assert history.read_meta(ws)["as_of"].startswith(str(dates[-2].date()))
     latest = rescore(ws, push=False)
     assert history.list_dates(ws) == [str(dates[-2].date()), latest["date"]]
-    with pytest.raises(FileNotFoundError, match="no feature snapshot at or before"):
-        rescore(ws, as_of=dates[0] - pd.Timedelta(days=1), push=False)
+
+    # the day the snapshot is dated is not in it: asking for it is asking for the snapshot after, which is not there
+    with pytest.raises(FileNotFoundError, match=rf"no feature snapshot holds the data up to and including "
+                                                rf"{dates[-2].date()}.*{day.date()}.*--nearest"):
+        rescore(ws, as_of=dates[-2], push=False)
+    nearest = rescore(ws, as_of=dates[-2] + pd.Timedelta(days=2), nearest=True, push=False)
+    assert nearest["date"] == str(dates[-2].date()) and nearest["requested"] == str((dates[-2] + pd.Timedelta(days=2)).date())
+    with pytest.raises(FileNotFoundError, match="no feature snapshot holds the data"):
+        rescore(ws, as_of=dates[0] - pd.Timedelta(days=3), nearest=True, push=False)
+    with pytest.raises(ValueError, match="expected a calendar date"):
+        rescore(ws, as_of=day + pd.Timedelta(hours=12), push=False)
+
+
+def test_resolving_the_snapshot_of_a_day():
+    from serving.batch import resolve_snapshot
+
+    dates = [pd.Timestamp(d, tz="UTC") for d in ("1997-09-06", "1997-10-01")]
+    assert resolve_snapshot(dates, None) == dates[-1]
+    assert resolve_snapshot(dates, pd.Timestamp("1997-09-30", tz="UTC")) == dates[1]  # 30 September included
+    assert resolve_snapshot(dates, pd.Timestamp("1997-09-05", tz="UTC")) == dates[0]
+    with pytest.raises(FileNotFoundError, match=r"through 1997-09-05, 1997-09-30: pass --nearest .* 1997-09-05"):
+        resolve_snapshot(dates, pd.Timestamp("1997-09-29", tz="UTC"))
+    assert resolve_snapshot(dates, pd.Timestamp("1997-09-29", tz="UTC"), nearest=True) == dates[0]
 
 
 def test_without_a_champion_rescoring_says_to_train_first(ws):
@@ -133,9 +155,16 @@ def test_without_a_champion_rescoring_says_to_train_first(ws):
     assert history.list_dates(ws) == []
 
 
+def test_no_push_where_no_online_store_was_loaded(ws):
+    (ws.state / feature_store.ONLINE_STATE).unlink()  # as after `persona features --no-online` only
+    result = rescore(ws, push=True)
+    assert result["pushed"] is None and "--no-online" in result["push_skipped"]
+
+
 def test_push_writes_the_tags_to_the_online_store(ws):
     result = rescore(ws, push=True)
     assert result["pushed"]["view"] == "tags" and result["pushed"]["rows"] == result["personas"]
+    assert result["push_skipped"] is None
     snap = history.read(ws, columns=["persona_id", "churn_risk_band", "churn_risk", "top_interests"])
     rows = snap.dropna(subset=["churn_risk_band"]).head(3)
     store = feature_store.open_store(ws, ws.config())
