@@ -251,6 +251,9 @@ class TrainingConfig(Strict):
         history = self.min_history_days or (30 if span_days < 360 else 90 if span_days < 720 else 180)
         return every, history
 
+    blend: bool = Field(
+        True, description="also try a stacked blend of the candidate models (fitted on the validation date); it "
+                          "serves only when it beats every single model on the held-out date")
     refit: bool = Field(
         True, description="after the held-out comparison, refit the chosen model on every labelled date up to the "
                           "held-out one, so scoring learns from the newest behaviour (the comparison is unchanged)")

@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 
 from training.btyd import BetaGeoModel
+from training.pareto import PARETO_FEATURES, ParetoNBDModel, pareto_columns, pareto_outputs
 from training.candidates import Calibrated, Lgbm, RankCalibrator
 
 BTYD_INPUTS = ("tx_btyd_frequency", "tx_btyd_recency", "tx_btyd_T")
@@ -61,10 +62,11 @@ class TagModel(mlflow.pyfunc.PythonModel):
 
     evaluation = None  # defaults for models pickled before these attributes existed
     learners: dict = {}
+    pareto = None
 
     def __init__(self, tag: str, kind: str, features: list[str], estimators: dict, horizon_days: int,
                  btyd: BetaGeoModel | None = None, evaluation: TagModel | None = None,
-                 learners: dict[str, str] | None = None) -> None:
+                 learners: dict[str, str] | None = None, pareto: ParetoNBDModel | None = None) -> None:
         self.tag = tag
         self.kind = kind
         self.features = features
@@ -75,11 +77,15 @@ class TagModel(mlflow.pyfunc.PythonModel):
         # gate compares a challenger with this, since the refitted model has seen the labels of later periods.
         self.evaluation = evaluation
         self.learners = learners or {}  # output -> candidate family served
+        self.pareto = pareto  # a Pareto/NBD fit whose P(alive) and expected purchases are features too
 
     @property
     def columns(self) -> list[str]:
-        """The columns of the matrix the estimators read: the features, then the BG/NBD columns if fitted."""
-        extra = list(BTYD_FEATURES) if self.btyd is not None and set(BTYD_INPUTS) <= set(self.features) else []
+        """The columns of the matrix the estimators read: the features, then the BG/NBD and Pareto/NBD columns of
+        the fits the model carries."""
+        has_inputs = set(BTYD_INPUTS) <= set(self.features)
+        extra = list(BTYD_FEATURES) if self.btyd is not None and has_inputs else []
+        extra += list(PARETO_FEATURES) if self.pareto is not None and has_inputs else []
         return [*self.features, *extra]
 
     def model_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +94,7 @@ class TagModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"{self.tag}: input lacks feature(s) {missing[:5]}{'...' if len(missing) > 5 else ''}")
         # Kept in the snapshot's dtypes (float32 mostly): `_matrix` makes the one float32 copy LightGBM reads.
         x = frame[self.features]
-        return btyd_columns(self.btyd, x, self.horizon_days)
+        return pareto_columns(self.pareto, btyd_columns(self.btyd, x, self.horizon_days), self.horizon_days)
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow 3 reads type hints as a schema
         missing = [f for f in self.features if f not in model_input.columns]
@@ -110,6 +116,9 @@ class TagModel(mlflow.pyfunc.PythonModel):
             inputs = (x[:, self.features.index(c)] for c in BTYD_INPUTS)
             p_alive, expected = _btyd_outputs(self.btyd, *inputs, self.horizon_days)
             x = np.ascontiguousarray(np.column_stack([x, p_alive.astype(np.float32), expected.astype(np.float32)]))
+        if self.pareto is not None and set(BTYD_INPUTS) <= set(self.features):  # same order as model_frame
+            p, e = pareto_outputs(self.pareto, *(x[:, self.features.index(c)] for c in BTYD_INPUTS), self.horizon_days)
+            x = np.ascontiguousarray(np.column_stack([x, p.astype(np.float32), e.astype(np.float32)]))
         out = {}
         for name, est in self.estimators.items():  # one matrix for every output
             out[name] = est.predict_proba(x)[:, 1] if self.kind == "probability" else est.predict(x)

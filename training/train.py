@@ -55,6 +55,7 @@ from training import labels as lab  # noqa: E402
 from training import models as mdl  # noqa: E402
 from training import tracking  # noqa: E402
 from training.btyd import ConvergenceError  # noqa: E402
+from training.pareto import ParetoNBDModel  # noqa: E402
 from training.metrics import (  # noqa: E402
     calibration_table,
     classification_metrics,
@@ -193,7 +194,7 @@ class Fitted:
 
 
 # Candidate families in the order that wins a tie on the held-out metric: the simpler model first.
-PREFERENCE = ["bg_nbd", "bg_nbd_gamma_gamma", "logistic_regression", "linear_regression", "lightgbm"]
+PREFERENCE = ["bg_nbd", "bg_nbd_gamma_gamma", "logistic_regression", "linear_regression", "lightgbm", "blend"]
 
 
 def _finite(value: float) -> float:
@@ -309,7 +310,8 @@ class Trainer:
         failed: dict[str, str] = {}
         last = frames["train"][frames["train"]["event_timestamp"] == pd.Timestamp(split.train[-1])]
         bg, gg = self._btyd(last, features, failed)
-        shell = mdl.TagModel(spec.tag, spec.kind, features, {}, spec.horizon_days, btyd=bg)
+        pareto = self._pareto(last, features, failed)
+        shell = mdl.TagModel(spec.tag, spec.kind, features, {}, spec.horizon_days, btyd=bg, pareto=pareto)
         x = {k: mdl._matrix(shell.model_frame(f)) for k, f in frames.items()}
         at = {c: i for i, c in enumerate(shell.columns)}
         estimators, results, skipped, chosen = {}, [], {}, {}
@@ -327,6 +329,11 @@ class Trainer:
                     skipped[out] = str(exc)
                     continue
             cands = self._candidates(spec, out, x, y, at, bg, gg, failed)
+            if len(cands) >= 2 and cfg.training.blend:
+                try:
+                    cands["blend"] = cand.Blend(spec.kind, cands, cfg.training.seed).fit(x["val"], y["val"])
+                except Exception as exc:  # reported like any candidate that cannot be fitted
+                    failed["blend"] = f"{type(exc).__name__}: {str(exc)[:300]}"
             scores = {name: _predict(spec.kind, est, x["test"]) for name, est in cands.items()}
             metric_of = (lambda v: classification_metrics(y["test"], v)) if spec.kind == "probability" else \
                 (lambda v: regression_metrics(y["test"], v))
@@ -351,7 +358,7 @@ class Trainer:
         if not estimators:
             raise EligibilityError(f"{spec.tag}: no output is eligible: " + "; ".join(skipped.values()))
         selected = mdl.TagModel(spec.tag, spec.kind, features, estimators, spec.horizon_days, btyd=bg,
-                                learners=chosen)
+                                learners=chosen, pareto=pareto)
         model, refit = selected, None
         if cfg.training.refit:
             model, refit = self._refit(spec, split, selected, data, frames, outputs)
@@ -369,6 +376,29 @@ class Trainer:
         except (ConvergenceError, ValueError) as exc:
             failed["bg_nbd"] = f"{type(exc).__name__}: {exc}"
             return None, None
+
+    def _summaries(self, spec: TagSpec, date: pd.Timestamp) -> pd.DataFrame:
+        """The tag's features at `date` for (a seeded sample of) every customer with a purchase before it."""
+        ids = self.con.execute(f"SELECT DISTINCT persona_id FROM {self.tx} WHERE ts::TIMESTAMPTZ < ?",
+                               [date.to_pydatetime()]).df()
+        if len(ids) > MAX_EVAL_ROWS:
+            ids = ids.sample(MAX_EVAL_ROWS, random_state=self.cfg.training.seed)
+        if ids.empty:
+            return ids
+        entities = ids.assign(event_timestamp=date)
+        return feature_store.historical_features(self.store, f"{spec.tag}_v1", entities)
+
+    def _pareto(self, frame: pd.DataFrame, features: list[str], failed: dict[str, str]):
+        """Pareto/NBD on one snapshot's summaries, for its P(alive) and expected purchases as features."""
+        if not set(mdl.BTYD_INPUTS) <= set(features) or frame.empty:
+            return None
+        f, r, t = (np.nan_to_num(frame[c].to_numpy(dtype=np.float64, na_value=np.nan), nan=0.0)
+                   for c in mdl.BTYD_INPUTS)
+        try:
+            return ParetoNBDModel(penalizer=0.001).fit(f, r, np.maximum(t, r))
+        except (ConvergenceError, ValueError) as exc:
+            failed["pareto_nbd"] = f"{type(exc).__name__}: {exc}"
+            return None
 
     def _candidates(self, spec: TagSpec, out: str, x: dict, y: dict, at: dict, bg, gg, failed: dict) -> dict:
         """Every candidate of one output, fitted on the training dates (calibrated on the validation date)."""
@@ -427,43 +457,50 @@ class Trainer:
         then uses. Calibration maps are kept from the validation date; LightGBM keeps the tree count early stopping
         chose."""
         every = data.reset_index(drop=True)
-        bg, gg = selected.btyd, None
+        bg, gg, pareto = selected.btyd, None, selected.pareto
+        # BG/NBD and Pareto/NBD need no labels: they are refitted on the newest summaries there are, the scoring
+        # date's (the customers as they will be scored), else the held-out date's.
+        newest, fitted_on = self._summaries(spec, self.dates[-1]), self.dates[-1]
+        if newest.empty:
+            newest, fitted_on = every[every["event_timestamp"] == pd.Timestamp(split.test)], split.test
         if bg is not None:
-            newest = every[every["event_timestamp"] == pd.Timestamp(split.test)]
             refitted = self._btyd(newest, selected.features, {})
             if refitted[0] is not None:
                 bg, gg = refitted
-        shell = mdl.TagModel(spec.tag, spec.kind, selected.features, {}, spec.horizon_days, btyd=bg)
+        if pareto is not None:
+            pareto = self._pareto(newest, selected.features, {}) or pareto
+        shell = mdl.TagModel(spec.tag, spec.kind, selected.features, {}, spec.horizon_days, btyd=bg, pareto=pareto)
         x = mdl._matrix(shell.model_frame(every))
         at = {c: i for i, c in enumerate(shell.columns)}
         params = mdl.LearnerParams(seed=self.cfg.training.seed)
-        estimators = {}
-        for out, est in selected.estimators.items():
-            y = every[outputs[out]].to_numpy()
-            family = selected.learners[out]
-            if family == "lightgbm":
-                inner = est.model if isinstance(est, cand.Calibrated) else est
+        seed = self.cfg.training.seed
+
+        def again(est, y: np.ndarray):
+            """One estimator refitted on (x, y): same family, same settings, same calibration map."""
+            if isinstance(est, cand.Blend):
+                blend = copy.copy(est)
+                blend.members = {k: again(m, y) for k, m in est.members.items()}
+                return blend
+            inner = est.model if isinstance(est, cand.Calibrated) else est
+            if isinstance(inner, cand.Lgbm):
                 fit = mdl.fit_classifier if spec.kind == "probability" else mdl.fit_regressor
                 new = fit(x, y, x[:1], y[:1], params, names=list(at), trees=inner.trees)
-                if isinstance(new, cand.Calibrated):
-                    new.platt = est.platt
-            elif family in ("logistic_regression", "linear_regression"):
-                rows = np.random.default_rng(self.cfg.training.seed).permutation(len(x))[:LINEAR_ROWS]
-                inner = est.model if isinstance(est, cand.Calibrated) else est
-                model = cand.Linear(spec.kind, range(len(at)), self.cfg.training.seed).fit(x[rows], y[rows])
-                new = cand.Calibrated(model, est.platt) if isinstance(est, cand.Calibrated) else model
+                new = new.model if isinstance(new, cand.Calibrated) else new
+            elif isinstance(inner, cand.Linear):
+                rows = np.random.default_rng(seed).permutation(len(x))[:LINEAR_ROWS]
+                new = cand.Linear(spec.kind, range(len(at)), seed).fit(x[rows], y[rows])
             else:  # the BTYD families: the same formulas on the refitted BG/NBD (and Gamma-Gamma)
-                inner = est.model if isinstance(est, cand.Calibrated) else est
-                inner_new = copy.copy(inner)
-                inner_new.bg, inner_new.at = bg, at
-                if isinstance(inner_new, cand.BtydValue):
-                    inner_new.gg = gg if gg is not None else inner.gg
-                new = cand.Calibrated(inner_new, est.platt) if isinstance(est, cand.Calibrated) else inner_new
-            estimators[out] = new
+                new = copy.copy(inner)
+                new.bg, new.at = bg, at
+                if isinstance(new, cand.BtydValue):
+                    new.gg = gg if gg is not None else inner.gg
+            return cand.Calibrated(new, est.platt) if isinstance(est, cand.Calibrated) else new
+
+        estimators = {out: again(est, every[outputs[out]].to_numpy()) for out, est in selected.estimators.items()}
         model = mdl.TagModel(spec.tag, spec.kind, selected.features, estimators, spec.horizon_days, btyd=bg,
-                             evaluation=selected, learners=dict(selected.learners))
+                             evaluation=selected, learners=dict(selected.learners), pareto=pareto)
         info = {"dates": sorted({str(d.date()) for d in [*split.train, split.val, split.test]}), "rows": len(every),
-                "btyd_refit_on": str(split.test.date()) if bg is not selected.btyd else None}
+                "btyd_refit_on": str(fitted_on.date()) if bg is not selected.btyd else None}
         return model, info
 
     # --- MLflow -------------------------------------------------------------------------------------------
