@@ -104,3 +104,57 @@ def test_a_single_transactions_file_trains_churn_and_value(tmp_path):
     build_features(ws)
     result = train(ws, tags=["churn_risk", "high_value"])
     assert {m["tag"] for m in result["models"]} == {"churn_risk", "high_value"}, result["skipped"]
+
+
+def test_a_run_that_fails_in_any_tag_registers_and_promotes_nothing(demo, monkeypatch):
+    from training import train as train_mod
+
+    client = tracking.connect(demo, demo.config())
+    before = {m.name: len(client.search_model_versions(f"name = '{m.name}'"))
+              for m in client.search_registered_models()}
+    real = train_mod.Trainer.fit_tag
+
+    def failing(self, spec):
+        if spec.tag == "high_value":  # the second tag, after churn_risk has been fitted
+            raise RuntimeError("disk full")
+        return real(self, spec)
+
+    monkeypatch.setattr(train_mod.Trainer, "fit_tag", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        train(demo, promote=True, tags=["churn_risk", "high_value"])
+    after = {m.name: len(client.search_model_versions(f"name = '{m.name}'"))
+             for m in client.search_registered_models()}
+    assert after == before
+
+
+def test_a_candidate_that_cannot_be_fitted_is_reported_and_the_best_other_serves(demo, monkeypatch):
+    from training import candidates
+
+    def no_convergence(*args, **kwargs):
+        raise candidates.ConvergenceError("BG/NBD did not converge in 500 iterations (forced by the test)")
+
+    monkeypatch.setattr(candidates, "fit_btyd", no_convergence)
+    result = train(demo, tags=["churn_risk"])
+    (row,) = result["models"]
+    assert "bg_nbd" not in row["baselines"] and "did not converge" in row["failed"]["bg_nbd"]
+    assert row["learner"] in {"lightgbm", "logistic_regression", "blend"}
+
+
+def test_a_classical_champion_serves_through_the_same_pyfunc(demo):
+    """Whatever family wins, the registered model scores the held-out rows as its evaluation did (the refit keeps
+    the family), through the pyfunc serving loads."""
+    import mlflow
+
+    from training import candidates, models as mdl
+
+    result = train(demo, tags=["high_value"])
+    (row,) = result["models"]
+    loaded = mlflow.pyfunc.load_model(f"models:/{tracking.model_name('high_value')}/{row['version']}")
+    model = loaded.unwrap_python_model()
+    assert isinstance(model, mdl.TagModel) and model.learners["high_value"] == row["learner"]
+    assert model.evaluation is not None and model.evaluation.learners == model.learners
+    # a BG/NBD x Gamma-Gamma estimator computes from the matrix like any other
+    est = candidates.BtydValue(model.btyd, None, {c: i for i, c in enumerate(model.columns)}, 180,
+                               "tx_aov_365d" if "tx_aov_365d" in model.columns else None)
+    x = np.zeros((3, len(model.columns)), dtype=np.float32)
+    assert np.isfinite(est.predict(x)).all()
