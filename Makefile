@@ -1,5 +1,6 @@
 # Two commands: `make demo` and `make test`. Each creates the environment when it is missing.
-PY   ?= $(shell command -v python3.11 || command -v python3)
+# the interpreter itself, not a version manager's shim (uv would rebuild .venv for a path that differs from its own)
+PY   ?= $(shell p=$$(command -v python3.11 || command -v python3); $$p -c 'import sys; print(sys.executable)')
 UV   := .tools/bin/uv
 VENV := .venv
 WS   ?= demo_workspace

@@ -222,10 +222,13 @@ class TrackingConfig(Strict):
 
 
 class LabelConfig(Strict):
-    churn_horizon_days: int = Field(90, ge=7)
-    value_horizon_days: int = Field(180, ge=7)
+    churn_horizon_days: int = Field(90, ge=7, description="churn_risk: no purchase in this many days after the "
+                                                          "snapshot date")
+    value_horizon_days: int = Field(180, ge=7, description="high_value: spend in this many days after the snapshot "
+                                                           "date")
     value_top_percent: float = Field(20.0, gt=0, lt=100)
-    interest_horizon_days: int = Field(30, ge=7)
+    interest_horizon_days: int = Field(30, ge=7, description="interest: a purchase in the category within this "
+                                                             "many days")
 
 
 class TrainingConfig(Strict):
@@ -233,12 +236,12 @@ class TrainingConfig(Strict):
         None, ge=7, description="spacing of the historical snapshot dates; default by the data's span: 7 days "
                                 "under 120 days of data, 14 under 360, else 30")
     cutoffs: int = Field(6, ge=2, description="how many fully labelled snapshot dates to train and test on")
-    min_positives: int = Field(50, ge=1)
-    min_negatives: int = Field(50, ge=1)
+    min_positives: int = Field(50, ge=1, description="a tag trains only with at least this many positive labels")
+    min_negatives: int = Field(50, ge=1, description="a tag trains only with at least this many negative labels")
     min_history_days: int | None = Field(
         None, ge=7, description="data needed before the first snapshot date; default by the data's span: 30 days "
                                 "under 360 days of data, 90 under 720, else 180")
-    seed: int = 7
+    seed: int = Field(7, description="random seed of sampling and models")
     split: Literal["auto", "time", "customers"] = Field(
         "auto", description="held-out protocol: time (every training window ends by the held-out date), customers "
                             "(a short log: the held-out date's customers are set apart instead), auto (time when "

@@ -151,7 +151,7 @@ def test_forget_leaves_nothing_of_the_person_anywhere_and_they_stay_out(trained_
     ws = Workspace.open(root)
     dates = sorted(read_json(root / "features" / "manifest.json")["dates"])
     try:
-        rescore(ws, as_of=pd.Timestamp(dates[-2]), push=False)
+        rescore(ws, as_of=pd.Timestamp(dates[-2]) - pd.Timedelta(days=1), push=False)  # data through the day before
         rescore(ws)  # the latest, pushed online
     except InsufficientDataError:  # the promotion gate made no champion here: two snapshots written directly
         profiles = pd.read_parquet(ws.current("integrated") / "profiles.parquet", columns=["persona_id", "gender"])
