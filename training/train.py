@@ -105,8 +105,7 @@ class Split:
     customers: bool = False
 
 
-HOLDOUT_SHARE = 30  # percent of customers held out (customer split); the next VALIDATION_SHARE percent validate
-VALIDATION_SHARE = 20
+FOLDS = 5  # customer split: customers fall in 5 groups; each is held out once (cross-fitting), the next validates
 
 
 def plan_split(dates: list[pd.Timestamp], *, data_end: pd.Timestamp, horizon_days: int, cutoffs: int,
@@ -117,9 +116,9 @@ def plan_split(dates: list[pd.Timestamp], *, data_end: pd.Timestamp, horizon_day
     observed label window; validation and training dates have windows that end by it, so nothing learnt overlaps
     the held-out period. A log of a few months cannot hold that (a 90-day horizon needs two windows before a third:
     270 days after the first snapshot). Then (mode "auto" or "customers") the held-out date keeps its place but
-    its customers are split: HOLDOUT_SHARE% of them (by a hash of persona_id, the same every run) are scored there
-    and never trained on; the rest train on the earlier labelled dates (windows may overlap the held-out period,
-    but never for the same customers) and VALIDATION_SHARE% of all customers validate on the latest training date.
+    its customers are split into FOLDS groups (by a hash of persona_id, the same every run): each group in turn is
+    scored there by models trained on the other customers at the earlier labelled dates (windows may overlap the
+    held-out period, but never for the same customers), so every customer is scored once, out of fold.
     """
     h = pd.Timedelta(days=horizon_days)
     labelled = lab.labelled_dates(dates, data_end=data_end, horizon_days=horizon_days)
@@ -154,18 +153,21 @@ def customer_fold(persona_id: pd.Series) -> np.ndarray:
     return (pd.util.hash_pandas_object(persona_id.astype(str), index=False).to_numpy() % 100).astype(np.int64)
 
 
-def period_masks(frame: pd.DataFrame, split: Split) -> dict[str, np.ndarray]:
-    """Which rows of a (persona_id, event_timestamp, ...) frame train, validate and test under `split`."""
+def period_masks(frame: pd.DataFrame, split: Split, fold: int = 0) -> dict[str, np.ndarray]:
+    """Which rows of a (persona_id, event_timestamp, ...) frame train, validate and test under `split`.
+
+    Customer split: customers fall in FOLDS groups (by `customer_fold`); in fold k, group k is held out at the
+    held-out date, group k+1 validates at the latest training date and the others train, so across the folds every
+    customer is scored once by models that never saw them."""
     when = pd.to_datetime(frame["event_timestamp"], utc=True)
     as_utc = lambda ds: pd.to_datetime(pd.Series(ds), utc=True)  # noqa: E731
     train, val, test = when.isin(as_utc(split.train)).to_numpy(), (when == as_utc([split.val])[0]).to_numpy(), \
         (when == as_utc([split.test])[0]).to_numpy()
     if not split.customers:
         return {"train": train, "val": val, "test": test}
-    fold = customer_fold(frame["persona_id"])
-    held, validating = fold < HOLDOUT_SHARE, (fold >= HOLDOUT_SHARE) & (fold < HOLDOUT_SHARE + VALIDATION_SHARE)
-    learning = ~held & ~validating
-    return {"train": train & learning, "val": val & validating, "test": test & held}
+    group = customer_fold(frame["persona_id"]) % FOLDS
+    held, validating = group == fold % FOLDS, group == (fold + 1) % FOLDS
+    return {"train": train & ~held & ~validating, "val": val & validating, "test": test & held}
 
 
 @dataclass
@@ -224,16 +226,18 @@ def _check_counts(tag: str, y: np.ndarray, period: str, date: str, cfg: PersonaC
 def sample_labels(labels: pd.DataFrame, split: Split, seed: int) -> pd.DataFrame:
     """A seeded sample of the label rows, taken *before* the point-in-time join so that memory and time stay
     bounded by the sample (at 1M customers the full join of every date is tens of GB): at most MAX_TRAIN_ROWS
-    over the training rows and MAX_EVAL_ROWS on each of the validation and held-out rows."""
+    over the training rows and MAX_EVAL_ROWS on each of the validation and held-out rows (time split), or at most
+    MAX_EVAL_ROWS on each date up to the held-out one (customer split: the folds rotate over all of them)."""
+    when = pd.to_datetime(labels["event_timestamp"], utc=True)
+    if split.customers:
+        parts = [part.sample(MAX_EVAL_ROWS, random_state=seed) if len(part) > MAX_EVAL_ROWS else part
+                 for _, part in labels[when.le(pd.Timestamp(split.test)).to_numpy()].groupby(when, sort=True)]
+        return pd.concat(parts, ignore_index=True) if parts else labels.iloc[:0]
     masks = period_masks(labels, split)
     parts = []
     for name, cap in (("train", MAX_TRAIN_ROWS), ("val", MAX_EVAL_ROWS), ("test", MAX_EVAL_ROWS)):
         part = labels[masks[name]]
         parts.append(part.sample(cap, random_state=seed) if len(part) > cap else part)
-    if split.customers:  # the other customers' rows are what the refit learns from
-        rest = labels[~(masks["train"] | masks["val"] | masks["test"])
-                      & pd.to_datetime(labels["event_timestamp"], utc=True).le(pd.Timestamp(split.test)).to_numpy()]
-        parts.append(rest.sample(MAX_TRAIN_ROWS, random_state=seed) if len(rest) > MAX_TRAIN_ROWS else rest)
     return pd.concat(parts, ignore_index=True)
 
 
@@ -305,55 +309,56 @@ class Trainer:
         data = self.dataset(spec, split, sample_labels(labels, split, cfg.training.seed))
         label_cols = set(outputs.values())
         features = _features_of(data, label_cols)
-        masks = period_masks(data, split)
-        frames = {k: data[m] for k, m in masks.items()}
         failed: dict[str, str] = {}
-        last = frames["train"][frames["train"]["event_timestamp"] == pd.Timestamp(split.train[-1])]
+        # BG/NBD and Pareto/NBD need no labels: fitted on every sampled customer's summaries at the last training
+        # date (features there see nothing of the held-out window)
+        last = data[data["event_timestamp"] == pd.Timestamp(split.train[-1])]
         bg, gg = self._btyd(last, features, failed)
         pareto = self._pareto(last, features, failed)
         shell = mdl.TagModel(spec.tag, spec.kind, features, {}, spec.horizon_days, btyd=bg, pareto=pareto)
-        x = {k: mdl._matrix(shell.model_frame(f)) for k, f in frames.items()}
         at = {c: i for i, c in enumerate(shell.columns)}
+        folds = [period_masks(data, split, fold=k) for k in range(FOLDS if split.customers else 1)]
+        held = np.zeros(len(data), dtype=bool)
+        for m in folds:
+            held |= m["test"]
         estimators, results, skipped, chosen = {}, [], {}, {}
         for i, (out, col) in enumerate(outputs.items()):
             self._say(f"training {out}", i / len(outputs))
-            y = {k: f[col].to_numpy() for k, f in frames.items()}
-            if spec.kind == "probability":
-                try:
-                    for period, k, date in (("training dates", "train", split.train[-1]),
-                                            ("validation date", "val", split.val), ("held-out date", "test", split.test)):
-                        _check_counts(out, y[k], period, str(date.date()), cfg)
-                except EligibilityError as exc:
-                    if len(outputs) == 1:
-                        raise
-                    skipped[out] = str(exc)
-                    continue
-            cands = self._candidates(spec, out, x, y, at, bg, gg, failed)
-            if len(cands) >= 2 and cfg.training.blend:
-                try:
-                    cands["blend"] = cand.Blend(spec.kind, cands, cfg.training.seed).fit(x["val"], y["val"])
-                except Exception as exc:  # reported like any candidate that cannot be fitted
-                    failed["blend"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-            scores = {name: _predict(spec.kind, est, x["test"]) for name, est in cands.items()}
-            metric_of = (lambda v: classification_metrics(y["test"], v)) if spec.kind == "probability" else \
-                (lambda v: regression_metrics(y["test"], v))
+            try:
+                evaluated = [self._evaluate_fold(spec, out, col, data, m, shell, at, bg, gg, failed, split)
+                             for m in folds]
+            except EligibilityError as exc:
+                if len(outputs) == 1:
+                    raise
+                skipped[out] = str(exc)
+                continue
+            # candidates every fold could fit, scored out of fold on the held-out date's customers
+            names = [n for n in evaluated[0][0] if all(n in e[0] for e in evaluated)]
+            y_test = np.concatenate([e[2] for e in evaluated])
+            scores = {n: np.concatenate([e[1][n] for e in evaluated]) for n in names}
+            metric_of = (lambda v: classification_metrics(y_test, v)) if spec.kind == "probability" else \
+                (lambda v: regression_metrics(y_test, v))
             table = {name: metric_of(v) for name, v in scores.items()}
             if not table:
                 raise RuntimeError(f"{out}: every candidate failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
             best = max(table, key=lambda n: (_finite(table[n][spec.metric]), -PREFERENCE.index(n)))
+            test_rows = pd.concat([data[m["test"]] for m in folds])
             others = {k: v[spec.metric] for k, v in table.items() if k != best}
-            others.update(self._heuristics(spec, out, frames["test"], y["test"]))
-            estimators[out], chosen[out] = cands[best], best
+            others.update(self._heuristics(spec, out, test_rows, y_test))
+            first = evaluated[0]
+            estimators[out], chosen[out] = first[0][best], best
             value = table[best][spec.metric]
+            # calibration keeps each model's ranking: the AUC change it makes, per fold (maps differ between folds)
+            change = max(abs(classification_metrics(e[2], e[1][best])["auc"] - classification_metrics(e[2], e[3][best])
+                             ["auc"]) for e in evaluated) if spec.kind == "probability" else None
             results.append(TagResult(out, spec.metric, value, others, grade=grade(spec.metric, value), details={
-                "metrics": table[best], "learner": best, "score": scores[best], "y": y["test"],
+                "metrics": table[best], "learner": best, "score": scores[best], "y": y_test,
                 "candidates": {k: v[spec.metric] for k, v in table.items()},
                 "failed": {k: v for k, v in failed.items()},
-                "importance": mdl.feature_importance(cands[best]),
-                "rows": {"train": len(frames["train"]), "validation": len(frames["val"]), "test": len(frames["test"])},
-                "calibration": calibration_table(y["test"], scores[best]) if spec.kind == "probability" else None,
-                "raw_auc": (classification_metrics(y["test"], cands[best].raw(x["test"]))["auc"]
-                            if spec.kind == "probability" else None),
+                "importance": mdl.feature_importance(first[0][best]),
+                "rows": {**first[4], "test": int(len(y_test)), "folds": len(folds)},
+                "calibration": calibration_table(y_test, scores[best]) if spec.kind == "probability" else None,
+                "calibration_auc_change": change,
             }))
         if not estimators:
             raise EligibilityError(f"{spec.tag}: no output is eligible: " + "; ".join(skipped.values()))
@@ -361,9 +366,34 @@ class Trainer:
                                 learners=chosen, pareto=pareto)
         model, refit = selected, None
         if cfg.training.refit:
-            model, refit = self._refit(spec, split, selected, data, frames, outputs)
-        self.held_out[spec.tag] = frames["test"][KEYS + features]
+            model, refit = self._refit(spec, split, selected, data, outputs)
+        # the held-out rows in the order of the scores above (fold after fold)
+        self.held_out[spec.tag] = pd.concat([data[m["test"]] for m in folds])[KEYS + features]
         return Fitted(spec, split, model, results, data, features, skipped, refit)
+
+    def _evaluate_fold(self, spec: TagSpec, out: str, col: str, data: pd.DataFrame, masks: dict, shell, at: dict,
+                       bg, gg, failed: dict, split: Split):
+        """One output's candidates fitted on a fold's training rows (calibrated and blended on its validation rows)
+        and scored on its held-out rows: (estimators, calibrated scores, y, raw scores, row counts)."""
+        cfg = self.cfg
+        frames = {k: data[m] for k, m in masks.items()}
+        y = {k: f[col].to_numpy() for k, f in frames.items()}
+        if spec.kind == "probability":
+            for period, k, date in (("training dates", "train", split.train[-1]),
+                                    ("validation date", "val", split.val), ("held-out date", "test", split.test)):
+                _check_counts(out, y[k], period, str(date.date()), cfg)
+        x = {k: mdl._matrix(shell.model_frame(f)) for k, f in frames.items()}
+        cands = self._candidates(spec, out, x, y, at, bg, gg, failed)
+        if len(cands) >= 2 and cfg.training.blend:
+            try:
+                cands["blend"] = cand.Blend(spec.kind, cands, cfg.training.seed).fit(x["val"], y["val"])
+            except Exception as exc:  # reported like any candidate that cannot be fitted
+                failed["blend"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        scores = {name: _predict(spec.kind, est, x["test"]) for name, est in cands.items()}
+        raw = {name: np.asarray(est.raw(x["test"]), dtype=np.float64) for name, est in cands.items()} \
+            if spec.kind == "probability" else {}
+        rows = {"train": len(frames["train"]), "validation": len(frames["val"])}
+        return cands, scores, y["test"], raw, rows
 
     def _btyd(self, frame: pd.DataFrame, features: list[str], failed: dict[str, str]):
         """BG/NBD (+ Gamma-Gamma) on one snapshot's summaries; a fit that fails is reported, not raised."""
@@ -450,7 +480,7 @@ class Trainer:
             regression_metrics(y, score)["spearman"]
         return {"rfm_heuristic": value}
 
-    def _refit(self, spec: TagSpec, split: Split, selected: mdl.TagModel, data: pd.DataFrame, frames: dict,
+    def _refit(self, spec: TagSpec, split: Split, selected: mdl.TagModel, data: pd.DataFrame,
                outputs: dict) -> tuple[mdl.TagModel, dict]:
         """The selected candidates refitted on every labelled row up to the held-out date (the newest windows and,
         with a customer split, every customer included), BG/NBD on the held-out date's summaries: what scoring
@@ -533,8 +563,8 @@ class Trainer:
                     mlflow.log_metric(f"{prefix}test_{k}", v)
                 for k, v in r.baselines.items():
                     mlflow.log_metric(f"{prefix}baseline_{k}_{spec.metric}", v)
-                if r.details.get("raw_auc") is not None:
-                    mlflow.log_metric(f"{prefix}test_raw_auc", r.details["raw_auc"])
+                if r.details.get("calibration_auc_change") is not None:
+                    mlflow.log_metric(f"{prefix}test_calibration_auc_change", r.details["calibration_auc_change"])
             rows = {str(k): int(v) for k, v in data["event_timestamp"].dt.date.value_counts().sort_index().items()}
             mlflow.log_dict({"rows_per_date": rows, "data_hash": _data_hash(data[KEYS + features]),
                              "skipped_outputs": skipped,

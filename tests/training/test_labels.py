@@ -100,13 +100,18 @@ def test_a_short_log_holds_out_customers_instead_of_periods():
     masks = train_mod.period_masks(labels, split)
     ids = {k: set(labels.loc[m, "persona_id"]) for k, m in masks.items()}
     assert not (ids["test"] & ids["train"]) and not (ids["test"] & ids["val"]) and not (ids["val"] & ids["train"])
-    assert 0.2 < len(ids["test"]) / 400 < 0.4 and 0.1 < len(ids["val"]) / 400 < 0.3
+    assert 0.1 < len(ids["test"]) / 400 < 0.3 and 0.1 < len(ids["val"]) / 400 < 0.3
+    # across the folds every customer is held out exactly once, never by a model that trained on them
+    held = [set(labels.loc[train_mod.period_masks(labels, split, fold=k)["test"], "persona_id"])
+            for k in range(train_mod.FOLDS)]
+    assert sum(len(h) for h in held) == 400 and set().union(*held) == set(labels["persona_id"])
     assert set(labels.loc[masks["test"], "event_timestamp"]) == {split.test}
     # the same customers are held out on every run
     assert (train_mod.customer_fold(pd.Series(["p1", "p2"])) == train_mod.customer_fold(pd.Series(["p1", "p2"]))).all()
     sampled = sample_labels(labels, split, seed=1)
     assert not sampled.duplicated(["persona_id", "event_timestamp"]).any()
-    assert pd.to_datetime(sampled["event_timestamp"], utc=True).max() == split.test
+    when = pd.to_datetime(sampled["event_timestamp"], utc=True)
+    assert when.max() == split.test and len(sampled) == 400 * int((pd.Series(dates) <= split.test).sum())
 
 
 def test_labels_are_sampled_per_period_before_the_join_and_the_sample_is_seeded(monkeypatch):
