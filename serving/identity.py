@@ -71,6 +71,8 @@ class IdentityIndex:
         order = np.argsort(keys, kind="stable")
         aliases = pq.read_table(current / "aliases.parquet").to_pandas() if (current / "aliases.parquet").exists() \
             else pd.DataFrame({"persona_id": [], "alias_of": []})
+        # a retired id (its persona dissolved: alias_of empty) resolves to nothing, not to a persona named "None"
+        aliases = aliases[aliases["alias_of"].notna()]
         a_order = np.argsort(aliases["persona_id"].astype(str).to_numpy())
         profiles = pq.read_table(current / "profiles.parquet", columns=["persona_id"]).column(0).to_numpy()
         return cls(
