@@ -243,6 +243,9 @@ def _active_sum(init: dict[str, np.ndarray], slowness: np.ndarray, step, done, w
         view = {k: v[:m] for k, v in state.items()}
         fin = done(view, n) if (n == 1 or n % 4 == 0) else None
         if fin is not None and fin.any():
+            # only elements converging now: one that converged earlier but still sits in the prefix (a slower one
+            # after it keeps it there) keeps the sum it had then, so its value never depends on its batch-mates
+            fin &= ~converged[:m]
             out[:m][fin] = view["acc"][fin]
             converged[:m] |= fin
             pending = np.flatnonzero(~converged[:m])

@@ -19,6 +19,7 @@ import warnings
 
 import lightgbm as lgb
 import numpy as np
+from scipy import special
 from sklearn.impute import SimpleImputer
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -121,6 +122,11 @@ class RankCalibrator:
         return 1.0 / (1.0 + np.exp(-out))
 
 
+def _margin(model, z: np.ndarray) -> np.ndarray:
+    """A fitted linear model's decision function, each row summed on its own (no BLAS product)."""
+    return (z * np.ravel(model.coef_)).sum(axis=1) + float(np.ravel(model.intercept_)[0])
+
+
 class Calibrated:
     """A probability candidate and its calibration map: `predict_proba` as scikit-learn shapes it."""
 
@@ -179,10 +185,16 @@ class Linear:
         return self
 
     def score(self, x: np.ndarray) -> np.ndarray:
+        # The fitted pipeline applied by hand, row by row: a matrix product (BLAS) sums in an order that depends on
+        # how many rows are scored together, so a customer scored online alone could differ in the last bits from
+        # the same customer in a batch. An elementwise product summed along each row does not.
+        imputer, scaler, last = self.pipeline[0], self.pipeline[1], self.pipeline[-1]
         x = _f64(x[:, self.columns])
+        x = np.where(np.isnan(x), imputer.statistics_, x)
+        margin = _margin(last, (x - scaler.mean_) / scaler.scale_)
         if self.kind == "probability":
-            return self.pipeline.predict_proba(x)[:, 1]
-        return np.maximum(np.expm1(self.pipeline.predict(x)), 0)
+            return special.expit(margin)
+        return np.maximum(np.expm1(margin), 0)
 
     predict = score
 
@@ -313,10 +325,10 @@ class Blend:
         return self
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        z = self._inputs(x)
+        margin = _margin(self.model, self._inputs(x))  # row by row, as Linear.score (batch-invariant)
         if self.kind == "probability":
-            return self.model.predict_proba(z)[:, 1]
-        return np.maximum(np.expm1(self.model.predict(z)), 0)
+            return special.expit(margin)
+        return np.maximum(np.expm1(margin), 0)
 
     raw = score
     predict = score

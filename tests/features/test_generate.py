@@ -157,8 +157,9 @@ def test_config_matches_the_documented_example():
                 assert set(a) <= set(b), path
                 assert all(b[k] == v for k, v in a.items()), path
                 return
-            assert list(a) == list(b), path
-            for k in a:
+            # the example documents every key; the generator writes a subset of them, with the same values
+            assert set(b) <= set(a), (path, sorted(set(b) - set(a)))
+            for k in b:
                 compare(a[k], b[k], path + (k,))
         else:
             assert a == b, path

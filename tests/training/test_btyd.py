@@ -381,3 +381,16 @@ def test_expected_value_is_purchases_times_spend(bg, gg):
     value = expected_value(bg, gg, 90, x, tx, T, m)
     np.testing.assert_allclose(value, bg.expected_purchases(90, x, tx, T) * gg.expected_average_value(x, m))
     assert np.all(value > 0)
+
+
+def test_a_customer_scored_alone_gets_the_same_bits_as_in_a_batch(bg):
+    """Serving scores one customer, the batch thousands: the series behind expected purchases stops for each
+    customer at its own convergence, whatever slower customers share its batch."""
+    rng = np.random.default_rng(3)
+    x = rng.poisson(2, size=200).astype(float)
+    T = rng.uniform(10, 400, size=200)
+    tx = np.where(x > 0, rng.uniform(size=200) * T, 0.0)
+    for t in (30.0, 365.0):
+        batch = bg.expected_purchases(t, x, tx, T)
+        alone = np.array([bg.expected_purchases(t, x[i:i + 1], tx[i:i + 1], T[i:i + 1])[0] for i in range(200)])
+        np.testing.assert_array_equal(batch, alone)

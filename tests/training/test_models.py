@@ -104,3 +104,27 @@ def test_same_data_and_seed_give_the_same_model_bit_for_bit():
     value = [mdl.fit_regressor(x_tr, np.abs(x_tr["a"].to_numpy()), x_val, np.abs(x_val["a"].to_numpy()), params)
              for _ in range(2)]
     np.testing.assert_array_equal(value[0].predict(x_val), value[1].predict(x_val))
+
+
+def test_linear_and_blend_candidates_score_a_customer_alone_exactly_as_in_a_batch():
+    """Online scoring sees one customer, batch scoring thousands: the same bits either way (no BLAS product whose
+    summation order depends on the number of rows)."""
+    from training.candidates import Blend, Linear
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 7)).astype(np.float32)
+    x[rng.uniform(size=x.shape) < 0.1] = np.nan
+    y, spend = (rng.uniform(size=400) < 0.3).astype(int), rng.gamma(1.0, 10.0, size=400)
+    for kind, target in (("probability", y), ("value", spend)):
+        members = {"a": Linear(kind, range(4), 1).fit(x, target), "b": Linear(kind, range(3, 7), 1).fit(x, target)}
+        if kind == "probability":
+            members = {k: mdl.Calibrated(m, RankCalibrator().fit(m.score(x), y)) for k, m in members.items()}
+        blend = Blend(kind, members, 1).fit(x, target)
+        for model in (*members.values(), blend):
+            scores = model.predict_proba(x)[:, 1] if kind == "probability" else model.predict(x)
+            alone = np.array([(model.predict_proba(x[i:i + 1])[:, 1] if kind == "probability"
+                               else model.predict(x[i:i + 1]))[0] for i in range(len(x))])
+            np.testing.assert_array_equal(scores, alone)
+    reference = Linear("probability", range(7), 1).fit(x, y)
+    filled = np.where(np.isnan(x), reference.pipeline[0].statistics_, x).astype(np.float64)
+    np.testing.assert_allclose(reference.score(x), reference.pipeline.predict_proba(filled)[:, 1], rtol=1e-12)
