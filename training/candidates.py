@@ -123,8 +123,13 @@ class RankCalibrator:
 
 
 def _margin(model, z: np.ndarray) -> np.ndarray:
-    """A fitted linear model's decision function, each row summed on its own (no BLAS product)."""
-    return (z * np.ravel(model.coef_)).sum(axis=1) + float(np.ravel(model.intercept_)[0])
+    """A fitted linear model's decision function, summed column after column: each row's sum is taken in the same
+    order whatever the number of rows (neither a BLAS product nor numpy's blocked `sum(axis=1)` guarantees that)."""
+    coef = np.ravel(model.coef_)
+    acc = np.full(len(z), float(np.ravel(model.intercept_)[0]))
+    for j in range(z.shape[1]):  # over the model's columns (tens), each step vectorised over the rows
+        acc += z[:, j] * coef[j]
+    return acc
 
 
 class Calibrated:

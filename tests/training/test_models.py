@@ -112,11 +112,11 @@ def test_linear_and_blend_candidates_score_a_customer_alone_exactly_as_in_a_batc
     from training.candidates import Blend, Linear
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, 7)).astype(np.float32)
+    x = rng.normal(size=(400, 40)).astype(np.float32)  # over 8 columns: numpy sums rows in blocks
     x[rng.uniform(size=x.shape) < 0.1] = np.nan
     y, spend = (rng.uniform(size=400) < 0.3).astype(int), rng.gamma(1.0, 10.0, size=400)
     for kind, target in (("probability", y), ("value", spend)):
-        members = {"a": Linear(kind, range(4), 1).fit(x, target), "b": Linear(kind, range(3, 7), 1).fit(x, target)}
+        members = {"a": Linear(kind, range(25), 1).fit(x, target), "b": Linear(kind, range(15, 40), 1).fit(x, target)}
         if kind == "probability":
             members = {k: mdl.Calibrated(m, RankCalibrator().fit(m.score(x), y)) for k, m in members.items()}
         blend = Blend(kind, members, 1).fit(x, target)
@@ -125,6 +125,6 @@ def test_linear_and_blend_candidates_score_a_customer_alone_exactly_as_in_a_batc
             alone = np.array([(model.predict_proba(x[i:i + 1])[:, 1] if kind == "probability"
                                else model.predict(x[i:i + 1]))[0] for i in range(len(x))])
             np.testing.assert_array_equal(scores, alone)
-    reference = Linear("probability", range(7), 1).fit(x, y)
+    reference = Linear("probability", range(40), 1).fit(x, y)
     filled = np.where(np.isnan(x), reference.pipeline[0].statistics_, x).astype(np.float64)
     np.testing.assert_allclose(reference.score(x), reference.pipeline.predict_proba(filled)[:, 1], rtol=1e-12)
