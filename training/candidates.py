@@ -173,7 +173,13 @@ class Lgbm:
 
 class Linear:
     """Logistic regression (probability) or ridge on log spend (value) on the tag's columns, median-imputed and
-    standardised (the pipeline is part of the model, so serving imputes and scales the same way)."""
+    standardised (the pipeline is part of the model, so serving imputes and scales the same way).
+
+    Inputs are clipped to the range each column had in training: a linear model extrapolates without bound, and a
+    feature that barely varied there (real-time counters at a snapshot's midnight) would otherwise turn a few live
+    events into a certainty."""
+
+    low, high = -np.inf, np.inf  # no clipping for a model pickled before the bounds were kept
 
     def __init__(self, kind: str, columns: Sequence[int], seed: int) -> None:
         self.kind = kind
@@ -187,6 +193,8 @@ class Linear:
     def fit(self, x: np.ndarray, y: np.ndarray) -> Linear:
         x = _f64(x[:, self.columns])
         self.pipeline.fit(x, y if self.kind == "probability" else np.log1p(np.maximum(_f64(y), 0)))
+        seen = np.where(np.isnan(x), self.pipeline[0].statistics_, x)
+        self.low, self.high = seen.min(axis=0), seen.max(axis=0)
         return self
 
     def score(self, x: np.ndarray) -> np.ndarray:
@@ -195,7 +203,7 @@ class Linear:
         # the same customer in a batch. An elementwise product summed along each row does not.
         imputer, scaler, last = self.pipeline[0], self.pipeline[1], self.pipeline[-1]
         x = _f64(x[:, self.columns])
-        x = np.where(np.isnan(x), imputer.statistics_, x)
+        x = np.clip(np.where(np.isnan(x), imputer.statistics_, x), self.low, self.high)
         margin = _margin(last, (x - scaler.mean_) / scaler.scale_)
         if self.kind == "probability":
             return special.expit(margin)

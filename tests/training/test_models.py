@@ -128,3 +128,16 @@ def test_linear_and_blend_candidates_score_a_customer_alone_exactly_as_in_a_batc
     reference = Linear("probability", range(40), 1).fit(x, y)
     filled = np.where(np.isnan(x), reference.pipeline[0].statistics_, x).astype(np.float64)
     np.testing.assert_allclose(reference.score(x), reference.pipeline.predict_proba(filled)[:, 1], rtol=1e-12)
+
+
+def test_a_linear_candidate_does_not_extrapolate_past_what_it_was_trained_on():
+    from training.candidates import Linear
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2000, 3)).astype(np.float32)
+    x[:, 2] = (rng.uniform(size=2000) < 0.01).astype(np.float32)  # a counter that is almost always 0 in training
+    y = (rng.uniform(size=2000) < 1 / (1 + np.exp(-(x[:, 0] + 0.5 * x[:, 2])))).astype(int)
+    model = Linear("probability", range(3), 1).fit(x, y)
+    row = np.array([[0.0, 0.0, 1.0]], dtype=np.float32)
+    live = np.array([[0.0, 0.0, 40.0]], dtype=np.float32)  # 40 events live: beyond anything seen
+    assert model.score(live)[0] == model.score(row)[0]
