@@ -115,6 +115,17 @@ def _check_history(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> tu
     return x, tx, age
 
 
+def history_inputs(t: ArrayLike | None, frequency: ArrayLike, recency: ArrayLike,
+                   T: ArrayLike) -> tuple[tuple[int, ...], list[np.ndarray]]:
+    """Validated, broadcast and flattened (t,) x, t_x, T, with the shape to give results back in (the inputs of
+    every buy-till-you-die model's predictions: BG/NBD here, Pareto/NBD in training/pareto.py)."""
+    arrays = dict(zip(("frequency", "recency", "T"), _check_history(frequency, recency, T)))
+    if t is not None:
+        arrays = {"t": _as_array("t", t), **arrays}
+    flat = _broadcast(**arrays)
+    return flat[0].shape, [np.atleast_1d(v).ravel() for v in flat]
+
+
 def _factorize_rows(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the first row of each distinct tuple, and how many rows share it."""
     key = np.zeros(columns[0].shape[0], dtype=np.int64)
@@ -374,15 +385,7 @@ class BetaGeoModel:
         p = self.params_
         return p["r"], p["alpha"], p["a"], p["b"]
 
-    @staticmethod
-    def _inputs(t: ArrayLike | None, frequency: ArrayLike, recency: ArrayLike,
-                T: ArrayLike) -> tuple[tuple[int, ...], list[np.ndarray]]:
-        """Validated, broadcast and flattened (t,) x, t_x, T, with the shape to give results back in."""
-        arrays = dict(zip(("frequency", "recency", "T"), _check_history(frequency, recency, T)))
-        if t is not None:
-            arrays = {"t": _as_array("t", t), **arrays}
-        flat = _broadcast(**arrays)
-        return flat[0].shape, [np.atleast_1d(v).ravel() for v in flat]
+    _inputs = staticmethod(history_inputs)
 
     def probability_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
         """P(still alive at T | x, t_x, T); 1 for x = 0 (dropping out needs a repeat purchase)."""

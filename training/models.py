@@ -17,9 +17,8 @@ from sklearn.isotonic import IsotonicRegression
 
 from training.btyd import BetaGeoModel
 from training.pareto import PARETO_FEATURES, ParetoNBDModel, pareto_columns, pareto_outputs
-from training.candidates import Calibrated, Lgbm, RankCalibrator
+from training.candidates import BTYD_INPUTS, Calibrated, Lgbm, RankCalibrator
 
-BTYD_INPUTS = ("tx_btyd_frequency", "tx_btyd_recency", "tx_btyd_T")
 BTYD_FEATURES = ("btyd_p_alive", "btyd_expected_purchases")
 
 

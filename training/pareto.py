@@ -36,7 +36,7 @@ from numpy.typing import ArrayLike
 from scipy import special
 from sklearn.exceptions import NotFittedError
 
-from training.btyd import ConvergenceError, _as_array, _broadcast, _check_history, _factorize_rows, _minimise
+from training.btyd import ConvergenceError, _check_history, _factorize_rows, _minimise, history_inputs
 
 __all__ = ["ConvergenceError", "PARETO_FEATURES", "PARETO_INPUTS", "ParetoNBDModel", "pareto_columns",
            "pareto_outputs"]
@@ -189,14 +189,7 @@ class ParetoNBDModel:
         p = self.params_
         return p["r"], p["alpha"], p["s"], p["beta"]
 
-    @staticmethod
-    def _inputs(t: ArrayLike | None, frequency: ArrayLike, recency: ArrayLike,
-                T: ArrayLike) -> tuple[tuple[int, ...], list[np.ndarray]]:
-        arrays = dict(zip(("frequency", "recency", "T"), _check_history(frequency, recency, T)))
-        if t is not None:
-            arrays = {"t": _as_array("t", t), **arrays}
-        flat = _broadcast(**arrays)
-        return flat[0].shape, [np.atleast_1d(v).ravel() for v in flat]
+    _inputs = staticmethod(history_inputs)
 
     def _p_alive(self, x: np.ndarray, tx: np.ndarray, age: np.ndarray) -> np.ndarray:
         r, alpha, s, beta = self._params()
