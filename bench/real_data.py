@@ -479,8 +479,10 @@ def main() -> int:
         report = step.get("report") or {}
         for m in report.get("models", []) if step["step"] == "train" else []:
             promo = (report.get("promotions") or {}).get(m.get("tag"), {})
-            print(f"    held out by persona: {m.get('tag')} {m.get('metric')} {m.get('value')} vs baselines "
-                  f"{m.get('baselines')}; beats all: {m.get('beats_baselines')}; promoted: {promo.get('promoted')}")
+            over = f"; passed over within one standard error: {m['passed_over']}" if m.get("passed_over") else ""
+            print(f"    held out by persona: {m.get('tag')} {m.get('learner')} {m.get('metric')} {m.get('value')} vs "
+                  f"baselines {m.get('baselines')}{over}; beats all: {m.get('beats_baselines')}; "
+                  f"promoted: {promo.get('promoted')}")
         if step["rc"] == 0:
             for why in (report.get("skipped") or {}).values():
                 print(f"    not trained: {why}")

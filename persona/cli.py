@@ -240,9 +240,15 @@ def render_train(r: dict) -> None:
         table.add_column(col)
     for m in r["models"]:
         best = max(m["baselines"].items(), key=lambda kv: kv[1]) if m["baselines"] else ("-", float("nan"))
-        table.add_row(m["tag"], m["metric"], f"{m['value']:.4f}", f"{best[0]} {best[1]:.4f}", m["grade"],
+        table.add_row(m["tag"], m["metric"], f"{m.get('learner', '')} {m['value']:.4f}".strip(),
+                      f"{best[0]} {best[1]:.4f}", m["grade"],
                       str(m["version"]), "yes" if m["beats_baselines"] else "[red]no[/]")
     console.print(table)
+    for m in r["models"]:
+        if m.get("passed_over"):
+            lead = ", ".join(f"{k} +{v:.4f}" for k, v in m["passed_over"].items())
+            console.print(f"{m['tag']}: {m['learner']} serves; within one standard error of it: {lead} (learned "
+                          "models must lead a buy-till-you-die model by more than the noise)")
     for tag, why in r["skipped"].items():
         console.print(f"[yellow]skipped {tag}:[/] {why}")
     for tag, p in r.get("promotions", {}).items():

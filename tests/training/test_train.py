@@ -138,6 +138,7 @@ def test_a_candidate_that_cannot_be_fitted_is_reported_and_the_best_other_serves
     (row,) = result["models"]
     assert "bg_nbd" not in row["baselines"] and "did not converge" in row["failed"]["bg_nbd"]
     assert row["learner"] in {"lightgbm", "logistic_regression", "blend"}
+    assert "bg_nbd_covariates" not in row["baselines"]  # built on BG/NBD: it cannot compete either
 
 
 def test_a_classical_champion_serves_through_the_same_pyfunc(demo):
@@ -198,6 +199,6 @@ def test_a_six_month_log_trains_with_the_defaults_by_cross_fitting_customers(tmp
         run = client.get_run(client.get_model_version(tracking.model_name(m["tag"]), m["version"]).run_id)
         assert run.data.params["split"] == "customers" and run.data.params["refit"] == "True"
         assert m["rows"]["folds"] == 5 and m["learner"] in {"lightgbm", "logistic_regression", "linear_regression",
-                                                             "bg_nbd", "bg_nbd_gamma_gamma", "blend"}
+                                                             "bg_nbd", "bg_nbd_gamma_gamma", "bg_nbd_covariates", "blend"}
         if m["metric"] == "auc":  # calibration kept the ranking
             assert run.data.metrics["test_calibration_auc_change"] < 0.001
