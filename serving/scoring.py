@@ -203,21 +203,14 @@ def load_rules(ws: Workspace, cfg: PersonaConfig, columns: Iterable[str]):
 
 
 # --- feature frames ----------------------------------------------------------------------------------------------
-def snapshot_date(ws: Workspace, as_of: pd.Timestamp | None = None) -> pd.Timestamp:
-    """The snapshot date scoring uses: the latest feature snapshot at or before `as_of` (default: the last)."""
+def snapshot_date(ws: Workspace) -> pd.Timestamp:
+    """The newest feature snapshot date (what `persona rescore` scores without --as-of)."""
     from persona.workspace import read_json
 
     manifest = read_json(ws.root / "features" / "manifest.json")
     if not manifest:
         raise FileNotFoundError(f"{ws.root / 'features'}: no feature snapshots yet (run `persona features`)")
-    dates = sorted(pd.Timestamp(d) for d in manifest["dates"])
-    if as_of is None:
-        return dates[-1]
-    usable = [d for d in dates if d <= as_of]
-    if not usable:
-        raise FileNotFoundError(f"no feature snapshot at or before {as_of.date()} (first: {dates[0].date()}); "
-                                f"run `persona features --as-of {as_of.date()}`")
-    return usable[-1]
+    return max(pd.Timestamp(d) for d in manifest["dates"])
 
 
 def offline_frame(ws: Workspace, date: pd.Timestamp, columns: Sequence[str] | None = None) -> pd.DataFrame:

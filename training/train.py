@@ -528,8 +528,8 @@ class Trainer:
             if spec.tag == "churn_risk":
                 fits["bg_nbd"] = lambda: _calibrate(spec.kind, cand.BtydChurn(bg, at, spec.horizon_days),
                                                     x["val"], y["val"])
-                fits["bg_nbd_covariates"] = lambda: _calibrate(spec.kind, cand.BtydCovariates(
-                    bg, at, spec.horizon_days, COVARIATES, seed).fit(x["train"], y["train"]), x["val"], y["val"])
+                fits["bg_nbd_covariates"] = lambda: cand.BtydCovariates(bg, at, spec.horizon_days, COVARIATES,
+                                                                       seed).fit(x["train"], y["train"])
             elif spec.tag == "interest":
                 category = out.removeprefix("interest_")
                 buys = f"aff_buy_{category}_365d"
