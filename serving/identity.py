@@ -52,13 +52,15 @@ class IdentityIndex:
     alias_to: np.ndarray
     salt: str
     region: str
+    retired_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))  # sorted; dissolved
+    retired_reasons: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))  # same order
     longest_id: int = field(init=False, default=0)  # no persona id or retired id is longer
 
     def __post_init__(self) -> None:
         # np.searchsorted on a fixed-width text array first casts the array to the width of the key: one key of
         # 100,000 characters against 10,000 ids of 11 made a 4 GB copy and took 25 s. A key longer than every id
         # cannot be one of them, so resolve_persona answers None before searching.
-        self.longest_id = max(_longest(self.personas_known), _longest(self.alias_from))
+        self.longest_id = max(_longest(self.personas_known), _longest(self.alias_from), _longest(self.retired_ids))
 
     @classmethod
     def load(cls, ws: Workspace, cfg: PersonaConfig) -> IdentityIndex:
@@ -71,9 +73,14 @@ class IdentityIndex:
         order = np.argsort(keys, kind="stable")
         aliases = pq.read_table(current / "aliases.parquet").to_pandas() if (current / "aliases.parquet").exists() \
             else pd.DataFrame({"persona_id": [], "alias_of": []})
-        # a retired id (its persona dissolved: alias_of empty) resolves to nothing, not to a persona named "None"
+        # a retired id (its persona dissolved: alias_of empty) resolves to nothing, not to a persona named "None";
+        # its retirement record says why (`retirement`)
+        gone = aliases[aliases["alias_of"].isna()]
         aliases = aliases[aliases["alias_of"].notna()]
         a_order = np.argsort(aliases["persona_id"].astype(str).to_numpy())
+        r_ids = gone["persona_id"].astype(str).to_numpy()
+        reasons = gone["reason"].astype(str).to_numpy() if "reason" in gone.columns else np.full(len(gone), "retired")
+        r_order = np.argsort(r_ids)
         profiles = pq.read_table(current / "profiles.parquet", columns=["persona_id"]).column(0).to_numpy()
         return cls(
             types=types, normalisers={t: s.normalise for t, s in cfg.identity.identifiers.items()},
@@ -83,6 +90,7 @@ class IdentityIndex:
             alias_from=aliases["persona_id"].astype(str).to_numpy()[a_order],
             alias_to=aliases["alias_of"].astype(str).to_numpy()[a_order],
             salt=ws.salt(), region=cfg.phone_region,
+            retired_ids=r_ids[r_order].astype(object), retired_reasons=reasons[r_order].astype(object),
         )
 
     def hash_values(self, id_type: str, values: Sequence[str], hashed: Sequence[bool] | None = None) -> list[str | None]:
@@ -140,6 +148,23 @@ class IdentityIndex:
             break
         i = np.searchsorted(self.personas_known, pid)
         return pid if i < len(self.personas_known) and self.personas_known[i] == pid else None
+
+
+    def retirement(self, persona_id: str) -> str | None:
+        """Why a persona id that resolves to nothing was retired (its persona dissolved, directly or after absorbing
+        it); None for an id that was never known or is live."""
+        pid = str(persona_id)
+        if len(pid) > self.longest_id or self.resolve_persona(pid) is not None:
+            return None
+        for _ in range(8):  # the alias chain to its end, as resolve_persona follows it
+            i = np.searchsorted(self.retired_ids, pid)
+            if i < len(self.retired_ids) and self.retired_ids[i] == pid:
+                return str(self.retired_reasons[i])
+            i = np.searchsorted(self.alias_from, pid)
+            if not (i < len(self.alias_from) and self.alias_from[i] == pid):
+                return None
+            pid = str(self.alias_to[i])
+        return None
 
 
 def _longest(ids: np.ndarray) -> int:

@@ -41,6 +41,10 @@ class NotFound(LookupError):
     """No persona matches the request."""
 
 
+class Gone(NotFound):
+    """The persona id asked for was retired: its persona dissolved (the reason is the message)."""
+
+
 class Unavailable(RuntimeError):
     """A backing store (online store, model registry) cannot be reached or is not ready; says which."""
 

@@ -72,7 +72,7 @@ from starlette.staticfiles import StaticFiles
 
 from persona.config import ServingConfig
 from persona.workspace import Workspace
-from serving.online import EVENT_TYPES, BadRequest, Customer, NotFound, OnlineEngine, Unavailable
+from serving.online import EVENT_TYPES, BadRequest, Customer, Gone, NotFound, OnlineEngine, Unavailable
 
 WORKSPACE_VAR = "PERSONA_WORKSPACE"
 SERVICE_NAME = "persona"
@@ -288,6 +288,7 @@ def _responses(*statuses: int) -> dict[int, dict]:
     known = {
         401: {"model": ErrorBody, "description": "API key missing or wrong (only when the server sets one)"},
         404: {"model": ErrorBody, "description": "no persona matches the customer given"},
+        410: {"model": ErrorBody, "description": "the persona id was retired: its persona dissolved (the reason)"},
         413: {"model": TooLargeBody, "description": "body larger than serving.max_body_bytes"},
         422: {"model": InvalidBody, "description": "invalid request, naming the fields"},
         500: {"model": ErrorBody, "description": "unexpected error (the server log has it)"},
@@ -747,6 +748,16 @@ class PersonaService:
         self._stop.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def _missing(self, ref: CustomerRef) -> NotFound:
+        """Why a customer was not found: a retired persona id (410, with its retirement's reason) or unknown (404)."""
+        engine = self.engine
+        if ref.persona_id is not None and engine is not None:
+            reason = engine.identity.retirement(ref.persona_id)
+            if reason is not None:
+                return Gone(f"persona {ref.persona_id!r} was retired: its persona dissolved ({reason}); look the "
+                            "customer up by an identifier")
+        return NotFound(_who(ref))
+
     def _engine(self) -> OnlineEngine:
         engine = self.engine
         if engine is None:
@@ -794,6 +805,8 @@ class PersonaService:
         (naming it; its address and the driver's message go to the log only)."""
         try:
             return await work
+        except Gone as exc:
+            return _json(410, {"error": "gone", "detail": str(exc)})
         except NotFound as exc:
             return _json(404, {"error": "not found", "detail": str(exc)})
         except BadRequest as exc:
@@ -815,7 +828,7 @@ class PersonaService:
         logger.warning("answering 503: %s", message)
 
     # --- routes --------------------------------------------------------------------------------------------------
-    @app.post("/profile", responses=_responses(404, 413, 422, 503))
+    @app.post("/profile", responses=_responses(404, 410, 413, 422, 503))
     async def profile(self, body: CustomerRef) -> Response:
         """Rule tags, model tags with scores and bands, top interests and model versions of one customer."""
         return await self._answer(self._profile(body))
@@ -825,7 +838,7 @@ class PersonaService:
             return bad
         (found,) = await self._profiles([body.customer()])
         if found is None:
-            raise NotFound(_who(body))
+            raise self._missing(body)
         return _json(200, found)
 
     @app.post("/score", responses=_responses(413, 422, 503))
@@ -837,12 +850,14 @@ class PersonaService:
         if bad := self._check_types([(f"customers.{i}.", c) for i, c in enumerate(body.customers)]):
             return bad
         found = await self._profiles([c.customer() for c in body.customers])
-        results = [p if p is not None else {"error": "not found", "detail": _who(c)}
-                   for p, c in zip(found, body.customers)]
+        missing = {i: self._missing(c) for i, (p, c) in enumerate(zip(found, body.customers)) if p is None}
+        results = [p if p is not None else {"error": "gone" if isinstance(missing[i], Gone) else "not found",
+                                            "detail": str(missing[i])}
+                   for i, p in enumerate(found)]
         n = sum(p is not None for p in found)
         return _json(200, {"results": results, "found": n, "not_found": len(found) - n})
 
-    @app.post("/recommend", responses=_responses(404, 413, 422, 503))
+    @app.post("/recommend", responses=_responses(404, 410, 413, 422, 503))
     async def recommend(self, body: RecommendRequest) -> Response:
         """Top-n categories by propensity, leaving out those bought in the last `exclude_days` days."""
         return await self._answer(self._recommend(body))
@@ -855,7 +870,7 @@ class PersonaService:
             out = await self._call("recommend", lambda: engine.recommend(body.customer(), n=body.n,
                                                                          exclude_days=body.exclude_days))
         except NotFound:
-            raise NotFound(_who(body)) from None
+            raise self._missing(body) from None
         return _json(200, out)
 
     @app.post("/events", responses=_responses(404, 413, 422, 503))

@@ -38,7 +38,9 @@ class StubEngine:
 
     def __init__(self, ws) -> None:
         outputs = ["churn_risk", *(f"interest_{c}" for c in CATEGORIES)]
-        self.identity = type("Index", (), {"types": ["email", "phone"]})()
+        retired = {"P-dissolved": "its only device turned out to be shared"}
+        self.identity = type("Index", (), {"types": ["email", "phone"],
+                                           "retirement": lambda self, pid: retired.get(pid)})()
         self.scorer = type("Scorer", (), {"models": type("Models", (), {"outputs": lambda self: outputs})()})()
 
     def ready(self) -> dict:
@@ -130,6 +132,16 @@ def test_a_huge_id_is_422_naming_the_field_and_never_reaches_the_engine(client, 
 def test_an_id_at_the_limit_is_looked_up(client):
     _error(client.post("/v1/profile", json={"persona_id": "P" * 128}), 404)
     assert StubEngine.calls == ["profiles"]
+
+
+def test_a_retired_persona_id_is_410_with_the_reason_and_an_unknown_one_404(client):
+    answer = _error(client.post("/v1/profile", json={"persona_id": "P-dissolved"}), 410)
+    assert "retired" in answer["detail"] and "shared" in answer["detail"]
+    _error(client.post("/v1/recommend", json={"persona_id": "P-dissolved"}), 410)
+    _error(client.post("/v1/profile", json={"persona_id": "P-never"}), 404)
+    r = client.post("/v1/score", json={"customers": [{"persona_id": "P-dissolved"}, {"persona_id": "P-never"}]})
+    assert r.status_code == 200
+    assert [x["error"] for x in r.json()["results"]] == ["gone", "not found"]
 
 
 def test_the_id_limit_comes_from_the_workspace(env, tmp_path):

@@ -98,6 +98,21 @@ def test_retired_ids_resolve_to_the_survivor_and_unknown_ids_to_none(index):
     assert index.resolve_persona("P7") is None
 
 
+def test_a_dissolved_persona_id_resolves_to_nothing_and_says_why(ws):
+    with publishing(ws, "integrated", "run-2") as out:
+        for name in ("identity_hashed.parquet", "profiles.parquet"):
+            (out / name).write_bytes((ws.require_current("integrated", "") / name).read_bytes())
+        write_parquet_atomic(out / "aliases.parquet", pd.DataFrame({
+            "persona_id": ["P0", "P5", "P6"], "alias_of": ["P1", None, "P5"],
+            "reason": ["merge", "dissolve: shared_device", "merge"]}, dtype="string"))
+    index = IdentityIndex.load(ws, ws.config())
+    assert index.resolve_persona("P5") is None and index.resolve_persona("P6") is None
+    assert index.retirement("P5") == "dissolve: shared_device"
+    assert index.retirement("P6") == "dissolve: shared_device"  # absorbed into P5, which later dissolved
+    assert index.retirement("P0") is None and index.retirement("P1") is None  # live through the alias, and live
+    assert index.retirement("P7") is None and index.retirement("P5" * 1000) is None  # never known
+
+
 def test_without_a_salt_the_index_says_where_to_put_one(ws):
     (ws.root / SECRETS_FILE).unlink()
     with pytest.raises(Exception, match="PERSONA_SALT"):
