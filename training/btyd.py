@@ -52,6 +52,10 @@ from scipy import optimize, special
 from sklearn.exceptions import NotFittedError
 from threadpoolctl import ThreadpoolController
 
+# The feature columns every buy-till-you-die model reads (features/transactions.py writes them): repeat purchase
+# days, days from the first to the last purchase day, days from the first purchase day to the snapshot.
+BTYD_INPUTS = ("tx_btyd_frequency", "tx_btyd_recency", "tx_btyd_T")
+
 __all__ = ["BetaGeoModel", "ConvergenceError", "GammaGammaModel", "expected_value"]
 
 _LOG_BOUND = 20.0  # log-parameters (in normalised units) are kept within +-20 during the search

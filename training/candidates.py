@@ -26,9 +26,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from training.btyd import BetaGeoModel, ConvergenceError, GammaGammaModel  # noqa: F401 (re-exported)
-
-BTYD_INPUTS = ("tx_btyd_frequency", "tx_btyd_recency", "tx_btyd_T")
+from training.btyd import BTYD_INPUTS, BetaGeoModel, ConvergenceError, GammaGammaModel  # noqa: F401 (re-exported)
 MONETARY = "tx_btyd_monetary"
 
 

@@ -36,13 +36,13 @@ from numpy.typing import ArrayLike
 from scipy import special
 from sklearn.exceptions import NotFittedError
 
-from training.btyd import ConvergenceError, _check_history, _factorize_rows, _minimise, history_inputs
+from training.btyd import BTYD_INPUTS, ConvergenceError, _check_history, _factorize_rows, _minimise, history_inputs
 
 __all__ = ["ConvergenceError", "PARETO_FEATURES", "PARETO_INPUTS", "ParetoNBDModel", "pareto_columns",
            "pareto_outputs"]
 
 # The features the model reads (the transaction group's BTYD inputs) and the columns `pareto_columns` adds.
-PARETO_INPUTS = ("tx_btyd_frequency", "tx_btyd_recency", "tx_btyd_T")
+PARETO_INPUTS = BTYD_INPUTS  # the same summaries as BG/NBD
 PARETO_FEATURES = ("pareto_p_alive", "pareto_expected_purchases")
 _FD_STEP = 1e-6  # central-difference step in the log-parameters
 

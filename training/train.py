@@ -301,6 +301,25 @@ def _data_hash(frame: pd.DataFrame) -> str:
     return hashlib.sha256(digest.tobytes()).hexdigest()[:16]
 
 
+def _refit_rows(data: pd.DataFrame, split: Split, seed: int) -> pd.DataFrame:
+    """The labelled rows a refit learns from: all of them up to MAX_TRAIN_ROWS (the evaluation's train, validation
+    and held-out rows are up to 800k, four times what the candidates were fitted on); beyond, the held-out date's
+    rows (the newest behaviour) fill up to half, and a seeded sample of the earlier dates the rest."""
+    if len(data) <= MAX_TRAIN_ROWS:
+        return data.reset_index(drop=True)
+    newest = (pd.to_datetime(data["event_timestamp"], utc=True) == pd.Timestamp(split.test)).to_numpy()
+    recent, earlier = data[newest], data[~newest]
+    recent = recent.sample(min(len(recent), MAX_TRAIN_ROWS // 2), random_state=seed)
+    earlier = earlier.sample(min(len(earlier), MAX_TRAIN_ROWS - len(recent)), random_state=seed)
+    return pd.concat([earlier, recent], ignore_index=True)
+
+
+def _history(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The BTYD inputs (frequency, recency, age) of a frame's rows as float64, a missing value as 0."""
+    f, r, t = (np.nan_to_num(frame[c].to_numpy(dtype=np.float64, na_value=np.nan), nan=0.0) for c in mdl.BTYD_INPUTS)
+    return f, r, t
+
+
 def _features_of(frame: pd.DataFrame, exclude: set[str]) -> list[str]:
     return [c for c in frame.columns if c not in exclude and c not in KEYS and frame[c].dtype.kind in "biuf"]
 
@@ -322,6 +341,7 @@ class Trainer:
         self.store = feature_store.open_store(ws, cfg)
         self.client = tracking.connect(ws, cfg)
         self.held_out: dict[str, pd.DataFrame] = {}  # the held-out rows each tag was scored on, for the gate
+        self._newest: dict[pd.Timestamp, pd.DataFrame] = {}  # purchase summaries per date (`_summaries`)
 
     def _say(self, what: str, frac: float) -> None:
         if self.progress:
@@ -479,16 +499,18 @@ class Trainer:
         """BG/NBD (+ Gamma-Gamma) on one snapshot's summaries; a fit that fails is reported, not raised."""
         if not set(mdl.BTYD_INPUTS) <= set(features) or frame.empty:
             return None, None
-        cols = [frame[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in mdl.BTYD_INPUTS]
         m = frame[cand.MONETARY].to_numpy(dtype=np.float64, na_value=np.nan) if cand.MONETARY in frame else None
         try:
-            return cand.fit_btyd(*cols, m)
+            return cand.fit_btyd(*_history(frame), m)
         except (ConvergenceError, ValueError) as exc:
             failed["bg_nbd"] = f"{type(exc).__name__}: {exc}"
             return None, None
 
     def _summaries(self, spec: TagSpec, date: pd.Timestamp) -> pd.DataFrame:
-        """The tag's features at `date` for (a seeded sample of) every customer with a purchase before it."""
+        """The purchase summaries (BTYD inputs, monetary) at `date` of (a seeded sample of) every customer with a
+        purchase before it, read once per date through the first tag's FeatureService that has them."""
+        if date in self._newest:
+            return self._newest[date]
         ids = self.con.execute(f"SELECT DISTINCT persona_id FROM {self.tx} WHERE ts::TIMESTAMPTZ < ?",
                                [date.to_pydatetime()]).df()
         if len(ids) > MAX_EVAL_ROWS:
@@ -496,14 +518,17 @@ class Trainer:
         if ids.empty:
             return ids
         entities = ids.assign(event_timestamp=date)
-        return feature_store.historical_features(self.store, f"{spec.tag}_v1", entities)
+        frame = feature_store.historical_features(self.store, f"{spec.tag}_v1", entities)
+        keep = [c for c in (*KEYS, *mdl.BTYD_INPUTS, cand.MONETARY) if c in frame.columns]
+        if set(mdl.BTYD_INPUTS) <= set(keep):
+            self._newest[date] = frame = frame[keep]
+        return frame
 
     def _pareto(self, frame: pd.DataFrame, features: list[str], failed: dict[str, str]):
         """Pareto/NBD on one snapshot's summaries, for its P(alive) and expected purchases as features."""
         if not set(mdl.BTYD_INPUTS) <= set(features) or frame.empty:
             return None
-        f, r, t = (np.nan_to_num(frame[c].to_numpy(dtype=np.float64, na_value=np.nan), nan=0.0)
-                   for c in mdl.BTYD_INPUTS)
+        f, r, t = _history(frame)
         try:
             return ParetoNBDModel(penalizer=0.001).fit(f, r, np.maximum(t, r))
         except (ConvergenceError, ValueError) as exc:
@@ -568,7 +593,7 @@ class Trainer:
         with a customer split, every customer included), BG/NBD on the held-out date's summaries: what scoring
         then uses. Calibration maps are kept from the validation date; LightGBM keeps the tree count early stopping
         chose."""
-        every = data.reset_index(drop=True)
+        every = _refit_rows(data, split, self.cfg.training.seed)
         bg, gg, pareto = selected.btyd, None, selected.pareto
         # BG/NBD and Pareto/NBD need no labels: they are refitted on the newest summaries there are, the scoring
         # date's (the customers as they will be scored), else the held-out date's.
