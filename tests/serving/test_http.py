@@ -27,7 +27,7 @@ class FakeEngine:
     calls: list[int] = []
 
     def __init__(self, ws) -> None:
-        self.identity = type("Index", (), {"types": ["email", "phone"]})()
+        self.identity = type("Index", (), {"types": ["email", "phone"], "retirement": lambda self, pid: None})()
         self.scorer = object()
 
     def ready(self) -> dict:

@@ -37,3 +37,14 @@ def test_an_undefined_group_is_left_out_and_a_failed_candidate_cannot_win():
               "blend": np.full(4, np.nan)}
     choice = select(groups)
     assert choice.served == "lightgbm" and choice.best == "lightgbm"
+
+
+def test_absolute_timestamps_are_never_model_inputs():
+    import pandas as pd
+
+    from training.train import _features_of
+
+    frame = pd.DataFrame({"persona_id": ["a"], "event_timestamp": [pd.Timestamp("2026-01-01", tz="UTC")],
+                          "rt_last_event_ts": [1_767_225_600], "rt_views_1h": [2.0], "eng_days_since_last_visit": [3],
+                          "label": [1], "city": ["x"]})
+    assert _features_of(frame, {"label"}) == ["rt_views_1h", "eng_days_since_last_visit"]
