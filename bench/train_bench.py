@@ -73,7 +73,8 @@ def main() -> int:
     row = {"personas": personas, "outputs": outputs, "train_seconds": round(e2e, 1),
            "train_reported": result["seconds"], "floor_one_fit": round(one_fit, 2), "floor_seconds": round(floor, 1),
            "ratio": round(e2e / floor, 2), "rows": {m["tag"]: m["rows"] for m in result["models"]},
-           "metrics": {m["tag"]: [m["metric"], m["value"], max(m["baselines"].values())] for m in result["models"]},
+           "metrics": {m["tag"]: [m["metric"], m["learner"], m["value"],
+                                  max(m["baselines"].items(), key=lambda kv: kv[1])] for m in result["models"]},
            "all_beat_baselines": all(m["beats_baselines"] for m in result["models"]),
            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
            "machine": {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
@@ -81,6 +82,10 @@ def main() -> int:
     print(f"{personas:,} personas: trained {outputs} outputs in {e2e:.1f} s (goal < {BUDGET_S:.0f} s); "
           f"floor (LightGBM fits alone, {outputs} x {one_fit:.2f} s on {len(x):,} x {x.shape[1]}) {floor:.1f} s; "
           f"ratio {row['ratio']}x")
+    for m in result["models"]:
+        best = max(m["baselines"].items(), key=lambda kv: kv[1])
+        print(f"  {m['tag']:<22} {m['metric']:<9} {m['learner']:<20} {m['value']:.4f}   best other: {best[0]} "
+              f"{best[1]:.4f}")
     print(f"every model ahead of every baseline: {row['all_beat_baselines']}; peak RSS {row['peak_rss_gb']} GB; "
           f"load {os.getloadavg()[0]:.1f}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
