@@ -23,7 +23,6 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import yaml
 
 from feature_repo import definitions as defs
 from persona.config import PersonaConfig
@@ -93,11 +92,6 @@ def render_store_yaml(ws: Workspace, cfg: PersonaConfig, *, timeout: float = BAT
         # JSON scalars are YAML scalars: strings come out quoted (paths with ': ' or '#' stay intact), None as null.
         text = text.replace(token, json.dumps(value))
     return text
-
-
-def store_config(ws: Workspace, cfg: PersonaConfig) -> dict:
-    """The feature_store.yaml content for the workspace's store profile (values from the environment as ${VAR})."""
-    return yaml.safe_load(render_store_yaml(ws, cfg))
 
 
 def open_store(ws: Workspace, cfg: PersonaConfig, *, serving: bool = False) -> feast.FeatureStore:
@@ -408,23 +402,6 @@ def historical_features(store: feast.FeatureStore, service: str, entity_df: pd.D
     # store drops a row that predates every snapshot of a persona instead of giving it nulls.
     found = found[[order, *features]].set_index(order).reindex(range(len(frame)))
     return pd.concat([frame, found.reset_index(drop=True)], axis=1)
-
-
-def online_refs(store: feast.FeatureStore, features: Sequence[str] | None = None) -> list[str]:
-    """`view:feature` references of every registered view's features (or only of `features`), cached like services.
-
-    Feature names are unique across views (each group has its prefix), so a name identifies its view.
-    """
-    cached = _SERVICES.setdefault(store, {})
-    hit = cached.get("__all_views__")
-    ttl = store.config.registry.cache_ttl_seconds
-    if hit is None or (ttl and time.monotonic() - hit[0] >= ttl):
-        refs = [(f.name, f"{v.name}:{f.name}") for v in store.list_feature_views(allow_cache=False)
-                if v.name in defs.GROUPS for f in v.features]
-        hit = (time.monotonic(), refs)
-        cached["__all_views__"] = hit
-    wanted = None if features is None else set(features)
-    return [ref for name, ref in hit[1] if wanted is None or name in wanted]
 
 
 class OnlineReader:

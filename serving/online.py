@@ -478,13 +478,3 @@ def _bought_within(features: Mapping, category: str, days: int) -> bool:
             value = features.get(f"aff_buy_{category}_{window}d")
             return bool(value is not None and not pd.isna(value) and value > 0)
     return False
-
-
-def customer_from(body: Mapping) -> Customer:
-    """A Customer from a request body: {"persona_id": ...} or {"identifier": {"type", "value", "hashed"?}}."""
-    if body.get("persona_id") is not None:
-        return Customer(persona_id=str(body["persona_id"]))
-    ident = body.get("identifier")
-    if not isinstance(ident, Mapping):
-        raise BadRequest("give 'persona_id' or 'identifier': {'type': ..., 'value': ...}")
-    return Customer(id_type=str(ident.get("type")), value=str(ident.get("value")), hashed=bool(ident.get("hashed")))

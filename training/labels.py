@@ -97,11 +97,3 @@ def interest_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Seque
     cats = [c for c in wide.columns]
     out[cats] = out[cats].fillna(0).astype("int8")
     return out
-
-
-def purchase_categories(con: duckdb.DuckDBPyConnection, source: str) -> list[str]:
-    """Categories with purchases, most purchased first."""
-    p = _purchases(con, source)
-    rows = con.execute(f"SELECT category, count(*) n FROM {p} WHERE category IS NOT NULL AND purchase "
-                       "GROUP BY 1 ORDER BY 2 DESC, 1")
-    return [r[0] for r in rows.fetchall()]

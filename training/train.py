@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -931,7 +930,3 @@ def train(ws: Workspace, *, promote: bool = False, tags: list[str] | None = None
     if promote:
         out["promotions"] = promotions
     return out
-
-
-def format_json(result: dict) -> str:
-    return json.dumps(result, default=str)

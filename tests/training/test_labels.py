@@ -180,4 +180,3 @@ def test_interest_labels_without_a_category_column_have_no_label_columns(con):
     pop = lab.value_labels(con, "t", dates=[D], horizon_days=60)[["persona_id", "event_timestamp"]]
     out = lab.interest_labels(con, "t", dates=[D], horizon_days=60, population=pop)
     assert list(out.columns) == ["persona_id", "event_timestamp"] and len(out) == 1
-    assert lab.purchase_categories(con, "t") == []
