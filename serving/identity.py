@@ -133,38 +133,37 @@ class IdentityIndex:
                 p += 1
         return out
 
+    def _follow(self, persona_id: str) -> str:
+        """The end of a persona id's alias chain (the id itself when it is no alias)."""
+        pid = str(persona_id)
+        for _ in range(8):  # alias chains are short; the bound guards against a cycle in a hand-edited file
+            i = np.searchsorted(self.alias_from, pid)
+            if not (i < len(self.alias_from) and self.alias_from[i] == pid):
+                break
+            pid = str(self.alias_to[i])
+        return pid
+
     def resolve_persona(self, persona_id: str) -> str | None:
         """The persona itself, or the persona that absorbed a retired id; None if never known.
 
         Costs the same whatever the length of `persona_id` (see __post_init__)."""
-        pid = str(persona_id)
-        if len(pid) > self.longest_id:
+        if len(str(persona_id)) > self.longest_id:
             return None
-        for _ in range(8):  # alias chains are short; the bound guards against a cycle in a hand-edited file
-            i = np.searchsorted(self.alias_from, pid)
-            if i < len(self.alias_from) and self.alias_from[i] == pid:
-                pid = str(self.alias_to[i])
-                continue
-            break
+        pid = self._follow(persona_id)
         i = np.searchsorted(self.personas_known, pid)
         return pid if i < len(self.personas_known) and self.personas_known[i] == pid else None
-
 
     def retirement(self, persona_id: str) -> str | None:
         """Why a persona id that resolves to nothing was retired (its persona dissolved, directly or after absorbing
         it); None for an id that was never known or is live."""
-        pid = str(persona_id)
-        if len(pid) > self.longest_id or self.resolve_persona(pid) is not None:
+        if len(str(persona_id)) > self.longest_id:
             return None
-        for _ in range(8):  # the alias chain to its end, as resolve_persona follows it
-            i = np.searchsorted(self.retired_ids, pid)
-            if i < len(self.retired_ids) and self.retired_ids[i] == pid:
-                return str(self.retired_reasons[i])
-            i = np.searchsorted(self.alias_from, pid)
-            if not (i < len(self.alias_from) and self.alias_from[i] == pid):
-                return None
-            pid = str(self.alias_to[i])
-        return None
+        pid = self._follow(persona_id)  # a retired id is never an alias: a chain ends at it
+        i = np.searchsorted(self.personas_known, pid)
+        if i < len(self.personas_known) and self.personas_known[i] == pid:
+            return None
+        i = np.searchsorted(self.retired_ids, pid)
+        return str(self.retired_reasons[i]) if i < len(self.retired_ids) and self.retired_ids[i] == pid else None
 
 
 def _longest(ids: np.ndarray) -> int:

@@ -243,10 +243,6 @@ def select(per_group: dict[str, np.ndarray]) -> Selection:
     return Selection(fallback, best, lead, se)
 
 
-def _finite(value: float) -> float:
-    return value if np.isfinite(value) else -np.inf
-
-
 def _fold_mean(metrics: list[dict]) -> dict:
     """Metrics of the folds of a customer split averaged (row counts summed); one fold's metrics as they are."""
     if len(metrics) == 1:
@@ -422,16 +418,19 @@ class Trainer:
             metric_of = classification_metrics if spec.kind == "probability" else regression_metrics
             # per fold, then averaged: each fold's models (and calibration maps) are their own, and pooling scores
             # of different maps would judge the maps' offsets, not the rankings
-            usable = [e for e in evaluated if spec.kind != "probability" or len(np.unique(e[2])) == 2]
-            table = {name: _fold_mean([metric_of(e[2], e[1][name]) for e in usable]) for name in names}
+            usable = [k for k, e in enumerate(evaluated) if spec.kind != "probability" or len(np.unique(e[2])) == 2]
+            per_fold = {name: [metric_of(evaluated[k][2], evaluated[k][1][name]) for k in usable] for name in names}
+            table = {name: _fold_mean(per_fold[name]) for name in names}
             if not table:
                 raise RuntimeError(f"{out}: every candidate failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
-            choice = select(self._per_group(spec, data, folds, evaluated, names))
+            groups = {n: np.array([m[spec.metric] for m in per_fold[n]]) for n in names} if len(evaluated) > 1 \
+                else self._per_group(spec, data, folds[0], evaluated[0], names)
+            choice = select(groups)
             best = choice.served
             # the gate's baselines: the heuristic and every candidate but those passed over within the noise
             others = {k: v[spec.metric] for k, v in table.items() if k != best and k not in choice.passed_over}
-            others.update(_fold_mean([self._heuristics(spec, out, data[m["test"]], e[2])
-                                      for m, e in zip(folds, evaluated) if any(e is u for u in usable)]))
+            others.update(_fold_mean([self._heuristics(spec, out, data[folds[k]["test"]], evaluated[k][2])
+                                      for k in usable]))
             first = evaluated[0]
             estimators[out], chosen[out] = first[0][best], best
             value = table[best][spec.metric]
@@ -461,17 +460,15 @@ class Trainer:
         return Fitted(spec, split, model, results, data, features, skipped, refit)
 
     @staticmethod
-    def _per_group(spec: TagSpec, data: pd.DataFrame, folds: list[dict], evaluated: list, names: list[str]
+    def _per_group(spec: TagSpec, data: pd.DataFrame, masks: dict, evaluated: tuple, names: list[str]
                    ) -> dict[str, np.ndarray]:
-        """Each candidate's held-out metric per customer group: per fold (customer split), or over the held-out
-        date's customers in FOLDS groups (time split: one model, judged on each group)."""
+        """Time split (one model per candidate): each candidate's held-out metric over the held-out date's customers
+        in FOLDS groups, for `select` (a customer split's groups are its folds)."""
         metric = (lambda y, v: classification_metrics(y, v)["auc"] if len(np.unique(y)) == 2 else np.nan) \
             if spec.kind == "probability" else (lambda y, v: regression_metrics(y, v)["spearman"])
-        if len(evaluated) > 1:
-            return {n: np.array([metric(e[2], e[1][n]) for e in evaluated]) for n in names}
-        (e,) = evaluated
-        group = customer_fold(data.loc[folds[0]["test"], "persona_id"]) % FOLDS
-        return {n: np.array([metric(e[2][group == g], e[1][n][group == g]) for g in range(FOLDS)]) for n in names}
+        group = customer_fold(data.loc[masks["test"], "persona_id"]) % FOLDS
+        y, scores = evaluated[2], evaluated[1]
+        return {n: np.array([metric(y[group == g], scores[n][group == g]) for g in range(FOLDS)]) for n in names}
 
     def _evaluate_fold(self, spec: TagSpec, out: str, col: str, data: pd.DataFrame, masks: dict, shell, at: dict,
                        bg, gg, failed: dict, split: Split):
