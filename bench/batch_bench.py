@@ -37,6 +37,7 @@ def main() -> int:
 
 
     from persona.workspace import Workspace
+    from features import offline
     from serving import scoring
     from serving.batch import rescore
     from training import tracking
@@ -45,8 +46,8 @@ def main() -> int:
     ws = Workspace.open(args.workspace)
     cfg = ws.config()
     models = scoring.ChampionLoader(tracking.connect(ws, cfg)).load()
-    date = scoring.snapshot_date(ws)
-    frame = scoring.offline_frame(ws, date)
+    date = offline.snapshot_date(ws)
+    frame = offline.offline_frame(ws, date)
     n = len(frame)
     print(f"workspace {ws.root}: {n:,} personas at {date.date()}, models {models.versions()}, "
           f"outputs {len(models.outputs())}")

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""OneID resolution benchmark: `features.identity.resolve` from 100k to 1M customers, against a scipy floor.
+"""OneID resolution benchmark: `features.integration.oneid.resolve` from 100k to 1M customers, against a scipy floor.
 
 For each size N (customers) it
   1. builds synthetic mentions for N customers (vectorised numpy, not timed), shaped like the demo's five
      sources (CRM, online orders, store POS, app events, social) and configured like docs/persona.example.yaml;
-     text columns are Arrow strings, as features/integrate.py hands them over (--strings object for Python str);
+     text columns are Arrow strings, as features/integration/run.py hands them over (--strings object for Python str);
   2. times `resolve(...)` end to end (one cold call in a fresh process; peak RSS of that call via VmHWM);
   3. times the floor: scipy `connected_components` (edge list -> CSR -> components) on the very graph resolve
      links: the star edges among the linkable identifiers, built with the module's own `_star_edges`
@@ -16,7 +16,7 @@ Each size runs in its own child process so that peak RSS and allocator state do 
     .venv/bin/python bench/identity_bench.py                 # 100k, 300k, 1M (about 5 minutes)
     .venv/bin/python bench/identity_bench.py --quick         # 20k, 50k smoke run
     .venv/bin/python bench/identity_bench.py --sizes 1000000 --profile   # + cProfile of resolve at each size
-    .venv/bin/python bench/identity_bench.py --rev HEAD      # features/identity.py as committed (before/after)
+    .venv/bin/python bench/identity_bench.py --rev HEAD      # features/integration/oneid.py as committed (before/after)
 
 Writes bench/out/identity.json. Exits 1 when resolve at 1M customers takes longer than the 60 s budget.
 """
@@ -53,10 +53,10 @@ from scipy.sparse.csgraph import connected_components
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import features.identity  # noqa: E402
+import features.integration.oneid  # noqa: E402
 from persona.config import IdentityConfig  # noqa: E402
 
-IDENTITY = features.identity  # the module under test; --rev swaps in a committed version of it
+IDENTITY = features.integration.oneid  # the module under test; --rev swaps in a committed version of it
 
 OUT = ROOT / "bench" / "out" / "identity.json"
 BUDGET_S = 60.0
@@ -88,7 +88,7 @@ EMAIL_DOMAIN_P = np.array([0.42, 0.18, 0.08, 0.07, 0.05, 0.05, 0.05, 0.05, 0.05]
 def demo_identity() -> tuple[IdentityConfig, dict[str, set[str]]]:
     """IdentityConfig from docs/persona.example.yaml, and its blocked values normalised per identifier type.
 
-    The normalisation mirrors `features.integrate.blocked_values` for the values the demo lists (CN mobile numbers
+    The normalisation mirrors `features.integration.run.blocked_values` for the values the demo lists (CN mobile numbers
     -> E.164, e-mails casefolded); the raw spellings are kept as well, exactly as blocked_values does.
     """
     doc = yaml.safe_load((ROOT / "docs" / "persona.example.yaml").read_text(encoding="utf-8"))
@@ -186,7 +186,7 @@ class Population:
         """Long mention table (mention_key, id_type, value) of every mention that a person < max_person carried.
 
         Shuffled: the pipeline reads it back with SELECT DISTINCT, in no particular order. `strings`: "arrow" gives
-        Arrow-backed string columns, as features.integrate hands them to resolve; "object" gives Python str objects
+        Arrow-backed string columns, as features.integration.run hands them to resolve; "object" gives Python str objects
         (what DuckDB's .df() returns).
         """
         rows = self.rows[self.rows["person"].to_numpy() < max_person].drop_duplicates("mention_key")
@@ -312,7 +312,7 @@ def generate(n_people: int, blocked: dict[str, set[str]], seed: int = 42) -> Pop
     add("social", p, social_id=social[p], phone=maybe(phone1[p], 0.70), member_id=maybe(member1[p], 0.30))
 
     rows = pd.DataFrame({k: np.concatenate([part[k] for part in parts]) for k in parts[0]})
-    # The pipeline's mention key: a hash of (source, identifier combination), as features.ingest computes it.
+    # The pipeline's mention key: a hash of (source, identifier combination), as features.integration.ingest computes it.
     rows.insert(0, "mention_key", pd.util.hash_pandas_object(rows[["source", *TYPES]], index=False).to_numpy())
     rows = rows.drop_duplicates(["mention_key", "person"]).reset_index(drop=True)
     return Population(rows, values, P)
@@ -447,10 +447,10 @@ IDENTITY_INFO: dict = {}
 
 
 def use_identity(rev: str | None) -> None:
-    """Point the benchmark at features/identity.py of the work tree, or of git revision `rev`; note which."""
+    """Point the benchmark at features/integration/oneid.py of the work tree, or of git revision `rev`; note which."""
     global IDENTITY
     if rev:
-        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:features/identity.py"], check=True,
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:features/integration/oneid.py"], check=True,
                                 capture_output=True).stdout
         path = OUT.parent / f"identity_at_{rev.replace('/', '_')}.py"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -594,7 +594,7 @@ def machine() -> dict:
     try:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "features/identity.py"],
+        dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "features/integration/oneid.py"],
                                     capture_output=True, text=True).stdout.strip())
     except OSError:
         commit, dirty = "?", False
@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="cProfile each first resolve (slower); .prof files and top functions in bench/out/")
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--rev", help="benchmark features/identity.py as of this git revision (default: the work tree)")
+    ap.add_argument("--rev", help="benchmark features/integration/oneid.py as of this git revision (default: the work tree)")
     ap.add_argument("--strings", choices=["arrow", "object"], default="arrow",
                     help="dtype of the mentions' text columns: arrow (what integrate passes, default) or object")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -658,8 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     info = machine()
     modified = " (modified vs HEAD)" if info["identity_py_modified"] else ""
-    under_test = (f"features/identity.py at {args.rev}" if args.rev
-                  else f"features/identity.py of the work tree{modified}")
+    under_test = (f"features/integration/oneid.py at {args.rev}" if args.rev
+                  else f"features/integration/oneid.py of the work tree{modified}")
     header = (f"OneID resolve benchmark  {info['date']}  commit {info['git_commit']}  {under_test}  "
               f"(mention text as {args.strings} strings)\n"
               f"machine: {info['nproc']} cores, {info['cpu']}, {info['ram_gib']} GiB RAM | Python {info['python']}, "
@@ -704,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
                       + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items() if isinstance(v, (int, float))))
     shas = {r["identity_module"]["sha256"] for r in results}
     if len(shas) > 1:
-        print(f"WARNING: features/identity.py changed during the run ({len(shas)} versions: "
+        print(f"WARNING: features/integration/oneid.py changed during the run ({len(shas)} versions: "
               f"{', '.join(sorted(shas))}): the sizes did not all measure the same code")
     if any(busy(r, info) for r in results):
         print("WARNING: other processes competed for the CPUs during some runs (wall > cpu): the wall times "

@@ -167,7 +167,7 @@ def build_workspace(root: Path) -> Path:
 
     from features.build import build_features
     from features.generate import generate
-    from features.integrate import integrate
+    from features.integration.run import integrate
     from persona.workspace import Workspace
     from training.train import train
 

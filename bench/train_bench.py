@@ -44,7 +44,7 @@ def main() -> int:
     import pandas as pd
 
     from persona.workspace import Workspace
-    from serving import scoring
+    from features import offline
     from training import models as mdl
     from training.train import MAX_TRAIN_ROWS, train
 
@@ -56,7 +56,7 @@ def main() -> int:
     e2e = time.perf_counter() - t0
     outputs = len(result["models"])
 
-    frame = scoring.offline_frame(ws, scoring.snapshot_date(ws))
+    frame = offline.offline_frame(ws, offline.snapshot_date(ws))
     x = frame.drop(columns=["persona_id"]).select_dtypes("number")
     reps = -(-MAX_TRAIN_ROWS // len(x))
     x = pd.concat([x] * reps, ignore_index=True).iloc[:MAX_TRAIN_ROWS]

@@ -23,6 +23,7 @@ import pandas as pd
 
 from features import eventlog, snapshots
 from features import store as feature_store
+from features.offline import manifest_path
 from persona.errors import InsufficientDataError
 from persona.faults import kill_point
 from persona.workspace import Workspace, read_json, write_json_atomic
@@ -78,8 +79,8 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
             f"needs {history} days of history (training.min_history_days): set training.min_history_days to at "
             f"most {max((end - start).days - 1, 0)}")
     offline = ws.root / "features" / "offline"
-    manifest_path = ws.root / "features" / "manifest.json"
-    previous = read_json(manifest_path, {}) or {}
+    manifest_file = manifest_path(ws)
+    previous = read_json(manifest_file, {}) or {}
     t = time.perf_counter()
     # Events the online service accepted since count like the integrated ones (the next snapshot sees them).
     logged = eventlog.export(ws, cfg)
@@ -128,7 +129,7 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
         "seconds": {"snapshots": round(compute_s, 1), "materialize": round(time.perf_counter() - t, 1),
                     "total": round(time.perf_counter() - t0, 1)},
     }
-    write_json_atomic(manifest_path, report)
+    write_json_atomic(manifest_file, report)
     return report
 
 

@@ -6,11 +6,17 @@ files); coverage and distributions from the latest tag snapshot written by `pers
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+
 import pyarrow.parquet as pq
 
+from feature_repo import definitions as defs
 from features import store as feature_store
+from persona.config import PersonaConfig
 from persona.workspace import Workspace
 from rules import history
+from rules.tags import DEFAULT_DIR, TagSet, load_tagset
 
 CATEGORY_ZH = {"basic": "基础属性", "consumption": "消费特征", "behaviour": "行为偏好", "predictive": "预测标签",
                "enrichment": "外部增补"}
@@ -28,9 +34,19 @@ def workspace_columns(ws: Workspace) -> list[str]:
     return cols
 
 
-def tagset(ws: Workspace):
-    from serving.scoring import load_rules
+def rule_paths(ws: Workspace, cfg: PersonaConfig) -> list[Path]:
+    """The default tag set (unless turned off) and the workspace's own rule folders or files that exist."""
+    paths = [DEFAULT_DIR] if cfg.tags.defaults else []
+    paths += [ws.root / p for p in cfg.tags.paths if (ws.root / p).exists()]
+    return paths
 
+
+def load_rules(ws: Workspace, cfg: PersonaConfig, columns: Iterable[str]) -> TagSet:
+    """The workspace's TagSet, validated against the columns the scoring frame will have."""
+    return load_tagset(rule_paths(ws, cfg), columns={c: "number" for c in columns if c != defs.JOIN_KEY})
+
+
+def tagset(ws: Workspace) -> TagSet:
     return load_rules(ws, ws.config(), workspace_columns(ws))
 
 

@@ -202,7 +202,7 @@ class Audience:
         return [*self.snapshot_columns, *self.feature_columns, *self.segments]
 
     def _load(self, names: Sequence[str]) -> None:
-        from serving.scoring import offline_frame
+        from features.offline import offline_frame  # Feast loads only when a segment reads features
 
         want_snap = [n for n in names if n in self.snapshot_columns and n not in self._columns]
         want_feat = [n for n in names if n in self.feature_columns and n not in self.snapshot_columns

@@ -25,12 +25,12 @@ import pandas as pd
 import pyarrow as pa
 
 from feature_repo import definitions as defs
-from features import snapshots
+from features import offline, snapshots
 from features import store as feature_store
 from persona.errors import InsufficientDataError
 from persona.faults import kill_point
 from persona.workspace import Workspace, read_json
-from rules import history, segments
+from rules import catalog, history, segments
 from serving import scoring
 from training import tracking
 
@@ -40,14 +40,6 @@ Progress = Callable[[str, float], None]
 def _rules_hash(tagset) -> str:
     blob = repr(sorted((t["id"], t["version"], t["source"]) for t in tagset.catalog())).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def feature_dates(ws: Workspace) -> list[pd.Timestamp]:
-    """The feature snapshot dates of the last `persona features` run, ascending."""
-    manifest = read_json(ws.root / "features" / "manifest.json", None)
-    if not manifest or not manifest.get("dates"):
-        raise FileNotFoundError(f"{ws.root / 'features'}: no feature snapshots yet (run `persona features`)")
-    return sorted(pd.Timestamp(d) for d in manifest["dates"])
 
 
 def resolve_snapshot(dates: list[pd.Timestamp], as_of: pd.Timestamp | None, *, nearest: bool = False) -> pd.Timestamp:
@@ -85,7 +77,7 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool =
     say = progress or (lambda stage, frac: None)
     cfg = ws.config()
     timings: dict[str, float] = {}
-    date = resolve_snapshot(feature_dates(ws), as_of, nearest=nearest)
+    date = resolve_snapshot(offline.feature_dates(ws), as_of, nearest=nearest)
     removed = history.clean_partial(ws)
 
     say("loading champion models", 0.02)
@@ -96,7 +88,7 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool =
                                     "with the MLflow UI: alias 'champion' on persona_<tag>)")
     say("reading features", 0.05)
     t = time.perf_counter()
-    frame = scoring.offline_frame(ws, date)
+    frame = offline.offline_frame(ws, date)
     timings["read_features"] = time.perf_counter() - t
     if frame.empty:
         raise InsufficientDataError(f"no persona has features at {date.date()}")
@@ -115,7 +107,7 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool =
 
     say("fitting and evaluating rule tags", 0.6)
     t = time.perf_counter()
-    tagset = scoring.load_rules(ws, cfg, [*frame.columns, *scores])
+    tagset = catalog.load_rules(ws, cfg, [*frame.columns, *scores])
     stats = tagset.fit(collections.ChainMap(scores, frame), n)  # the features and scores, not copied into one frame
     scorer = scoring.Scorer(models, tagset, stats, as_of=str(date.date()))
     tags = scorer.rule_tags(frame, scores, n)
@@ -127,14 +119,14 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool =
     # Consent as of this rescoring travels with the tags, so counting a segment never joins the profiles again.
     out[segments.OPT_OUT_COLUMN] = segments.opted_out_of(ws, pa.array(out[defs.JOIN_KEY].astype(str).to_numpy(),
                                                                       type=pa.string()))
-    catalog = tagset.catalog()
-    tag_ids = [c["id"] for c in catalog if c["id"] in out.columns]
+    entries = tagset.catalog()
+    tag_ids = [c["id"] for c in entries if c["id"] in out.columns]
     meta = {
         "date": str(date.date()), "as_of": str(date), "created": pd.Timestamp.now(tz="UTC").isoformat(),
         "personas": int(n), "models": models.versions(), "outputs": list(scores),
         "stats": stats, "rules_hash": _rules_hash(tagset), "unavailable": dict(tagset.unavailable),
         "tags": [{"id": c["id"], "value_type": c["value_type"], "category": c["category"], "type": c["type"]}
-                 for c in catalog if c["id"] in out.columns],
+                 for c in entries if c["id"] in out.columns],
         "coverage": history.coverage(out, tag_ids),
     }
     kill_point("rescore.tagged")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from features import standardise as std
+from features.integration import standardise as std
 from persona.config import PersonaConfig
 from persona.workspace import Workspace
 

@@ -25,7 +25,7 @@ from feature_repo import definitions as defs
 from features import eventlog
 from features import store as feature_store
 from persona.workspace import Workspace
-from rules import history
+from rules import catalog, history
 from serving import scoring
 from serving.identity import IdentityIndex, UnknownIdentifierType
 from training import tracking
@@ -205,7 +205,7 @@ class OnlineEngine:
                 raise Unavailable(f"model registry: cannot load champion versions {versions} "
                                   f"({type(exc).__name__})") from None
             reader = feature_store.OnlineReader(self.store)
-            tagset = scoring.load_rules(self.ws, self.cfg, [*reader.columns, *models.outputs()])
+            tagset = catalog.load_rules(self.ws, self.cfg, [*reader.columns, *models.outputs()])
             scorer = scoring.Scorer(models, tagset, meta.get("stats", {}), as_of=date)
             # One assignment: a request reads either the old (scorer, catalog, reader) or the new, never a mix.
             self._live = Live(scorer, {c["id"]: c for c in tagset.catalog()}, reader)

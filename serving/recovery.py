@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import pandas as pd
 
-from features import build
+from features import build, offline
 from features import store as feature_store
 from persona.config import PersonaConfig
-from persona.workspace import Workspace, read_json
+from persona.workspace import Workspace
 from rules import history
 from serving import batch
 
@@ -50,10 +50,7 @@ def rebuild_online(ws: Workspace, cfg: PersonaConfig | None = None, *, force: bo
             state = feature_store.online_state(store, ws)
             if state["state"] == "ok":
                 return {"rebuilt": False, "state": "ok", "seconds": round(time.perf_counter() - t0, 2)}
-        manifest = read_json(ws.root / "features" / "manifest.json", None)
-        if not manifest or not manifest.get("dates"):
-            raise FileNotFoundError(f"{ws.root / 'features'}: no feature snapshots to load the online store from "
-                                    "(run `persona features`)")
+        manifest = offline.read_manifest(ws)
         end = pd.Timestamp(manifest["data_end"]) + pd.Timedelta(days=1)
         first = pd.Timestamp(manifest["dates"][-1])
         report = build.load_online(ws, cfg, store, end=end, first_start=first, force=True)

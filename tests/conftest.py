@@ -80,7 +80,7 @@ def trained_workspace(tmp_path_factory) -> Path:
 
     from features.build import build_features
     from features.generate import generate
-    from features.integrate import integrate
+    from features.integration.run import integrate
     from persona.workspace import Workspace
     from training.train import train
 

@@ -45,12 +45,13 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from features import offline  # noqa: E402
 from features import store as feature_store  # noqa: E402
 from persona.config import PersonaConfig  # noqa: E402
 from persona.errors import InsufficientDataError  # noqa: E402
-from persona.workspace import Workspace, read_json  # noqa: E402
+from persona.workspace import Workspace  # noqa: E402
 from training import candidates as cand  # noqa: E402
-from training import labels as lab  # noqa: E402
+from features import labels as lab  # noqa: E402
 from training import models as mdl  # noqa: E402
 from training import tracking  # noqa: E402
 from training.btyd import ConvergenceError  # noqa: E402
@@ -330,9 +331,7 @@ class Trainer:
 
     def __init__(self, ws: Workspace, cfg: PersonaConfig, *, progress: Progress | None = None) -> None:
         self.ws, self.cfg, self.progress = ws, cfg, progress
-        manifest = read_json(ws.root / "features" / "manifest.json")
-        if not manifest:
-            raise FileNotFoundError(f"{ws.root / 'features'}: no feature snapshots yet (run `persona features`)")
+        manifest = offline.read_manifest(ws)
         self.dates = [pd.Timestamp(d) for d in manifest["dates"]]
         self.data_end = pd.Timestamp(manifest["data_end"])
         integrated = ws.require_current("integrated", "run `persona integrate`")

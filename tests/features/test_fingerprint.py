@@ -143,7 +143,7 @@ def _offline(root) -> dict[str, pd.DataFrame]:
 
 @pytest.mark.slow
 def test_a_corrected_file_recomputes_the_dates_after_the_correction_like_full(tmp_path, salt):
-    from features.integrate import integrate
+    from features.integration.run import integrate
     from persona.workspace import Workspace
 
     root = tmp_path / "ws"

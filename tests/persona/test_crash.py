@@ -26,7 +26,7 @@ from rules import history
 
 pytestmark = pytest.mark.slow
 
-PRELOAD = ["persona.cli", "features.integrate", "features.build", "serving.batch"]
+PRELOAD = ["persona.cli", "features.integration.run", "features.build", "serving.batch"]
 
 
 @pytest.fixture(scope="module")

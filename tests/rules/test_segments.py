@@ -305,7 +305,7 @@ def test_default_segments_on_a_rescored_workspace(trained_workspace, tmp_path):
     import pyarrow.parquet as pq
 
     from serving.batch import rescore
-    from serving.scoring import rule_paths
+    from rules.catalog import rule_paths
 
     root = tmp_path / "ws"
     shutil.copytree(trained_workspace, root, symlinks=True)

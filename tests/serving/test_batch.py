@@ -14,6 +14,7 @@ from persona.errors import InsufficientDataError
 from persona.workspace import SALT_VAR, Workspace
 from rules import history
 from rules.tags import TagSet
+from features import offline
 from serving import scoring
 from serving.batch import rescore
 from training import tracking
@@ -48,7 +49,7 @@ def test_rescore_writes_every_persona_with_scores_tags_and_metadata_and_repeats_
     assert result["pushed"] is None and result["cleaned"] == [] and result["unavailable"] == {}
 
     snap = history.read(ws)
-    features = scoring.offline_frame(ws, date)
+    features = offline.offline_frame(ws, date)
     assert snap["persona_id"].is_unique and len(snap) == result["personas"] == len(features)
     assert set(snap["persona_id"]) == set(features["persona_id"].astype(str))
     assert snap["churn_risk"].between(0, 1).all() and (snap["high_value"] >= 0).all()

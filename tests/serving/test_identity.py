@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from features import standardise as std
+from features.integration import standardise as std
 from persona.workspace import SECRETS_FILE, Workspace, publishing, write_parquet_atomic
 from serving.identity import IdentityIndex, UnknownIdentifierType
 

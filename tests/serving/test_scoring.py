@@ -10,6 +10,7 @@ import pytest
 
 from features import store as feature_store
 from persona.workspace import Workspace
+from features import offline
 from serving import scoring
 
 D1 = pd.Timestamp("2026-01-01", tz="UTC")
@@ -41,16 +42,16 @@ def test_groups_are_aligned_by_persona_at_the_date_whatever_their_coverage_and_o
     write_group(ws, "transactions", [("b", D2, 0.5), ("e", D2, 0.25)], "tx_y")
     write_group(ws, "engagement", [("d", D2, 7.0), ("a", D2, 5.0)], "eng_z")
     write_group(ws, "realtime", [("a", D2, 3), ("b", D2, 4), ("c", D2, 5), ("d", D2, 6)], "rt_n", pa.int64())
-    got = scoring.offline_frame(ws, D2).set_index("persona_id")
+    got = offline.offline_frame(ws, D2).set_index("persona_id")
     assert got.index.tolist() == ["a", "b", "c", "d", "e"]
     assert got["attr_x"].tolist()[:4] == [10.0, 20.0, 30.0, 40.0] and np.isnan(got.at["e", "attr_x"])
     assert got["tx_y"].fillna(-1).tolist() == [-1, 0.5, -1, -1, 0.25]
     assert got["eng_z"].fillna(-1).tolist() == [5.0, -1, -1, 7.0, -1]
     assert got["rt_n"].fillna(-1).tolist() == [3, 4, 5, 6, -1]
     assert got["attr_x"].dtype == np.float32 and got["rt_n"].dtype == np.float64  # ints gain NaN: float64
-    only = scoring.offline_frame(ws, D2, columns=["tx_y"])
+    only = offline.offline_frame(ws, D2, columns=["tx_y"])
     assert list(only.columns) == ["persona_id", "tx_y"] and only["persona_id"].tolist() == ["b", "e"]
-    earlier = scoring.offline_frame(ws, D1).set_index("persona_id")
+    earlier = offline.offline_frame(ws, D1).set_index("persona_id")
     assert earlier.index.tolist() == ["a", "b", "c", "d"] and earlier["attr_x"].tolist() == [1.0, 2.0, 3.0, 4.0]
     assert earlier["tx_y"].isna().all()
 
@@ -59,14 +60,14 @@ def test_a_group_covering_everyone_in_order_is_taken_in_place(ws):
     rows = [(f"p{i:03d}", D1, float(i)) for i in range(50)]
     write_group(ws, "attributes", rows, "attr_x")
     write_group(ws, "affinity", rows[::-1], "aff_y")  # the same personas, reversed
-    got = scoring.offline_frame(ws, D1)
+    got = offline.offline_frame(ws, D1)
     assert got["persona_id"].tolist() == [p for p, _, _ in rows]
     assert got["attr_x"].tolist() == got["aff_y"].tolist() == [float(i) for i in range(50)]
 
 
 def test_without_snapshots_the_error_says_to_build_features(ws):
     with pytest.raises(FileNotFoundError, match="persona features"):
-        scoring.offline_frame(ws, D1)
+        offline.offline_frame(ws, D1)
 
 
 def test_matrix_columns_give_named_views_and_gather_float32_with_nan_for_absent_names():

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from features.build import build_features
 from features.generate import generate
-from features.integrate import integrate
+from features.integration.run import integrate
 from persona.cli import app
 from persona.workspace import Workspace
 from training import tracking

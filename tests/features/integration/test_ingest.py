@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.ingest import SourceFileError, StagedFile, carries, read_source_file, standardise_file
+from features.integration.ingest import SourceFileError, StagedFile, carries, read_source_file, standardise_file
 from persona.config import PersonaConfig, parse_config
 
 NOW = pd.Timestamp("2026-07-01", tz="UTC")

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from features.identity import pairwise_scores, resolve
+from features.integration.oneid import pairwise_scores, resolve
 from persona.config import IdentityConfig
 
 

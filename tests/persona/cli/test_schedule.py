@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from persona.workspace import Workspace
-from serving.schedule import Job, ScheduleError, jobs_for, run_loop, trigger
+from persona.cli.schedule import Job, ScheduleError, jobs_for, run_loop, trigger
 
 UTC = dt.timezone.utc
 CONFIG = {

@@ -7,12 +7,12 @@ import shutil
 import pandas as pd
 import pytest
 
-from features import standardise as std
+from features.integration import standardise as std
 from features import store as feature_store
 from features.build import build_features
-from features.integrate import FORGOTTEN, integrate
+from features.integration.run import FORGOTTEN, integrate
 from persona.errors import InsufficientDataError
-from persona.forget import ERASURES, forget
+from persona.cli.forget import ERASURES, forget
 from persona.workspace import Workspace, read_json
 from rules import history
 from tests.features.test_integrate import NOW, base_workspace, published, write
@@ -82,7 +82,7 @@ def test_forget_by_a_retired_persona_id_removes_the_whole_person(merged, salt):
 
 
 def test_an_interrupted_erasure_is_completed_by_asking_again_even_after_an_integrate_run(merged, salt, monkeypatch):
-    import persona.forget as forget_module
+    import persona.cli.forget as forget_module
 
     mine = published(merged, "identity_map.parquet").query("value == 'M2'")
     bob = mine["persona_id"].item()

@@ -42,12 +42,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features import enrich as enrich_mod
-from features import standardise as std
-from features.identity import pairwise_scores, resolve
-from features.ingest import (ARROW_STR, MENTION_COLUMNS, SeenKeys, SourceFileError, mention_keys, read_source_file,
+from features.integration import enrich as enrich_mod
+from features.integration import standardise as std
+from features.integration.oneid import pairwise_scores, resolve
+from features.integration.ingest import (ARROW_STR, MENTION_COLUMNS, SeenKeys, SourceFileError, mention_keys, read_source_file,
                              standardise_file)
-from features.profiles import CANDIDATE_COLUMNS, build_profiles, survive
+from features.integration.survivorship import CANDIDATE_COLUMNS, build_profiles, survive
 from persona.config import PROFILE_ATTRIBUTES, PersonaConfig
 from persona.faults import kill_point
 from persona.workspace import (SecretError, Workspace, publishing, read_json, write_json_atomic,

@@ -47,10 +47,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features import integrate as integration
-from features import standardise as std
+from features.integration import run as integration
+from features.integration import standardise as std
 from features import store as feature_store
-from features.ingest import carries
+from features.integration.ingest import carries
 from persona import workspace
 from persona.config import PersonaConfig
 from persona.workspace import Workspace, read_json, write_json_atomic, write_parquet_atomic, write_text_atomic

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from features import standardise as std
+from features.integration import standardise as std
 from persona.config import CANONICAL_FIELDS, REQUIRED_FIELDS, PersonaConfig, SourceSpec
 
 EARLIEST = pd.Timestamp("1990-01-01", tz="UTC")

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import labels as lab
+from features import labels as lab
 from training.metrics import calibration_table, classification_metrics, grade, regression_metrics
 from training import train as train_mod
 from training.train import EligibilityError, Split, plan_split, sample_labels

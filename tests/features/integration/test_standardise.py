@@ -1,4 +1,4 @@
-"""Tests for features.standardise: good and bad values side by side."""
+"""Tests for features.integration.standardise: good and bad values side by side."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import phonenumbers
 import pytest
 
-from features import standardise as std
-from features.standardise import (
+from features.integration import standardise as std
+from features.integration.standardise import (
     map_codes,
     normalise_emails,
     normalise_ids,

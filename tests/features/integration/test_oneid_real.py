@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from features.integrate import integrate
+from features.integration.run import integrate
 from persona.workspace import Workspace
 
 NOW = pd.Timestamp("2026-07-01", tz="UTC")
@@ -110,7 +110,7 @@ def test_device_turned_shared_dissolves_a_persona_across_runs_with_audit_and_ret
 
 def test_audit_log_from_before_reasons_is_extended_with_one_dtype_per_column():
     # A log written before `reason` existed, with ids blanked by `persona forget`, next to this run's events.
-    from features.integrate import _same_columns
+    from features.integration.run import _same_columns
 
     at = pd.Timestamp("2026-06-01", tz="UTC")
     earlier = pd.DataFrame({"event": ["merge"], "persona_id": [None], "other_persona_id": ["P0000000002"],

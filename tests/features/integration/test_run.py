@@ -12,8 +12,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from features.ingest import SourceFileError
-from features.integrate import integrate
+from features.integration.ingest import SourceFileError
+from features.integration.run import integrate
 from persona.cli import app
 from persona.workspace import SALT_VAR, SecretError, Workspace
 

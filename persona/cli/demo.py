@@ -76,8 +76,8 @@ def run_demo(workspace, customers: int, *, console: Console, progress: Progress)
 
     from features.build import build_features
     from features.generate import generate
-    from features.integrate import integrate
-    from persona import cli
+    from features.integration.run import integrate
+    from persona.cli import render
     from rules import history
     from serving.batch import rescore
     from serving.service import running_server
@@ -89,20 +89,20 @@ def run_demo(workspace, customers: int, *, console: Console, progress: Progress)
         console.rule(f"1. generate demo data: {customers:,} customers across CRM, shop, stores, app and social")
         ws.root.mkdir(parents=True, exist_ok=True)
         with progress() as p:
-            cli._render_generate(generate(ws.root, customers, progress=p))
+            render.render_generate(generate(ws.root, customers, progress=p))
     console.rule("2. integrate: standardise, quarantine bad rows, resolve identities (OneID), enrich")
     with progress() as p:
-        cli.render_integrate(integrate(ws, progress=p))
+        render.render_integrate(integrate(ws, progress=p))
     console.rule("3. features: point-in-time snapshots into the Feast store (offline + online)")
     with progress() as p:
-        cli._render_features(build_features(ws, progress=p))
+        render.render_features(build_features(ws, progress=p))
     console.rule("4. train the model tags and compare them with the classical baselines (MLflow)")
     with progress() as p:
-        cli.render_train(train(ws, promote=True, progress=p))
+        render.render_train(train(ws, promote=True, progress=p))
     console.rule("5. rescore everyone: champion models + rule tags -> dated tag snapshot")
     with progress() as p:
         result = rescore(ws, progress=p)
-    cli.render_rescore(result)
+    render.render_rescore(result)
     coverage = sorted(result["coverage"].items(), key=lambda kv: -kv[1])
     table = Table(title="tag coverage (share of personas with a value)")
     for col in ("tag", "coverage", "tag ", "coverage "):

@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from features import standardise as std
-from features.ingest import SourceFileError
+from features.integration import standardise as std
+from features.integration.ingest import SourceFileError
 from persona.config import EnrichmentSpec
 
 

@@ -17,9 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from features import standardise as std
+from features.integration import standardise as std
 from features.generate import generate
-from features.integrate import MANIFEST, integrate
+from features.integration.run import MANIFEST, integrate
 from persona.faults import EXIT_CODE, KILL_VAR
 from persona.workspace import SALT_VAR, Workspace
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,18 +14,16 @@ from typing import Annotated
 
 import typer
 import yaml
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from persona.config import CONFIG_NAME, ConfigError, parse_config
 from persona.errors import InsufficientDataError
+from persona.cli import render
+from persona.cli.render import console, err
 from persona.workspace import SecretError, Workspace, write_text_atomic
 
 app = typer.Typer(help="persona: predictive customer tagging (OneID, features, rule and model tags, serving).",
                   no_args_is_help=True, add_completion=False)
-console = Console()
-err = Console(stderr=True)
 
 @app.callback()
 def _main(ctx: typer.Context, verbose: Annotated[bool, typer.Option(
@@ -48,7 +45,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON 
 @contextmanager
 def _errors() -> Iterator[None]:
     """Known failures print what is wrong (a line per problem) and exit 2; no stack trace for bad input."""
-    from features.ingest import SourceFileError
+    from features.integration.ingest import SourceFileError
     from persona.quiet import settle
 
     settle()  # the command's libraries are imported by now: their loggers get the command's quiet levels
@@ -91,54 +88,17 @@ def generate(
     with _errors(), _progress(not as_json) as progress:
         workspace.mkdir(parents=True, exist_ok=True)
         summary = run(workspace, customers, seed=seed, progress=progress)
-    _emit(summary, as_json, _render_generate)
-
-
-def _render_generate(s: dict) -> None:
-    table = Table(title=f"generated {s['customers']:,} customers in {s['seconds']:.1f} s")
-    table.add_column("source")
-    table.add_column("rows", justify="right")
-    for name, rows in s["rows"].items():
-        table.add_row(name, f"{rows:,}")
-    console.print(table)
+    _emit(summary, as_json, render.render_generate)
 
 
 @app.command()
 def integrate(workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
     """Stage new source files, resolve identities (OneID), build and enrich profiles, publish."""
-    from features.integrate import integrate as run
+    from features.integration.run import integrate as run
 
     with _errors(), _progress(not as_json) as progress:
         report = run(Workspace.open(workspace), progress=progress)
-    _emit(report, as_json, render_integrate)
-
-
-def render_integrate(r: dict) -> None:
-    table = Table(title="sources (cumulative)")
-    for col in ("source", "files", "read", "accepted", "quarantined", "top reasons"):
-        table.add_column(col, justify="left" if col in ("source", "top reasons") else "right")
-    for name, s in r["sources"].items():
-        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:3])
-        table.add_row(name, str(s["files"]), f"{s['read']:,}", f"{s['accepted']:,}", f"{s['quarantined']:,}", reasons)
-    console.print(table)
-    ident = r["identity"]
-    console.print(f"[bold]{r['personas']:,} personas[/] from {ident['identifiers']:,} identifiers "
-                  f"({ident['links']:,} links); new {ident['new_personas']:,}, merges {ident['merges']:,}, "
-                  f"splits {ident['splits']:,}; shared values {ident['shared_values']}, "
-                  f"blocked {ident['blocked_values']:,}, oversized components {len(ident['oversized_components'])}")
-    if "resolution" in r:
-        q = r["resolution"]
-        console.print(f"resolution vs ground truth: precision [bold]{q['precision']:.4f}[/], "
-                      f"recall [bold]{q['recall']:.4f}[/] over {q['units']:,} mentions")
-    if r["enrichment"]:
-        et = Table(title="enrichment")
-        for col in ("source", "provider", "match rate", "matched", "withheld (no consent)", "quarantined"):
-            et.add_column(col)
-        for name, e in r["enrichment"].items():
-            et.add_row(name, e["provider"], f"{e['match_rate']:.1%}", f"{e['matched']:,}",
-                       f"{e['withheld_no_consent']:,}", f"{e['quarantined']:,}")
-        console.print(et)
-    console.print(f"run {r['run_id']} in {r['seconds']['total']:.1f} s")
+    _emit(report, as_json, render.render_integrate)
 
 
 AS_OF_HELP = ("use the data up to and including this date (YYYY-MM-DD, UTC): the feature snapshot at the midnight "
@@ -188,33 +148,7 @@ def features(
         elif online and (report["materialized"] or {}).get("state_before") != "ok":
             # the store was empty or stale, so it was loaded in full: the tags go back too
             report["tags_pushed"] = recovery.push_latest_tags(ws)
-    _emit(report, as_json, _render_features)
-
-
-def _render_features(r: dict) -> None:
-    console.print(f"snapshots: {len(r['dates'])} dates from {r['dates'][0][:10]} to {r['dates'][-1][:10]} "
-                  f"({len(r['computed'])} computed now); data {r['data_start'][:10]}..{r['data_end'][:10]}; "
-                  f"the last snapshot holds the data up to and including {r['data_end'][:10]}")
-    by_reason: dict[str, list[str]] = {}
-    for date, p in r.get("recomputed", {}).items():
-        by_reason.setdefault(p["why"] + ("" if len(p["groups"]) > 1 else f" [{p['groups'][0]} only]"),
-                             []).append(date[:10])
-    for why, dates in by_reason.items():
-        console.print(f"  recomputed {', '.join(dates)}: {why}", highlight=False)
-    for group, rows in r["rows"].items():
-        console.print(f"  {group:<12} {rows:>10,} rows")
-    m = r["materialized"]
-    online = "online store not loaded"
-    if r.get("reloaded"):
-        online = (f"online store reloaded in full in {r['reloaded']['seconds']} s (was {m.get('state_before')}; "
-                  f"{r['reloaded']['replayed_events']} personas' real-time state from the event log)")
-    elif m:
-        how = "in full" if m.get("state_before") != "ok" else "incrementally"
-        online = f"materialised {how} in {r['seconds']['materialize']} s"
-        if m.get("state_before") not in (None, "ok"):
-            online += f" (the online store was {m['state_before']})"
-    console.print(f"feature services: {', '.join(r['services'])}; store: {r['store']}; {online}; "
-                  f"total {r['seconds']['total']} s")
+    _emit(report, as_json, render.render_features)
 
 
 @app.command()
@@ -229,31 +163,9 @@ def train(
 
     with _errors(), _progress(not as_json) as progress:
         result = run(Workspace.open(workspace), promote=promote, tags=tag, progress=progress)
-    _emit(result, as_json, render_train)
+    _emit(result, as_json, render.render_train)
     if not result["models"]:
         raise typer.Exit(2)
-
-
-def render_train(r: dict) -> None:
-    table = Table(title=f"model tags vs baselines on the held-out period (data to {r['data_end'][:10]})")
-    for col in ("tag", "metric", "model", "best baseline", "grade", "version", "beats all"):
-        table.add_column(col)
-    for m in r["models"]:
-        best = max(m["baselines"].items(), key=lambda kv: kv[1]) if m["baselines"] else ("-", float("nan"))
-        table.add_row(m["tag"], m["metric"], f"{m.get('learner', '')} {m['value']:.4f}".strip(),
-                      f"{best[0]} {best[1]:.4f}", m["grade"],
-                      str(m["version"]), "yes" if m["beats_baselines"] else "[red]no[/]")
-    console.print(table)
-    for m in r["models"]:
-        if m.get("passed_over"):
-            lead = ", ".join(f"{k} +{v:.4f}" for k, v in m["passed_over"].items())
-            console.print(f"{m['tag']}: {m['learner']} serves; within one standard error of it: {lead} (learned "
-                          "models must lead a buy-till-you-die model by more than the noise)")
-    for tag, why in r["skipped"].items():
-        console.print(f"[yellow]skipped {tag}:[/] {why}")
-    for tag, p in r.get("promotions", {}).items():
-        console.print(f"{tag}: {'promoted' if p['promoted'] else 'not promoted'} ({p['reason']})")
-    console.print(f"trained in {r['seconds']} s")
 
 
 @app.command()
@@ -264,20 +176,7 @@ def models(workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> Non
     with _errors():
         ws = Workspace.open(workspace)
         rows = list_models(connect(ws, ws.config()))
-    _emit({"models": rows}, as_json, _render_models)
-
-
-def _render_models(r: dict) -> None:
-    table = Table(title="registered models")
-    for col in ("model", "version", "aliases", "metric", "value", "held out", "grade", "promotion gate"):
-        table.add_column(col)
-    for m in r["models"]:
-        gate = m.get("gate")
-        verdict = "-" if gate is None else f"{gate}: {m.get('gate_reason') or ''}".strip()
-        table.add_row(m["model"], str(m["version"]), ",".join(m["aliases"]), str(m["metric"]),
-                      "" if m["value"] is None else f"{m['value']:.4f}", str(m["held_out"]), str(m["grade"]),
-                      verdict if gate != "refused" else f"[yellow]{verdict}[/]")
-    console.print(table)
+    _emit({"models": rows}, as_json, render.render_models)
 
 
 @app.command()
@@ -290,7 +189,7 @@ def forget(
 ) -> None:
     """Erase one person (right to erasure, PIPL / GDPR) from every output, the online store and the event log, and
     keep them out of later runs; the erasure is recorded without personal data."""
-    from persona.forget import forget as run
+    from persona.cli.forget import forget as run
 
     if (identifier is None) == (persona_id is None):
         raise typer.BadParameter("give exactly one of --identifier TYPE:VALUE or --persona-id ID")
@@ -330,26 +229,7 @@ def rescore(
         raise typer.BadParameter("--nearest needs --as-of DATE")
     with _errors(), _progress(not as_json) as progress:
         result = run(Workspace.open(workspace), as_of=when, nearest=nearest, push=push, progress=progress)
-    _emit(result, as_json, render_rescore)
-
-
-def render_rescore(r: dict) -> None:
-    s = r["seconds"]
-    if r.get("requested") and r["requested"] != r["data_through"]:
-        console.print(f"[yellow]--nearest:[/] no snapshot holds the data up to {r['requested']}; using the latest "
-                      f"before it", highlight=False)
-    console.print(f"feature snapshot {r['date']} (data up to and including {r['data_through']})", highlight=False)
-    console.print(f"rescored [bold]{r['personas']:,}[/] personas as of {r['date']} with models "
-                  f"{', '.join(f'{k} v{v}' for k, v in r['models'].items())}: {r['tags']} tags, "
-                  f"{r['personas_per_second']:,} personas/s; snapshot {r['snapshot']}")
-    console.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in s.items()))
-    if r.get("pushed"):
-        console.print(f"  online: {r['pushed']['rows']:,} rows to view '{r['pushed']['view']}' "
-                      f"in {r['pushed']['seconds']} s")
-    if r.get("push_skipped"):
-        console.print(f"  online: not pushed: {r['push_skipped']}", highlight=False)
-    for tag, why in r.get("unavailable", {}).items():
-        console.print(f"  [yellow]tag {tag} unavailable:[/] {why}")
+    _emit(result, as_json, render.render_rescore)
 
 
 @app.command()
@@ -373,7 +253,7 @@ def schedule(
     runs: Annotated[int | None, typer.Option(help="stop after this many runs (default: run forever)")] = None,
 ) -> None:
     """Rescore (and, if schedule.retrain_cron is set, retrain behind the promotion gate) on cron expressions."""
-    from serving.schedule import ScheduleError, jobs_for, run_loop
+    from persona.cli.schedule import ScheduleError, jobs_for, run_loop
 
     try:
         with _errors():
@@ -405,21 +285,7 @@ def tags_list(ctx: typer.Context, workspace: WorkspaceOpt = Path("."), as_json: 
 
     with _errors():
         result = listing(Workspace.open(workspace))
-    _emit(result, as_json, _render_tags)
-
-
-def _render_tags(r: dict) -> None:
-    table = Table(title=f"tag catalog ({len(r['tags'])} tags; coverage as of {r['date'] or 'no snapshot yet'})")
-    for col in ("id", "名称", "name", "category", "type", "values", "coverage"):
-        table.add_column(col, justify="right" if col == "coverage" else "left")
-    for t in r["tags"]:
-        values = ", ".join(str(v["value"]) for v in t.get("values", [])[:4]) + (" ..." if len(t.get("values", [])) > 4 else "")
-        cov = "" if t["coverage"] is None else f"{t['coverage']:.1%}"
-        table.add_row(t["id"], t["name_zh"], t["name_en"], f"{t['category_zh']} {t['category']}", t["type"],
-                      values or t["value_type"], cov)
-    console.print(table)
-    for tag, why in r.get("unavailable", {}).items():
-        console.print(f"[yellow]unavailable here:[/] {tag}: {why}")
+    _emit(result, as_json, render.render_tags)
 
 
 @tags_app.command("show")
@@ -432,30 +298,7 @@ def tags_show(tag_id: str, workspace: WorkspaceOpt = Path("."), as_json: JsonOpt
             result = show(Workspace.open(workspace), tag_id)
         except KeyError as exc:
             raise FileNotFoundError(exc.args[0]) from None
-    _emit(result, as_json, _render_tag)
-
-
-def _render_tag(r: dict) -> None:
-    t = r["tag"]
-    console.print(f"[bold]{t['id']}[/]  {t['name_zh']} / {t['name_en']}  ({t['category_zh'] if 'category_zh' in t else ''}"
-                  f" {t['category']}, {t['type']}, {t['kind']}, v{t['version']}, owner {t['owner'] or '-'}, "
-                  f"cadence {t['cadence'] or '-'})")
-    console.print(f"  {t['description']}")
-    console.print(f"  defined at {t['source']}; reads {', '.join(sorted(t.get('inputs', []))) or '-'}")
-    if r["date"] is None:
-        console.print("  no tag snapshot yet: run `persona rescore`")
-        return
-    console.print(f"  coverage {r['coverage']:.1%} as of {r['date']}")
-    table = Table(title="distribution")
-    for col in ("value", "personas", "share"):
-        table.add_column(col)
-    for d in r["distribution"]:
-        table.add_row(d["value"], f"{d['count']:,}", f"{d['share']:.1%}")
-    console.print(table)
-    if r["last_change"]:
-        ch = r["last_change"]
-        console.print(f"  last change {ch['from']} -> {ch['to']}: " + "; ".join(
-            f"{v}: +{c['entered']:,} / -{c['left']:,}" for v, c in ch["values"].items()))
+    _emit(result, as_json, render.render_tag)
 
 
 @tags_app.command("diff")
@@ -474,18 +317,7 @@ def tags_diff(
             result = diff(Workspace.open(workspace), a, b, tags=tag)
         except KeyError as exc:
             raise FileNotFoundError(exc.args[0]) from None
-    _emit(result, as_json, _render_diff)
-
-
-def _render_diff(r: dict) -> None:
-    table = Table(title=f"tag changes {r['from']} -> {r['to']}")
-    for col in ("tag", "value", "before", "after", "entered", "left"):
-        table.add_column(col, justify="left" if col in ("tag", "value") else "right")
-    for tag, values in r["tags"].items():
-        for v, c in values.items():
-            if c["entered"] or c["left"]:
-                table.add_row(tag, v, f"{c['before']:,}", f"{c['after']:,}", f"+{c['entered']:,}", f"-{c['left']:,}")
-    console.print(table)
+    _emit(result, as_json, render.render_diff)
 
 
 segment_app = typer.Typer(help="Audience segments: count, export, profile, overlap.", no_args_is_help=True)
@@ -498,7 +330,7 @@ DateOpt = Annotated[str | None, typer.Option(help="tag snapshot date (default: t
 @contextmanager
 def _audience(workspace: Path, date: str | None) -> Iterator:
     from rules.segments import Audience, SegmentError, load_segments
-    from serving.scoring import rule_paths
+    from rules.catalog import rule_paths
 
     with _errors():
         try:
@@ -540,26 +372,7 @@ def segment_profile(target: SegmentArg, workspace: WorkspaceOpt = Path("."), dat
 
     with _audience(workspace, date) as aud:
         result = profile(aud, target, include_opted_out=include_opted_out)
-    _emit(result, as_json, render_segment_profile)
-
-
-def render_segment_profile(r: dict) -> None:
-    console.print(f"[bold]{r['segment']}[/]: {r['size']:,} of {r['population']:,} personas ({r['share']:.1%}) "
-                  f"as of {r['date']}")
-    table = Table(title="tag values: members vs everyone else (index 100 = same)")
-    for col in ("tag", "value", "members", "others", "index"):
-        table.add_column(col)
-    for t in r["tags"]:
-        table.add_row(t["tag"], t["value"], f"{t['share_in']:.1%}", f"{t['share_out']:.1%}",
-                      "-" if t["index"] is None else f"{t['index']:.0f}")
-    console.print(table)
-    table = Table(title="averages: members vs everyone else")
-    for col in ("feature", "members", "others", "index"):
-        table.add_column(col)
-    for f in r["features"]:
-        table.add_row(f["feature"], f"{f['mean_in']:.3g}", f"{f['mean_out']:.3g}",
-                      "-" if f["index"] is None else f"{f['index']:.0f}")
-    console.print(table)
+    _emit(result, as_json, render.render_segment_profile)
 
 
 @segment_app.command("overlap")
@@ -656,11 +469,8 @@ def demo(
     customers: Annotated[int, typer.Option(min=2000, help="demo size")] = 10_000,
 ) -> None:
     """The whole platform on embedded defaults: generate, integrate, features, train, rescore, serve and call it."""
-    from persona.demo import run_demo
+    from persona.cli.demo import run_demo
 
     with _errors():
         run_demo(workspace, customers, console=console, progress=lambda: _progress(True))
 
-
-if __name__ == "__main__":
-    app()
