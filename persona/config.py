@@ -405,8 +405,15 @@ def load_config(workspace: Path) -> PersonaConfig:
             f"{path}: no persona.yaml in workspace {workspace} "
             "(run `persona generate` for demo data or `persona init` to start from your own files)"
         )
+    return parse_text(path.read_bytes(), path)
+
+
+def parse_text(text: bytes, path: Path) -> PersonaConfig:
+    """Validate the bytes of a persona.yaml read from `path` (named in every message)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

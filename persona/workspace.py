@@ -9,10 +9,12 @@ before it starts (`clean_stage`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,12 +25,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from persona.config import PersonaConfig, load_config
+from persona.config import CONFIG_NAME, PersonaConfig, load_config, parse_text
 from persona.faults import kill_point
 
 SALT_VAR = "PERSONA_SALT"
 SECRETS_FILE = "secrets.env"
 KEEP_RUNS = 3
+
+
+_CONFIGS: dict[tuple[str, bytes], PersonaConfig] = {}  # (path, digest of its bytes) -> the validated settings
+_CONFIGS_LOCK = threading.Lock()
 
 
 class SecretError(RuntimeError):
@@ -46,7 +52,30 @@ class Workspace:
         return cls(Path(root).resolve())
 
     def config(self) -> PersonaConfig:
-        return load_config(self.root)
+        """The workspace's persona.yaml, parsed and validated once per process for each content it has had.
+
+        Every layer asks the workspace for its settings; parsing and validating the YAML each time (five times per
+        service start, once per call of a library function) cost milliseconds and repeated nothing useful. The file
+        is still read (a few kB), so an edit is seen by the next call; the settings object is frozen, so sharing it
+        is safe.
+        """
+        path = self.root / CONFIG_NAME
+        try:
+            text = path.read_bytes()
+        except OSError:
+            text = None
+        if text is None:
+            return load_config(self.root)  # raises the message naming what is missing
+        key = (str(path), hashlib.blake2b(text, digest_size=16).digest())
+        with _CONFIGS_LOCK:
+            cached = _CONFIGS.get(key)
+        if cached is None:
+            cached = parse_text(text, path)
+            with _CONFIGS_LOCK:
+                if len(_CONFIGS) >= 64:  # tests open many workspaces; a process rarely holds more than a few
+                    _CONFIGS.clear()
+                _CONFIGS[key] = cached
+        return cached
 
     def path(self, relative: str) -> Path:
         return self.root / relative

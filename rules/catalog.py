@@ -16,7 +16,8 @@ from features import store as feature_store
 from persona.config import PersonaConfig
 from persona.workspace import Workspace
 from rules import history
-from rules.tags import DEFAULT_DIR, TagSet, load_tagset
+from rules.loading import DEFAULT_DIR, load_tagset
+from rules.tags import TagSet
 
 CATEGORY_ZH = {"basic": "基础属性", "consumption": "消费特征", "behaviour": "行为偏好", "predictive": "预测标签",
                "enrichment": "外部增补"}

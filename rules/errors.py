@@ -1,6 +1,13 @@
-"""The two errors of the rule engine: one for an expression (with its position), one for a rule file (with its line)."""
+"""The two errors of the rule engine: one for an expression (with its position), one for a rule file (with its line).
+
+Also the two helpers their messages share, whoever raises them (parser, type check, evaluator, tag loader): a caret
+under the offending character, and a did-you-mean for a misspelt name.
+"""
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
 
 
 class ExprError(ValueError):
@@ -35,3 +42,9 @@ def caret(text: str, position: int, indent: str = "    ") -> str:
     end = text.find("\n", position)
     line = text[start:end if end >= 0 else len(text)]
     return f"{indent}{line}\n{indent}{' ' * (position - start)}^"
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest candidate, or ''."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

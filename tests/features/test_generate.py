@@ -1,4 +1,4 @@
-"""Behaviour of the demo data generator (features/generate.py) on small worlds."""
+"""Behaviour of the demo data generator (features/generate/) on small worlds."""
 
 from __future__ import annotations
 

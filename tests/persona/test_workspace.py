@@ -202,3 +202,21 @@ def test_a_new_run_reusing_the_current_runs_number_is_refused(tmp_path):
         publish(ws, seq_id(1, 1), "second")
     assert (ws.current("integrated") / "report.json").read_text() == "first"
     assert visible(ws.stage_dir("integrated") / "runs") == [seq_id(1, 0)]
+
+
+def test_settings_are_validated_once_per_content_and_an_edit_is_seen(tmp_path):
+    from persona.config import ConfigError
+    from tests.persona.test_config import VALID, write_config
+
+    path = write_config(tmp_path, {**VALID, "serving": {"port": 3001}})
+    ws = Workspace.open(tmp_path)
+    first = ws.config()
+    assert ws.config() is first and Workspace.open(tmp_path).config() is first  # parsed once, shared (frozen)
+    write_config(tmp_path, {**VALID, "serving": {"port": 3002}})  # same size, new content
+    assert ws.config().serving.port == 3002
+    write_config(tmp_path, {**VALID, "serving": {"port": -1}})
+    with pytest.raises(ConfigError, match="port"):
+        ws.config()
+    path.write_bytes(path.read_bytes() + b"\n# \xff\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        ws.config()

@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 
 from rules.errors import ExprError
-from rules.expr import (Interval, box_of, box_overlap, describe_box, evaluate, parse, tokenize, typecheck)
+from rules.expr import evaluate, parse, typecheck
+from rules.expr.boxes import Interval, box_of, box_overlap, describe_box
+from rules.expr.parser import tokenize
 
 NA = pd.NA
 

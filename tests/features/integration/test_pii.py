@@ -24,7 +24,7 @@ from persona.faults import EXIT_CODE, KILL_VAR
 from persona.workspace import SALT_VAR, Workspace
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # Staged by the later runs only: the month of app events holding the most identifiers no other file holds.
 HELD_SOURCE, HELD_BACK = "app_events", "raw/app_events/2026-09.parquet"
 
