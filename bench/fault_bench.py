@@ -160,7 +160,7 @@ def main() -> int:
 
         with warnings.catch_warnings(), open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")  # BentoML's and pathspec's deprecation warnings, on import
-            from serving.service import running_server
+            from serving.process import running_server
 
         # profiles.parquet lists every persona; some have no features (no snapshot row) and the service answers 404
         # for them: only the personas it serves before any fault are used

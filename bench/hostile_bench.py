@@ -10,7 +10,7 @@ bench/out/serving_ws. The cost of the old 100k-character persona_id grew with th
 id index at the key's width: 10,000 personas made 4 GiB), so a larger workspace shows more: build one with
 `persona generate --customers 10000`, then `persona integrate`, `persona features`, `persona train --promote`.
 
-A real server (`serving.service.running_server`, one worker so that its memory is the one measured, an API key set)
+A real server (`serving.process.running_server`, one worker so that its memory is the one measured, an API key set)
 receives each case `--repeat` times from this process over plain sockets: a request's body is written by a thread
 while the answer is read, because the server answers 413 before it has read a large body and closes the connection.
 The floor is POST /v1/noop (BentoML's own no-op endpoint) measured the same way; a normal /v1/profile comes next.
@@ -218,7 +218,7 @@ def main() -> int:
 
     from persona.workspace import Workspace
     from rules import history
-    from serving.service import running_server
+    from serving.process import running_server
 
     source = args.workspace or build_workspace(OUT / "serving_ws")
     OUT.mkdir(parents=True, exist_ok=True)

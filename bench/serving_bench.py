@@ -6,7 +6,7 @@
 
 The workspace (trained, with a champion) is copied to a temporary folder and rescored there if it has no tag
 snapshot, so it is never modified; without --workspace a 1,500-customer one is built once in bench/out/serving_ws.
-A real server (`serving.service.running_server`, BentoML subprocess) serves the copy; the load comes from a
+A real server (`serving.process.running_server`, BentoML subprocess) serves the copy; the load comes from a
 separate process: closed-loop clients on keep-alive connections, each sending its next request when the previous
 answer arrived. The issue's goal: p99 of /v1/profile at most 3x the no-op's p99 at 16 clients, and at least
 500 requests/s. Also printed: where one engine call spends its time (online read, models, rules, assembly) at
@@ -287,7 +287,7 @@ def main() -> int:
 
     from rules import history
     from persona.workspace import Workspace
-    from serving.service import running_server
+    from serving.process import running_server
 
     source = args.workspace or build_workspace(OUT / "serving_ws")
     OUT.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The `persona` command line: thin commands that parse, call library functions and print.
 
-Every command takes --workspace (default: the current folder); every command that reports takes --json.
+Every command but `build` takes --workspace (default: the current folder); every command that reports takes --json.
 """
 
 from __future__ import annotations
@@ -240,11 +240,51 @@ def serve(
     workers: Annotated[int | None, typer.Option(min=1, help="server processes (default: serving.workers)")] = None,
 ) -> None:
     """Start the online service (BentoML): /v1/profile, /v1/score, /v1/recommend, /v1/events, health, metrics."""
-    from serving.service import serve as run
+    from serving.process import serve as run
 
     with _errors():
         ws = Workspace.open(workspace)
         run(ws.root, port or ws.config().serving.port, host=host, workers=workers)
+
+
+@app.command()
+def build(
+    version: Annotated[str | None, typer.Option(help="the Bento's version (default: one BentoML generates)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the Bento of the online service (bentofile.yaml: the code, the default rule tags, the requirements) into
+    BentoML's store ($BENTOML_HOME, default ~/bentoml), ready for `bentoml containerize`. Needs no network."""
+    import os
+    import shutil
+
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    from serving.process import ROOT
+
+    bentofile = ROOT / "bentofile.yaml"
+    with _errors():
+        if not bentofile.is_file():
+            raise FileNotFoundError(f"{bentofile}: not found; `persona build` runs in a source checkout of persona")
+        # BentoML 1.4 looks for uv even when it locks nothing, and pip-installs it when none is found: found here
+        # first (on PATH, else the project's own .tools/bin/uv from `make setup`), so that a build never downloads.
+        uv = shutil.which("uv") or shutil.which("uv", path=str(ROOT / ".tools" / "bin"))
+        if uv is None:
+            raise FileNotFoundError("uv not found: BentoML needs it to build a Bento (and would download it); put "
+                                    "uv on PATH or run `make setup`, which installs it in .tools/bin")
+        path = os.environ.get("PATH", "")
+        os.environ["PATH"] = os.pathsep.join([str(Path(uv).parent), path])
+        try:
+            bento = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(ROOT), version=version)
+        except BentoMLException as exc:
+            err.print(f"[bold red]error:[/] the Bento did not build: {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        finally:
+            os.environ["PATH"] = path
+    where = Path(bento.path)  # <BENTOML_HOME>/bentos/<name>/<version>
+    result = {"tag": str(bento.tag), "service": bento.info.service, "path": str(where),
+              "bentoml_home": str(where.parents[2]), "containerize": f"bentoml containerize {bento.tag}"}
+    _emit(result, as_json, render.render_build)
 
 
 @app.command()

@@ -80,7 +80,7 @@ def run_demo(workspace, customers: int, *, console: Console, progress: Progress)
     from persona.cli import render
     from rules import history
     from serving.batch import rescore
-    from serving.service import running_server
+    from serving.process import running_server
     from training.train import train
 
     start = time.perf_counter()

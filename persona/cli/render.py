@@ -129,6 +129,12 @@ def render_rescore(r: dict) -> None:
         console.print(f"  [yellow]tag {tag} unavailable:[/] {why}")
 
 
+def render_build(r: dict) -> None:
+    console.print(f"built Bento [bold]{r['tag']}[/] (service {r['service']})", highlight=False)
+    console.print(f"in {r['path']} (BentoML home {r['bentoml_home']})", highlight=False)
+    console.print(f"next: {r['containerize']}", highlight=False)
+
+
 def render_tags(r: dict) -> None:
     table = Table(title=f"tag catalog ({len(r['tags'])} tags; coverage as of {r['date'] or 'no snapshot yet'})")
     for col in ("id", "名称", "name", "category", "type", "values", "coverage"):

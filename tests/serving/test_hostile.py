@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from serving import service
+from persona.config import ServingConfig
+from serving import middleware, process, service
 from serving.identity import IdentityIndex
 from serving.online import NotFound, Unavailable
 
@@ -88,8 +89,8 @@ def _serve(metrics: bool = False):
 def env(tmp_path, monkeypatch):
     """A workspace with the example config, the stand-in engine, no API key and BentoML's metrics off (Prometheus
     refuses a second registration of its metrics in one process: only the metrics test turns them on)."""
-    monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", f"services.{service.SERVICE_NAME}.metrics.enabled=false")
-    monkeypatch.setenv(service.WORKSPACE_VAR, str(_workspace(tmp_path)))
+    monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", f"services.{process.SERVICE_NAME}.metrics.enabled=false")
+    monkeypatch.setenv(process.WORKSPACE_VAR, str(_workspace(tmp_path)))
     monkeypatch.delenv("PERSONA_API_KEY", raising=False)
     monkeypatch.setattr(service, "OnlineEngine", StubEngine)
     monkeypatch.setattr(StubEngine, "fail_with", None)
@@ -166,7 +167,7 @@ def test_thousands_of_unknown_keys_are_named_in_a_bounded_answer(client):
     body = {"persona_id": "P1", **{f"{'k' * 200}{i}": 1 for i in range(3000)}}
     r = client.post("/v1/profile", json=body)
     answer = _error(r, 422)
-    assert len(answer["fields"]) == service.MAX_REPORTED and "more)" in answer["detail"]
+    assert len(answer["fields"]) == middleware.MAX_REPORTED and "more)" in answer["detail"]
     assert len(r.content) < 10_000
 
 
@@ -230,8 +231,8 @@ def test_the_body_limit_stops_reading_at_the_limit():
     async def app(scope, receive, send) -> None:
         reached.append(1)
 
-    cfg = service.ServingConfig(max_body_bytes=200_000)
-    asyncio.run(service.RequestLimits(app, cfg)({"type": "http", "headers": []}, endless, send))
+    cfg = ServingConfig(max_body_bytes=200_000)
+    asyncio.run(middleware.RequestLimits(app, cfg)({"type": "http", "headers": []}, endless, send))
     assert sent[0]["status"] == 413 and not reached
     assert len(read) == 4  # 3 chunks (196,608 bytes) held, the 4th passes the limit and is not kept
 
@@ -454,7 +455,7 @@ def test_a_503_names_the_store_but_not_its_credentials(client, caplog):
     ("KeyError: 'redis://:pw@cache:6379/0'", "engine", "KeyError"),
 ])
 def test_503_details_say_what_to_do_without_addresses(message, component, says):
-    named, detail = service._public(message)
+    named, detail = middleware._public(message)
     assert named == component and says in detail
     assert not re.search(r"hunter2|root|10\.0\.0\.9|3306|:pw@|cache:6379|OperationalError", detail)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from serving import service
+from serving import coalescer, middleware, process, service
 from serving.online import BadRequest, NotFound, Unavailable
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "persona.example.yaml"
@@ -59,14 +59,14 @@ class FakeEngine:
 def _no_prometheus(monkeypatch):
     # BentoML registers its request metrics each time it builds the app, and Prometheus refuses a second metric of
     # a name in one process: the in-process apps here go without (test_service.py checks /metrics on a server).
-    monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", f"services.{service.SERVICE_NAME}.metrics.enabled=false")
+    monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", f"services.{process.SERVICE_NAME}.metrics.enabled=false")
 
 
 @pytest.fixture
 def client(tmp_path, monkeypatch):
     """The service on a stand-in engine; `client.engine_fails(exc)` makes every engine call raise `exc`."""
     shutil.copy(EXAMPLE, tmp_path / "persona.yaml")
-    monkeypatch.setenv(service.WORKSPACE_VAR, str(tmp_path))
+    monkeypatch.setenv(process.WORKSPACE_VAR, str(tmp_path))
     monkeypatch.delenv("PERSONA_API_KEY", raising=False)
     monkeypatch.setattr(service, "OnlineEngine", FakeEngine)
     monkeypatch.setattr(FakeEngine, "fail_with", None)
@@ -180,7 +180,7 @@ def test_not_ready_while_the_engine_cannot_load(tmp_path, monkeypatch):
         raise Unavailable("model registry (sqlite:///x) unreachable: OperationalError: unable to open database file")
 
     shutil.copy(EXAMPLE, tmp_path / "persona.yaml")
-    monkeypatch.setenv(service.WORKSPACE_VAR, str(tmp_path))
+    monkeypatch.setenv(process.WORKSPACE_VAR, str(tmp_path))
     monkeypatch.setattr(service, "OnlineEngine", down)
     with TestClient(service.PersonaService.to_asgi()) as c:
         assert c.get("/healthz").status_code == 200  # alive: it answers, and keeps retrying in the background
@@ -195,7 +195,7 @@ def test_not_ready_while_the_engine_cannot_load(tmp_path, monkeypatch):
 # --- API key ------------------------------------------------------------------------------------------------------
 def test_api_key_guards_v1_but_not_health(tmp_path, monkeypatch):
     shutil.copy(EXAMPLE, tmp_path / "persona.yaml")
-    monkeypatch.setenv(service.WORKSPACE_VAR, str(tmp_path))
+    monkeypatch.setenv(process.WORKSPACE_VAR, str(tmp_path))
     monkeypatch.setenv("PERSONA_API_KEY", "s3cret")
     monkeypatch.setattr(service, "OnlineEngine", FakeEngine)
     for c in _serve():
@@ -234,7 +234,7 @@ def test_concurrent_lookups_each_get_their_own_answer(client, monkeypatch):
             body = answer.json()
             assert body["results"][0] == people[refs[0]["persona_id"]] and body["results"][1]["error"] == "not found"
     assert sum(FakeEngine.calls) == sum(len(refs) for refs in customers)  # each customer scored exactly once
-    assert max(FakeEngine.calls) <= service.COALESCE_MAX
+    assert max(FakeEngine.calls) <= coalescer.COALESCE_MAX
 
 
 class GatedRun:
@@ -262,13 +262,14 @@ async def _engine_busy(run: GatedRun) -> None:
         await asyncio.sleep(0.001)
 
 
-def _coalesce(calls: list[list], max_items: int, window_s: float = 0.0) -> tuple[list, list[list]]:
+def _coalesce(calls: list[list], max_items: int, window_s: float = 0.0,
+              observe=None) -> tuple[list, list[list]]:
     """Run `calls` through a Coalescer: the first alone, the rest queued while it blocks the engine."""
     run = GatedRun()
 
     async def main():
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            batcher = service.Coalescer(run, pool, max_items=max_items, window_s=window_s)
+            batcher = coalescer.Coalescer(run, pool, max_items=max_items, window_s=window_s, observe=observe)
             try:
                 first = asyncio.ensure_future(batcher(calls[0]))
                 await _engine_busy(run)
@@ -281,7 +282,7 @@ def _coalesce(calls: list[list], max_items: int, window_s: float = 0.0) -> tuple
     return asyncio.run(main()), run.batches
 
 
-@pytest.mark.parametrize("window_s", [0.0, service.COALESCE_WINDOW_S])
+@pytest.mark.parametrize("window_s", [0.0, coalescer.COALESCE_WINDOW_S])
 def test_coalescer_gives_each_caller_its_own_results_in_order(window_s):
     calls = [[0], [1, 2], [3], [4, 5, 6], [7, 8, 9, 10, 11, 12], [13], [14, 15]]
     results, batches = _coalesce(calls, max_items=4, window_s=window_s)
@@ -303,8 +304,10 @@ def test_coalescer_gives_each_caller_its_own_results_in_order(window_s):
 def test_coalescer_raises_a_failed_batch_in_each_of_its_calls_only():
     # [1] and ["boom"] queue together behind [0]: their shared call fails; [0] before and [7] after are unaffected.
     calls = [[0], [1], ["boom"], [2, 3, 4, 5], [7]]
-    results, batches = _coalesce(calls, max_items=2)
+    sizes: list[int] = []
+    results, batches = _coalesce(calls, max_items=2, observe=sizes.append)
     assert batches == [[0], [1, "boom"], [2, 3, 4, 5], [7]]
+    assert sizes == [1, 2, 4, 1]  # what the service's batch-size histogram is told, the failed batch included
     assert results[0] == [0] and results[3] == [4, 6, 8, 10] and results[4] == [14]
     assert isinstance(results[1], Unavailable) and isinstance(results[2], Unavailable)
 
@@ -312,15 +315,15 @@ def test_coalescer_raises_a_failed_batch_in_each_of_its_calls_only():
 def test_api_key_is_read_from_the_configured_variable(tmp_path, monkeypatch):
     text = EXAMPLE.read_text(encoding="utf-8") + "\nserving:\n  api_key_env: SHOP_KEY\n"
     (tmp_path / "persona.yaml").write_text(text, encoding="utf-8")
-    monkeypatch.setenv(service.WORKSPACE_VAR, str(tmp_path))
+    monkeypatch.setenv(process.WORKSPACE_VAR, str(tmp_path))
     monkeypatch.setenv("SHOP_KEY", "k")
     monkeypatch.delenv("PERSONA_API_KEY", raising=False)
-    assert service._api_key() == b"k"
+    assert middleware._api_key() == b"k"
 
 
 @pytest.mark.slow
 def test_running_server_reports_a_server_that_cannot_start(tmp_path):
     (tmp_path / "persona.yaml").write_text("version: 1\nsources: {}\n", encoding="utf-8")  # invalid: no source
     with pytest.raises(RuntimeError, match="exited"):
-        with service.running_server(tmp_path, timeout=60):
+        with process.running_server(tmp_path, timeout=60):
             pass

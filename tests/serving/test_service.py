@@ -22,9 +22,9 @@ from starlette.testclient import TestClient
 
 from features import store as feature_store
 from rules import history
-from serving import service
+from serving import process, service
 from serving.online import Customer, OnlineEngine
-from serving.service import running_server
+from serving.process import running_server
 from tests.serving.conftest import serving_copy
 from training import tracking
 
@@ -320,8 +320,8 @@ def test_a_locked_online_store_is_503_saying_so_then_recovers(rescored_base, sna
 
 def test_an_unreachable_model_registry_is_503_saying_so(workspace, tmp_path, monkeypatch):
     """In process (the same service code): a tracking URI whose database cannot be opened."""
-    monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", f"services.{service.SERVICE_NAME}.metrics.enabled=false")
-    monkeypatch.setenv(service.WORKSPACE_VAR, str(workspace.root))
+    monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", f"services.{process.SERVICE_NAME}.metrics.enabled=false")
+    monkeypatch.setenv(process.WORKSPACE_VAR, str(workspace.root))
     monkeypatch.setenv(tracking.TRACKING_VAR, f"sqlite:///{tmp_path}")  # a directory: SQLite cannot open it
     with TestClient(service.PersonaService.to_asgi()) as c:
         deadline = time.monotonic() + 30
@@ -337,16 +337,16 @@ def test_serve_starts_the_configured_workers_without_access_log_unless_asked(wor
     import yaml
 
     seen = []
-    monkeypatch.setattr(service.bentoml, "serve", lambda *a, **k: seen.append(os.environ["BENTOML_CONFIG_OPTIONS"]))
+    monkeypatch.setattr(process.bentoml, "serve", lambda *a, **k: seen.append(os.environ["BENTOML_CONFIG_OPTIONS"]))
     monkeypatch.delenv("BENTOML_CONFIG_OPTIONS", raising=False)
-    for var in (service.WORKSPACE_VAR, "OMP_NUM_THREADS"):  # serve() sets them: restored after the test
+    for var in (process.WORKSPACE_VAR, "OMP_NUM_THREADS"):  # serve() sets them: restored after the test
         monkeypatch.setenv(var, os.environ.get(var, ""))
     cfg = yaml.safe_load((workspace.root / "persona.yaml").read_text())
     (tmp_path / "persona.yaml").write_text(yaml.safe_dump(cfg))
-    service.serve(tmp_path, 3999)
+    process.serve(tmp_path, 3999)
     assert "services.persona.workers=2" in seen[-1] and "logging.access.enabled=false" in seen[-1]
     monkeypatch.delenv("BENTOML_CONFIG_OPTIONS")
     cfg["serving"] = {**cfg.get("serving", {}), "workers": 3, "access_log": True}
     (tmp_path / "persona.yaml").write_text(yaml.safe_dump(cfg))
-    service.serve(tmp_path, 3999, workers=1)  # the command line wins over persona.yaml
+    process.serve(tmp_path, 3999, workers=1)  # the command line wins over persona.yaml
     assert "services.persona.workers=1" in seen[-1] and "logging.access.enabled=true" in seen[-1]
