@@ -47,10 +47,11 @@ def comparable(profile: dict, score_keys: list[str] | None = None) -> str:
 
 
 def realtime_free_scores(profile: dict) -> list[str]:
-    """Score outputs of the model tags whose feature service has no real-time group (features.store)."""
-    from features.store import FEATURE_SERVICES
+    """Score outputs of the model tags whose feature service has no real-time group (features.model_tags)."""
+    from features.model_tags import feature_services
 
-    tags = [t for t in (profile.get("models") or {}) if "realtime" not in FEATURE_SERVICES.get(t, ("realtime",))]
+    services = feature_services()
+    tags = [t for t in (profile.get("models") or {}) if "realtime" not in services.get(t, ("realtime",))]
     return sorted(k for k in (profile.get("scores") or {}) if any(k == t or k.startswith(f"{t}_") for t in tags))
 
 

@@ -2,6 +2,10 @@
 
 A label for snapshot date c looks only at [c, c + horizon); features for c look only before c. A date is
 usable only when its whole window is observed (c + horizon <= end of data).
+
+Each model tag names its label function in features/model_tags.py; every one is called alike,
+`f(con, source, *, dates, horizon_days)`, and returns persona_id, event_timestamp and a `label` column (or, for a
+per-column tag such as interest, one column per output).
 """
 
 from __future__ import annotations
@@ -45,10 +49,14 @@ def labelled_dates(dates: Sequence[pd.Timestamp], *, data_end: pd.Timestamp, hor
     return [d for d in dates if d + pd.Timedelta(days=horizon_days) <= data_end]
 
 
-def _customer_labels(con: duckdb.DuckDBPyConnection, source: str, dates: Sequence[pd.Timestamp],
-                     horizon_days: int, label: str) -> pd.DataFrame:
-    """One row per (customer with a purchase occasion before the date, date), with `label` computed over the
-    transactions up to the end of the window (`t.ts >= d.as_of` selects those inside it)."""
+def customer_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
+                    horizon_days: int, label: str) -> pd.DataFrame:
+    """One row per (customer with a purchase occasion before the date, date), with `label`, a SQL aggregate over
+    the transactions up to the end of the window (`t.ts >= d.as_of` selects those inside it; `t.purchase` and
+    `t.net` follow the amount policy above).
+
+    What most label functions are: churn and value below are each one aggregate, and so is a new model tag's
+    (features/model_tags.py) when it is about the customers who have bought."""
     d = _dates_table(con, dates)
     p = _purchases(con, source)
     return con.execute(f"""
@@ -63,16 +71,16 @@ def churn_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence
                  horizon_days: int) -> pd.DataFrame:
     """churned = 1 when a customer who bought before the date makes no purchase in the next `horizon_days` (a $0
     order counts as a purchase, a refund does not)."""
-    return _customer_labels(con, source, dates, horizon_days,
-                            "CAST(count(*) FILTER (WHERE t.ts >= d.as_of AND t.purchase) = 0 AS INTEGER)")
+    return customer_labels(con, source, dates=dates, horizon_days=horizon_days,
+                           label="CAST(count(*) FILTER (WHERE t.ts >= d.as_of AND t.purchase) = 0 AS INTEGER)")
 
 
 def value_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
                  horizon_days: int) -> pd.DataFrame:
     """Net spend (purchases minus refunds, floored at 0) in the next `horizon_days` for everyone with a purchase
     before the date (0 for those who do not buy)."""
-    return _customer_labels(con, source, dates, horizon_days,
-                            "greatest(coalesce(sum(t.net) FILTER (WHERE t.ts >= d.as_of), 0), 0)::DOUBLE")
+    return customer_labels(con, source, dates=dates, horizon_days=horizon_days,
+                           label="greatest(coalesce(sum(t.net) FILTER (WHERE t.ts >= d.as_of), 0), 0)::DOUBLE")
 
 
 def interest_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
@@ -97,3 +105,11 @@ def interest_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Seque
     cats = [c for c in wide.columns]
     out[cats] = out[cats].fillna(0).astype("int8")
     return out
+
+
+def customer_interest_labels(con: duckdb.DuckDBPyConnection, source: str, *, dates: Sequence[pd.Timestamp],
+                             horizon_days: int) -> pd.DataFrame:
+    """`interest_labels` for the customers churn and value are labelled for (a purchase occasion before the date):
+    the interest tag's label function."""
+    population = value_labels(con, source, dates=dates, horizon_days=horizon_days)[["persona_id", "event_timestamp"]]
+    return interest_labels(con, source, dates=dates, horizon_days=horizon_days, population=population)

@@ -12,7 +12,7 @@ The RFM heuristic stays a baseline only: its scores are ranks, not probabilities
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import warnings
@@ -404,3 +404,47 @@ class Blend:
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         p = self.score(x)
         return np.column_stack([1 - p, p])
+
+
+# --- the buy-till-you-die families a model tag names (features/model_tags.py, ModelTag.process) -------------------
+COVARIATES = ["tx_aov_365d"]  # what bg_nbd_covariates adds to BG/NBD: spend per order (log)
+
+
+def calibrate(kind: str, model, x_val: np.ndarray, y_val: np.ndarray):
+    """A probability candidate with its calibration map fitted on the validation rows; a value candidate as is."""
+    if kind != "probability":
+        return model
+    return Calibrated(model, RankCalibrator().fit(model.score(x_val), y_val))
+
+
+@dataclass(frozen=True)
+class ProcessInputs:
+    """What a buy-till-you-die family of one output is built from: the tag's kind and horizon, the output's key
+    (interest_<category>: the category; else None), the BG/NBD (and Gamma-Gamma) fit, and the fold's matrices."""
+
+    kind: str
+    horizon_days: int
+    key: str | None
+    at: dict[str, int]  # column -> position in the matrices
+    bg: BetaGeoModel
+    gg: GammaGammaModel | None
+    x: dict[str, np.ndarray]  # train / val / test
+    y: dict[str, np.ndarray]
+    seed: int
+
+    def column(self, name: str) -> str | None:
+        return name if name in self.at else None
+
+    def calibrated(self, model):
+        return calibrate(self.kind, model, self.x["val"], self.y["val"])
+
+
+# implementation name -> the fitted candidate (training resolves ModelTag.process through this)
+PROCESS_FAMILIES: dict[str, Callable[[ProcessInputs], object]] = {
+    "btyd_churn": lambda c: c.calibrated(BtydChurn(c.bg, c.at, c.horizon_days)),
+    "btyd_covariates": lambda c: BtydCovariates(c.bg, c.at, c.horizon_days, COVARIATES, c.seed).fit(
+        c.x["train"], c.y["train"]),
+    "btyd_interest": lambda c: c.calibrated(BtydInterest(
+        c.bg, c.at, c.horizon_days, c.column(f"aff_buy_{c.key}_365d"), c.column("tx_count_365d"), categories=12)),
+    "btyd_value": lambda c: BtydValue(c.bg, c.gg, c.at, c.horizon_days, c.column("tx_aov_365d")),
+}

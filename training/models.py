@@ -7,6 +7,8 @@ outputs it adds as features. Evaluation and serving both call `TagModel.predict`
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightgbm as lgb
@@ -17,9 +19,11 @@ from sklearn.isotonic import IsotonicRegression
 
 from training.btyd import BetaGeoModel
 from training.pareto import PARETO_FEATURES, ParetoNBDModel, pareto_columns, pareto_outputs
-from training.candidates import BTYD_INPUTS, Calibrated, Lgbm, RankCalibrator
+from training.candidates import (BTYD_INPUTS, Blend, BtydCovariates, BtydValue, Calibrated, Lgbm, Linear,
+                                 RankCalibrator)
 
 BTYD_FEATURES = ("btyd_p_alive", "btyd_expected_purchases")
+LINEAR_ROWS = 50_000  # the linear candidates converge on far fewer rows (and cost seconds per output beyond)
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,34 @@ def fit_regressor(x_train: pd.DataFrame | np.ndarray, y_train: np.ndarray, x_val
     return Lgbm(model, "value")
 
 
+def refitted(est, x: np.ndarray, y: np.ndarray, *, kind: str, at: dict[str, int], bg: BetaGeoModel | None, gg,
+             seed: int):
+    """A selected candidate refitted on (x, y), the matrix of a refit's rows with BG/NBD (and Gamma-Gamma) `bg`,
+    `gg` refitted too: same family, same settings, same calibration map; LightGBM keeps the tree count early
+    stopping chose (training.refit)."""
+    if isinstance(est, Blend):
+        blend = copy.copy(est)
+        blend.members = {k: refitted(m, x, y, kind=kind, at=at, bg=bg, gg=gg, seed=seed)
+                         for k, m in est.members.items()}
+        return blend
+    inner = est.model if isinstance(est, Calibrated) else est
+    if isinstance(inner, Lgbm):
+        fit = fit_classifier if kind == "probability" else fit_regressor
+        new = fit(x, y, x[:1], y[:1], LearnerParams(seed=seed), names=list(at), trees=inner.trees)
+        new = new.model if isinstance(new, Calibrated) else new
+    elif isinstance(inner, BtydCovariates):
+        new = inner.refitted(bg, at, x, y)
+    elif isinstance(inner, Linear):
+        rows = np.random.default_rng(seed).permutation(len(x))[:LINEAR_ROWS]
+        new = Linear(kind, range(len(at)), seed).fit(x[rows], y[rows])
+    else:  # the BTYD families: the same formulas on the refitted BG/NBD (and Gamma-Gamma)
+        new = copy.copy(inner)
+        new.bg, new.at = bg, at
+        if isinstance(new, BtydValue):
+            new.gg = gg if gg is not None else inner.gg
+    return Calibrated(new, est.platt) if isinstance(est, Calibrated) else new
+
+
 class ValueRegressor:
     """The value model: LightGBM on a float32 matrix of the features, predictions floored at zero (what models
     registered before training/candidates.py hold: kept so they still load)."""
@@ -239,3 +271,12 @@ def rfm_interest_score(frame: pd.DataFrame, category: str) -> np.ndarray:
     buys = frame.get(f"aff_buy_{category}_365d", pd.Series(0, index=frame.index)).fillna(0)
     views = frame.get(f"aff_view_{category}_90d", pd.Series(0, index=frame.index)).fillna(0)
     return (buys * 1000 + views).to_numpy(dtype=np.float64)
+
+
+# The heuristics a model tag may name as baselines (features/model_tags.py, ModelTag.baselines): each scores a frame
+# of the held-out rows; `key` is what the output is about (interest_<category>: the category), else None.
+HEURISTICS: dict[str, Callable[[pd.DataFrame, str | None], np.ndarray]] = {
+    "rfm_churn": lambda frame, key: rfm_churn_score(frame),
+    "rfm_value": lambda frame, key: rfm_value_score(frame),
+    "rfm_interest": rfm_interest_score,
+}

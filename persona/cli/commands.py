@@ -155,7 +155,7 @@ def features(
 def train(
     workspace: WorkspaceOpt = Path("."),
     promote: Annotated[bool, typer.Option(help="move `champion` to each challenger that beats it")] = False,
-    tag: Annotated[list[str] | None, typer.Option(help="train only these tags (churn_risk, high_value, interest)")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="train only these model tags (default: every tag of features/model_tags.py: churn_risk, high_value, interest)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train every model tag, compare with baselines on the held-out period, log and register in MLflow."""

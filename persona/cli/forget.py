@@ -27,7 +27,7 @@ Kept, and why:
 - raw/ and external/ source files: the owner's inputs, outside persona's reach; their rows never come back in.
 - run reports (report.json, the snapshots' metadata): counts only, stale by one person until the next run.
 - MLflow: models trained on data that included the person stay (they hold no identifier; retraining is a policy
-  decision). Their input examples are five unlabelled feature rows without persona ids (training/train.py).
+  decision). Their input examples are five unlabelled feature rows without persona ids (training/report.py).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import pytest
 
 from features import labels as lab
 from training.metrics import calibration_table, classification_metrics, grade, regression_metrics
-from training import train as train_mod
-from training.train import EligibilityError, Split, plan_split, sample_labels
+from training import split as split_mod
+from training.split import EligibilityError, Split, plan_split, sample_labels
 
 D = pd.Timestamp("2026-01-01", tz="UTC")
 
@@ -97,17 +97,17 @@ def test_a_short_log_holds_out_customers_instead_of_periods():
     assert split.val == max(split.train) < split.test
     labels = pd.DataFrame({"persona_id": [f"p{i}" for i in range(400)] * len(dates),
                            "event_timestamp": np.repeat(dates, 400)})
-    masks = train_mod.period_masks(labels, split)
+    masks = split_mod.period_masks(labels, split)
     ids = {k: set(labels.loc[m, "persona_id"]) for k, m in masks.items()}
     assert not (ids["test"] & ids["train"]) and not (ids["test"] & ids["val"]) and not (ids["val"] & ids["train"])
     assert 0.1 < len(ids["test"]) / 400 < 0.3 and 0.1 < len(ids["val"]) / 400 < 0.3
     # across the folds every customer is held out exactly once, never by a model that trained on them
-    held = [set(labels.loc[train_mod.period_masks(labels, split, fold=k)["test"], "persona_id"])
-            for k in range(train_mod.FOLDS)]
+    held = [set(labels.loc[split_mod.period_masks(labels, split, fold=k)["test"], "persona_id"])
+            for k in range(split_mod.FOLDS)]
     assert sum(len(h) for h in held) == 400 and set().union(*held) == set(labels["persona_id"])
     assert set(labels.loc[masks["test"], "event_timestamp"]) == {split.test}
     # the same customers are held out on every run
-    assert (train_mod.customer_fold(pd.Series(["p1", "p2"])) == train_mod.customer_fold(pd.Series(["p1", "p2"]))).all()
+    assert (split_mod.customer_fold(pd.Series(["p1", "p2"])) == split_mod.customer_fold(pd.Series(["p1", "p2"]))).all()
     sampled = sample_labels(labels, split, seed=1)
     assert not sampled.duplicated(["persona_id", "event_timestamp"]).any()
     when = pd.to_datetime(sampled["event_timestamp"], utc=True)
@@ -115,8 +115,8 @@ def test_a_short_log_holds_out_customers_instead_of_periods():
 
 
 def test_labels_are_sampled_per_period_before_the_join_and_the_sample_is_seeded(monkeypatch):
-    monkeypatch.setattr(train_mod, "MAX_TRAIN_ROWS", 50)
-    monkeypatch.setattr(train_mod, "MAX_EVAL_ROWS", 30)
+    monkeypatch.setattr(split_mod, "MAX_TRAIN_ROWS", 50)
+    monkeypatch.setattr(split_mod, "MAX_EVAL_ROWS", 30)
     dates = grid(5)
     split = Split(train=dates[:3], val=dates[3], test=dates[4])
     labels = pd.DataFrame({"persona_id": [f"p{i}" for i in range(40)] * 5,

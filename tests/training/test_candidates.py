@@ -6,7 +6,7 @@ from sklearn.metrics import roc_auc_score
 
 from training.btyd import BetaGeoModel
 from training.candidates import BTYD_INPUTS, BtydChurn, BtydCovariates
-from training.train import _fold_mean
+from training.select import fold_mean
 
 AT = {**{c: i for i, c in enumerate(BTYD_INPUTS)}, "tx_aov_365d": 3}
 H = 60
@@ -90,6 +90,6 @@ def test_bg_nbd_ranking_backwards_is_refused(bg):
 def test_fold_metrics_are_averaged_and_an_undefined_fold_does_not_count():
     folds = [{"auc": 0.7, "brier": 0.1, "rows": 10}, {"auc": 0.8, "brier": 0.3, "rows": 12},
              {"auc": float("nan"), "brier": 0.2, "rows": 3}]
-    mean = _fold_mean(folds)
+    mean = fold_mean(folds)
     assert mean["auc"] == pytest.approx(0.75) and mean["brier"] == pytest.approx(0.2) and mean["rows"] == 25
-    assert _fold_mean(folds[:1]) == folds[0]
+    assert fold_mean(folds[:1]) == folds[0]

@@ -12,12 +12,13 @@ from mlflow.models import infer_signature
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
+from features import model_tags
 from persona.config import parse_config
 from persona.workspace import Workspace
 from training import tracking
+from training.gate import GateInput, TagResult, gate, promote_challenger
 from training.metrics import bootstrap_indices, classification_metrics, paired_bootstrap, rank_metric
 from training.models import TagModel
-from training.train import GateInput, TagResult, TagSpec, gate, promote_challenger
 
 MARGIN = 0.005
 
@@ -200,20 +201,20 @@ def test_the_verdict_is_logged_on_the_run_and_listed(tmp_path, monkeypatch):
     s = _scores(n=600)
     held_out = pd.DataFrame({"persona_id": [f"P{i}" for i in range(600)],
                              **{k: s[k].astype(np.float32) for k in ("champion", "slightly_better", "much_better")}})
-    spec = TagSpec("churn_risk", "probability", "auc", 90)
-    name = tracking.model_name(spec.tag)
+    spec = model_tags.get("churn_risk")
+    name = tracking.model_name(spec.name)
 
     def challenger(column: str, baselines: dict[str, float]) -> list[TagResult]:
-        model = TagModel(spec.tag, spec.kind, [column], {spec.tag: _Column()}, spec.horizon_days)
-        score = model.predict(None, held_out)[spec.tag].to_numpy()
-        signature = infer_signature(held_out[[column]], pd.DataFrame({spec.tag: score}))
+        model = TagModel(spec.name, spec.kind, [column], {spec.name: _Column()}, 90)
+        score = model.predict(None, held_out)[spec.name].to_numpy()
+        signature = infer_signature(held_out[[column]], pd.DataFrame({spec.name: score}))
         with mlflow.start_run():
             mlflow.log_params({"metric": "auc", "test_date": "2026-06-01"})
             info = mlflow.pyfunc.log_model(name="model", python_model=model, pip_requirements=["pandas"],
                                            signature=signature, registered_model_name=name)
         version = str(info.registered_model_version)
         client.set_registered_model_alias(name, tracking.CHALLENGER, version)
-        return [TagResult(spec.tag, "auc", float(rank_metric("auc", s["y"], score)[0]), baselines, version=version,
+        return [TagResult(spec.name, "auc", float(rank_metric("auc", s["y"], score)[0]), baselines, version=version,
                           details={"y": s["y"], "score": score})]
 
     promote = lambda results: promote_challenger(client, spec, results, held_out, cfg)  # noqa: E731

@@ -4,7 +4,7 @@ buy-till-you-die model is within the noise of the groups."""
 import numpy as np
 import pytest
 
-from training.train import select
+from training.select import select
 
 
 def test_a_learned_lead_within_one_standard_error_serves_the_process_model():
