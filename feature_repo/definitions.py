@@ -14,6 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
+from feast.feature_logging import LoggingConfig
+from feast.infra.offline_stores.file_source import FileLoggingDestination
 from feast.types import Bool, Float32, Float64, Int32, Int64, String
 
 ENTITY = "persona"
@@ -150,19 +152,28 @@ def tags_view(columns: Mapping[str, str], history_path: Path, entity: Entity) ->
     )
 
 
-def feature_service(tag: str, views: Iterable[FeatureView], *, version: int = 1) -> FeatureService:
-    """The service a model of `tag` reads, for training and serving alike: `<tag>_v<version>`."""
+def feature_service(tag: str, views: Iterable[FeatureView], *, version: int = 1, log_dir: Path | None = None
+                    ) -> FeatureService:
+    """The service a model of `tag` reads, for training and serving alike: `<tag>_v<version>`.
+
+    With `log_dir`, the service declares Feast feature logging to Parquet files under `log_dir/<service>/`: what the
+    online service served is written there (`features.feature_log`) to compare with what training reads.
+    """
     views = list(views)
-    return FeatureService(name=f"{tag}_v{version}", features=views,
+    name = f"{tag}_v{version}"
+    logging = None if log_dir is None else LoggingConfig(destination=FileLoggingDestination(path=str(log_dir / name)))
+    return FeatureService(name=name, features=views, logging_config=logging,
                           description=f"features of the {tag} model: {', '.join(v.name for v in views)}",
                           tags={"tag": tag})
 
 
 def repository(snapshots: Mapping[str, tuple[Path, pa.Schema]], services: Mapping[str, Iterable[str]], *,
-               ttl: timedelta = DEFAULT_TTL) -> tuple[Entity, dict[str, FeatureView], dict[str, FeatureService]]:
+               ttl: timedelta = DEFAULT_TTL, log_dir: Path | None = None
+               ) -> tuple[Entity, dict[str, FeatureView], dict[str, FeatureService]]:
     """Every object of the repository, from the snapshot files present (group -> (path, schema)).
 
-    A service lists the groups it wants that have a file; a service with none of them is left out.
+    A service lists the groups it wants that have a file; a service with none of them is left out. `log_dir`: where
+    the services log what is served (see `feature_service`).
     """
     entity = persona_entity()
     views = {g: group_view(g, path, schema, entity, ttl=ttl) for g, (path, schema) in snapshots.items()}
@@ -170,6 +181,6 @@ def repository(snapshots: Mapping[str, tuple[Path, pa.Schema]], services: Mappin
     for tag, groups in services.items():
         present = [views[g] for g in groups if g in views]
         if present:
-            service = feature_service(tag, present)
+            service = feature_service(tag, present, log_dir=log_dir)
             built[service.name] = service
     return entity, views, built

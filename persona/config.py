@@ -304,6 +304,10 @@ class ServingConfig(Strict):
     auto_rebuild: bool = Field(True, description="rebuild an empty or stale online store from the offline snapshot "
                                                  "and the event log without a restart")
     docs: bool = Field(True, description="serve the interactive API docs at /docs (behind the API key when set)")
+    feature_log_sample_rate: float = Field(
+        0.0, ge=0, le=1, description="share of the personas answered whose served features are logged through "
+                                      "Feast's feature logging (<workspace>/features/feature_logs/) for skew checks; "
+                                      "0 = off")
 
 
 class ScheduleConfig(Strict):
