@@ -15,8 +15,8 @@ from persona.errors import InsufficientDataError
 from persona.cli.forget import ERASURES, forget
 from persona.workspace import Workspace, read_json
 from rules import history
-from tests.features.test_integrate import NOW, base_workspace, published, write
-from tests.features.test_pii import find_in_files
+from tests.features.integration.test_run import NOW, base_workspace, published, write
+from tests.features.integration.test_pii import find_in_files
 
 INPUTS = ("raw/", "external/", "truth/")  # the owner's source files: outside persona's reach, never rewritten
 RECORDS = (f"state/{ERASURES}", f"state/{FORGOTTEN}")
@@ -29,7 +29,7 @@ def reconciled(report: dict) -> bool:
 # --- a small workspace: a retired persona id, the audit log, quarantine, the manifest ----------------------------
 @pytest.fixture
 def merged(tmp_path, salt) -> Workspace:
-    """Alice, Bob, Carol and Dave of tests/features/test_integrate.py; then June orders in which Dave's account uses
+    """Alice, Bob, Carol and Dave of tests/features/integration/test_run.py; then June orders in which Dave's account uses
     Carol's phone, so that Carol and Dave are one persona and one of their ids is retired."""
     ws = base_workspace(tmp_path)
     integrate(ws, now=NOW)
@@ -123,7 +123,7 @@ def test_bad_requests_say_what_is_wrong(merged, kwargs, error, message):
 
 
 def test_a_blocked_identifier_names_no_single_person(tmp_path, salt):
-    from tests.features.test_integrate import IDENTITY
+    from tests.features.integration.test_run import IDENTITY
 
     phone = {"normalise": "phone", "blocked": ["138 0013 8001"]}
     ws = base_workspace(tmp_path, identity={"identifiers": {**IDENTITY["identifiers"], "phone": phone}})
