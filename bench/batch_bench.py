@@ -41,7 +41,7 @@ def main() -> int:
     from serving import scoring
     from serving.batch import rescore
     from training import tracking
-    from training.models import _matrix
+    from training.models import matrix
 
     ws = Workspace.open(args.workspace)
     cfg = ws.config()
@@ -53,7 +53,7 @@ def main() -> int:
           f"outputs {len(models.outputs())}")
 
     # floor: raw boosters on prepared matrices, best of 2
-    matrices = {t: _matrix(m.model.model_frame(frame.reindex(columns=m.features))) for t, m in models.models.items()}
+    matrices = {t: matrix(m.model.model_frame(frame.reindex(columns=m.features))) for t, m in models.models.items()}
     floor = float("inf")
     for _ in range(2):
         t0 = time.perf_counter()

@@ -46,7 +46,8 @@ def main() -> int:
     from persona.workspace import Workspace
     from features import offline
     from training import models as mdl
-    from training.train import MAX_TRAIN_ROWS, train
+    from training.split import MAX_TRAIN_ROWS
+    from training.train import train
 
     ws = Workspace.open(args.workspace)
     personas = len(pd.read_parquet(ws.require_current("integrated", "integrate first") / "profiles.parquet",
@@ -62,8 +63,8 @@ def main() -> int:
     x = pd.concat([x] * reps, ignore_index=True).iloc[:MAX_TRAIN_ROWS]
     rng = np.random.default_rng(0)
     y = ((x["tx_recency_days"].fillna(999) > 90).to_numpy() ^ (rng.random(len(x)) < 0.2)).astype(int)
-    matrix = mdl._matrix(x)
-    common = mdl._lgbm_common(mdl.LearnerParams())
+    matrix = mdl.matrix(x)
+    common = mdl.lgbm_common(mdl.LearnerParams())
     common["n_estimators"] = 100
     t1 = time.perf_counter()
     lgb.LGBMClassifier(**common).fit(matrix, y)

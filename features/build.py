@@ -23,6 +23,7 @@ import pandas as pd
 
 from features import eventlog, snapshots
 from features import store as feature_store
+from features.model_tags import KEYS
 from features.offline import manifest_path
 from persona.errors import InsufficientDataError
 from persona.faults import kill_point
@@ -30,7 +31,6 @@ from persona.workspace import Workspace, read_json, write_json_atomic
 
 Progress = Callable[[str, float], None]
 EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
-KEYS = ("persona_id", "event_timestamp")
 
 
 def snapshot_dates(data_start: pd.Timestamp, data_end: pd.Timestamp, *, every_days: int,

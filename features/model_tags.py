@@ -19,10 +19,14 @@ from dataclasses import dataclass, field
 import duckdb
 import pandas as pd
 
+from feature_repo import definitions as defs
 from features import labels as lab
 from persona.config import PersonaConfig
 
-KEYS = ("persona_id", "event_timestamp")
+# The keys of every label row and feature row (a customer at a snapshot date): the Feast entity's join key and the
+# snapshots' event timestamp, as feature_repo/definitions.py names them. Written once here; the feature build and
+# training import it.
+KEYS = (defs.JOIN_KEY, defs.TIMESTAMP)
 # What each kind is judged by on the held-out period: ranking metrics (see training/metrics.py), as the promotion gate
 # compares them; a probability tag is also calibrated, a value tag is not.
 METRICS = {"probability": "auc", "value": "spearman"}
@@ -68,6 +72,11 @@ class ModelTag:
                              "the FeatureService and the registered model)")
         if not self.groups:
             raise ValueError(f"model tag {self.name!r}: no feature group to read")
+        # A misspelt group would otherwise drop out of the FeatureService unnoticed, and the model train without it.
+        unknown = [g for g in self.groups if g not in defs.GROUPS]
+        if unknown:
+            raise ValueError(f"model tag {self.name!r}: unknown feature group(s) {unknown}; the groups are "
+                             f"{', '.join(defs.GROUPS)} (feature_repo/definitions.py GROUPS)")
 
     @property
     def service(self) -> str:

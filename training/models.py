@@ -95,7 +95,7 @@ class TagModel(mlflow.pyfunc.PythonModel):
         missing = [f for f in self.features if f not in frame.columns]
         if missing:
             raise ValueError(f"{self.tag}: input lacks feature(s) {missing[:5]}{'...' if len(missing) > 5 else ''}")
-        # Kept in the snapshot's dtypes (float32 mostly): `_matrix` makes the one float32 copy LightGBM reads.
+        # Kept in the snapshot's dtypes (float32 mostly): `matrix` makes the one float32 copy LightGBM reads.
         x = frame[self.features]
         return pareto_columns(self.pareto, btyd_columns(self.btyd, x, self.horizon_days), self.horizon_days)
 
@@ -103,7 +103,7 @@ class TagModel(mlflow.pyfunc.PythonModel):
         missing = [f for f in self.features if f not in model_input.columns]
         if missing:
             raise ValueError(f"{self.tag}: input lacks feature(s) {missing[:5]}{'...' if len(missing) > 5 else ''}")
-        out = self.predict_matrix(_matrix(model_input[self.features]))
+        out = self.predict_matrix(matrix(model_input[self.features]))
         return pd.DataFrame(out, index=model_input.index)
 
     def predict_matrix(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -112,7 +112,7 @@ class TagModel(mlflow.pyfunc.PythonModel):
         The one prediction path: `predict` (evaluation, the MLflow pyfunc) and serving both end here, and the
         BG/NBD columns it appends are those `model_frame` adds for training.
         """
-        x = _matrix(x)
+        x = matrix(x)
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(f"{self.tag}: expected a matrix of {len(self.features)} feature columns, got {x.shape}")
         if self.btyd is not None and set(BTYD_INPUTS) <= set(self.features):
@@ -143,19 +143,20 @@ class CalibratedClassifier:
         # The isotonic map likewise: `predict` is input validation (~0.2 ms a call) around clip + `f_`, its fitted
         # interpolating function; for the float64 scores of the booster that is exactly what it computes.
         iso = self.calibrator
-        raw = self.model.booster_.predict(_matrix(x))
+        raw = self.model.booster_.predict(matrix(x))
         p = np.asarray(iso.f_(np.clip(raw, iso.X_min_, iso.X_max_)), dtype=raw.dtype)
         return np.column_stack([1 - p, p])
 
 
-def _matrix(x: pd.DataFrame | np.ndarray) -> np.ndarray:
+def matrix(x: pd.DataFrame | np.ndarray) -> np.ndarray:
     """The float32 C-ordered matrix LightGBM reads without another copy; a matrix already so passes through."""
     if isinstance(x, np.ndarray):
         return np.ascontiguousarray(x, dtype=np.float32)
     return np.ascontiguousarray(x.to_numpy(dtype=np.float32, na_value=np.nan))
 
 
-def _lgbm_common(params: LearnerParams) -> dict:
+def lgbm_common(params: LearnerParams) -> dict:
+    """The LightGBM settings every learned candidate is fitted with (and bench/train_bench.py times)."""
     # Same data and seed, same trees, bit for bit (a retrained challenger ties its champion): `deterministic`, with
     # the histogram layout forced as LightGBM's docs require for it. Left to itself LightGBM picks col- or row-wise
     # by timing both on the machine of the moment, and the two sum gradients in different orders. Col-wise is what
@@ -173,12 +174,12 @@ def fit_classifier(x_train: pd.DataFrame | np.ndarray, y_train: np.ndarray, x_va
 
     With `trees` (a refit): exactly that many trees, no early stopping, and the Platt map is the caller's to set."""
     names = names if names is not None else list(x_train.columns)
-    model = lgb.LGBMClassifier(**{**_lgbm_common(params), **({"n_estimators": trees} if trees else {})})
-    xv = _matrix(x_val)
+    model = lgb.LGBMClassifier(**{**lgbm_common(params), **({"n_estimators": trees} if trees else {})})
+    xv = matrix(x_val)
     if trees:
-        model.fit(_matrix(x_train), y_train, feature_name=names)
+        model.fit(matrix(x_train), y_train, feature_name=names)
     else:
-        model.fit(_matrix(x_train), y_train, eval_X=(xv,), eval_y=(y_val,), eval_metric="auc", feature_name=names,
+        model.fit(matrix(x_train), y_train, eval_X=(xv,), eval_y=(y_val,), eval_metric="auc", feature_name=names,
                   callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)])
     inner = Lgbm(model, "probability")
     return Calibrated(inner, RankCalibrator().fit(inner.score(xv), y_val) if not trees else RankCalibrator())
@@ -190,11 +191,11 @@ def fit_regressor(x_train: pd.DataFrame | np.ndarray, y_train: np.ndarray, x_val
     """LightGBM with a Tweedie loss: spend is zero for many and heavy-tailed for a few (refit: see fit_classifier)."""
     names = names if names is not None else list(x_train.columns)
     model = lgb.LGBMRegressor(objective="tweedie", tweedie_variance_power=1.3,
-                              **{**_lgbm_common(params), **({"n_estimators": trees} if trees else {})})
+                              **{**lgbm_common(params), **({"n_estimators": trees} if trees else {})})
     if trees:
-        model.fit(_matrix(x_train), np.maximum(y_train, 0), feature_name=names)
+        model.fit(matrix(x_train), np.maximum(y_train, 0), feature_name=names)
     else:
-        model.fit(_matrix(x_train), np.maximum(y_train, 0), eval_X=(_matrix(x_val),), eval_y=(np.maximum(y_val, 0),),
+        model.fit(matrix(x_train), np.maximum(y_train, 0), eval_X=(matrix(x_val),), eval_y=(np.maximum(y_val, 0),),
                   feature_name=names, callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)])
     return Lgbm(model, "value")
 
@@ -235,7 +236,7 @@ class ValueRegressor:
         self.model = model
 
     def predict(self, x: pd.DataFrame) -> np.ndarray:
-        return np.maximum(self.model.booster_.predict(_matrix(x)), 0)
+        return np.maximum(self.model.booster_.predict(matrix(x)), 0)
 
 
 def feature_importance(estimator) -> pd.Series:

@@ -17,13 +17,13 @@ from matplotlib.figure import Figure  # no pyplot: no backend to choose, no glob
 from mlflow import MlflowClient
 from sklearn.metrics import roc_curve
 
-from features.model_tags import ModelTag
+from features.model_tags import KEYS, ModelTag
 from training import models as mdl
 from training import tracking
 from training.gate import TagResult
 from training.metrics import grade
 from training.packaging import log_tag_model
-from training.split import KEYS, Split
+from training.split import Split
 
 
 def data_hash(frame: pd.DataFrame) -> str:
@@ -58,7 +58,7 @@ def log_tag(client: MlflowClient, tag: ModelTag, horizon_days: int, split: Split
             if r.details.get("calibration_auc_change") is not None:
                 mlflow.log_metric(f"{prefix}test_calibration_auc_change", r.details["calibration_auc_change"])
         rows = {str(k): int(v) for k, v in data["event_timestamp"].dt.date.value_counts().sort_index().items()}
-        mlflow.log_dict({"rows_per_date": rows, "data_hash": data_hash(data[KEYS + features]),
+        mlflow.log_dict({"rows_per_date": rows, "data_hash": data_hash(data[[*KEYS, *features]]),
                          "skipped_outputs": skipped,
                          "selection": {r.tag: {"served": r.details["learner"], "on": str(split.test.date()),
                                                "metric": tag.metric, "candidates": r.details["candidates"],
@@ -68,8 +68,8 @@ def log_tag(client: MlflowClient, tag: ModelTag, horizon_days: int, split: Split
         for r in results:
             if r.details["calibration"] is not None:
                 mlflow.log_table(r.details["calibration"], f"reliability/{r.tag}.json")
-        dataset = mlflow.data.from_pandas(data[KEYS + features].head(1000), name=tag.service,
-                                          digest=data_hash(data[KEYS + features]))
+        dataset = mlflow.data.from_pandas(data[[*KEYS, *features]].head(1000), name=tag.service,
+                                          digest=data_hash(data[[*KEYS, *features]]))
         mlflow.log_input(dataset, context="training")
         mlflow.set_tag("grade", grade(tag.metric, main))
         _plots(tag.kind, results)

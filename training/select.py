@@ -17,11 +17,13 @@ import pandas as pd
 from training.metrics import classification_metrics, regression_metrics
 from training.split import FOLDS, customer_fold
 
-# Candidate families in the order that wins a tie on the held-out metric: the simpler model first.
+# Candidate families in the order that wins a tie on the held-out metric: the simpler model first. A family a
+# registry entry names that is not listed here (features/model_tags.py `process`) ranks after these, by name.
 PREFERENCE = ["bg_nbd", "bg_nbd_gamma_gamma", "bg_nbd_covariates", "logistic_regression", "linear_regression",
               "lightgbm", "blend"]
 # Families built on the buy-till-you-die process (see `select`): refitted on the scoring date's own summaries, they
-# hold for customers of any age; the learned families hold for customers like the labelled ones.
+# hold for customers of any age; the learned families hold for customers like the labelled ones. The default of
+# `select`; training passes the process families of the tag's registry entry.
 PROCESS = ("bg_nbd", "bg_nbd_gamma_gamma", "bg_nbd_covariates")
 
 
@@ -33,10 +35,17 @@ class Selection:
     standard_error: float | None
 
 
-def select(per_group: dict[str, np.ndarray]) -> Selection:
+def _rank(name: str) -> tuple[int, str]:
+    """Where a family stands on a tie: its place in PREFERENCE, else after every listed family (by name, so that
+    the order never depends on the order candidates were fitted in)."""
+    return (PREFERENCE.index(name), "") if name in PREFERENCE else (len(PREFERENCE), name)
+
+
+def select(per_group: dict[str, np.ndarray], process: Sequence[str] = PROCESS) -> Selection:
     """The candidate to serve from its held-out metric per customer group (the folds of a customer split, or the
     held-out date's customers in FOLDS groups): the best by mean, except that a learned model must lead the best
-    process model (PROCESS) by more than one standard error of their paired difference over the groups.
+    process model (a family in `process`: the tag's buy-till-you-die families) by more than one standard error of
+    their paired difference over the groups.
 
     Why: the held-out date is the newest one with a fully observed label window, so its customers are younger than
     the scoring date's by at least a horizon; on a short log that is a large part of their lives. A learned model
@@ -46,11 +55,11 @@ def select(per_group: dict[str, np.ndarray]) -> Selection:
     less of the next period's spend in their top decile than it did. A lead larger than the noise is kept.
     """
     mean = {n: float(np.nanmean(v)) if np.isfinite(v).any() else -np.inf for n, v in per_group.items()}
-    best = max(mean, key=lambda n: (mean[n], -PREFERENCE.index(n)))
-    process = [n for n in mean if n in PROCESS]
-    if best in PROCESS or not process:
+    best = min(mean, key=lambda n: (-mean[n], _rank(n)))  # the highest mean; on a tie, the simpler family
+    fitted = [n for n in mean if n in process]
+    if best in process or not fitted:
         return Selection(best, best, {}, None)
-    fallback = max(process, key=lambda n: (mean[n], -PREFERENCE.index(n)))
+    fallback = min(fitted, key=lambda n: (-mean[n], _rank(n)))
     diff = per_group[best] - per_group[fallback]
     diff = diff[np.isfinite(diff)]
     if len(diff) < 2:
@@ -58,7 +67,7 @@ def select(per_group: dict[str, np.ndarray]) -> Selection:
     se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
     if diff.mean() > se:
         return Selection(best, best, {}, se)
-    lead = {n: mean[n] - mean[fallback] for n in mean if n not in PROCESS and mean[n] > mean[fallback]}
+    lead = {n: mean[n] - mean[fallback] for n in mean if n not in process and mean[n] > mean[fallback]}
     return Selection(fallback, best, lead, se)
 
 

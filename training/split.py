@@ -19,7 +19,6 @@ from features import labels as lab
 from persona.config import PersonaConfig
 from persona.errors import InsufficientDataError
 
-KEYS = ["persona_id", "event_timestamp"]
 MAX_TRAIN_ROWS = 200_000  # label rows over all training dates; beyond it, a seeded sample (see sample_labels)
 MAX_EVAL_ROWS = 300_000  # label rows of the validation date and of the held-out date, each
 FOLDS = 5  # customer split: customers fall in 5 groups; each is held out once (cross-fitting), the next validates

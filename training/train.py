@@ -30,8 +30,8 @@ import pandas as pd
 from features import model_tags
 from features import offline
 from features import store as feature_store
-from features.model_tags import ModelTag
-from persona.config import PersonaConfig
+from features.model_tags import KEYS, ModelTag
+from persona.config import ConfigError, PersonaConfig
 from persona.workspace import Workspace
 from training import candidates as cand
 from training import models as mdl
@@ -43,9 +43,7 @@ from training.pareto import ParetoNBDModel
 from training.select import fold_mean, per_group, select
 from training.split import (
     FOLDS,
-    KEYS,
     MAX_EVAL_ROWS,
-    MAX_TRAIN_ROWS,  # noqa: F401 (bench/train_bench.py reads it here)
     EligibilityError,
     Split,
     check_counts,
@@ -57,6 +55,10 @@ from training.split import (
 
 Progress = Callable[[str, float], None]
 PROCESS_ROWS = 50_000  # customers a BG/NBD, Gamma-Gamma or Pareto/NBD fit reads (4 parameters each): a seeded sample
+
+
+class UnknownTagError(ConfigError):
+    """`persona train --tag` named a model tag the registry (features/model_tags.py) does not hold."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ def _history(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return f, r, t
 
 
-def _features_of(frame: pd.DataFrame, exclude: set[str]) -> list[str]:
+def features_of(frame: pd.DataFrame, exclude: set[str]) -> list[str]:
     """The numeric columns a model learns from. Not the absolute timestamps (`*_ts`, e.g. rt_last_event_ts, epoch
     seconds): a tree would split on calendar time, which means something else at every later scoring date (and a
     live event sets it beyond anything in training: one behaviour event moved a demo churn risk from 0.45 to 0.96).
@@ -152,12 +154,12 @@ class Trainer:
 
     def dataset(self, spec: TagSpec, split: Split, labels: pd.DataFrame) -> pd.DataFrame:
         """Labels joined to point-in-time features read through the tag's FeatureService."""
-        entities = labels[KEYS].copy()
+        entities = labels[list(KEYS)].copy()
         entities["event_timestamp"] = pd.to_datetime(entities["event_timestamp"], utc=True)
         feats = feature_store.historical_features(self.store, spec.entry.service, entities)
         feats["event_timestamp"] = pd.to_datetime(feats["event_timestamp"], utc=True)
         labels = labels.assign(event_timestamp=pd.to_datetime(labels["event_timestamp"], utc=True))
-        return feats.merge(labels, on=KEYS, how="inner")
+        return feats.merge(labels, on=list(KEYS), how="inner")
 
     # --- one tag ------------------------------------------------------------------------------------------
     def fit_tag(self, spec: TagSpec) -> Fitted:
@@ -174,7 +176,7 @@ class Trainer:
             raise EligibilityError(f"{spec.tag}: skipped: {spec.entry.no_outputs}")
         data = self.dataset(spec, split, sample_labels(labels, split, cfg.training.seed))
         label_cols = set(outputs.values())
-        features = _features_of(data, label_cols)
+        features = features_of(data, label_cols)
         failed: dict[str, str] = {}
         # BG/NBD and Pareto/NBD need no labels: fitted on every sampled customer's summaries at the last training
         # date (features there see nothing of the held-out window)
@@ -215,7 +217,7 @@ class Trainer:
             groups = {n: np.array([m[spec.metric] for m in per_fold[n]]) for n in names} if len(evaluated) > 1 \
                 else per_group(spec.kind, data.loc[folds[0]["test"], "persona_id"], evaluated[0][2],
                                evaluated[0][1], names)
-            choice = select(groups)
+            choice = select(groups, process=tuple(spec.entry.process))
             best = choice.served
             # the gate's baselines: the heuristic and every candidate but those passed over within the noise
             others = {k: v[spec.metric] for k, v in table.items() if k != best and k not in choice.passed_over}
@@ -246,7 +248,7 @@ class Trainer:
         if cfg.training.refit:
             model, refit = self._refit(spec, split, selected, data, outputs)
         # the held-out rows in the order of the scores above (fold after fold)
-        self.held_out[spec.tag] = pd.concat([data[m["test"]] for m in folds])[KEYS + features]
+        self.held_out[spec.tag] = pd.concat([data[m["test"]] for m in folds])[[*KEYS, *features]]
         return Fitted(spec, split, model, results, data, features, skipped, refit)
 
     def _evaluate_fold(self, spec: TagSpec, out: str, col: str, data: pd.DataFrame, masks: dict, shell, at: dict,
@@ -264,7 +266,7 @@ class Trainer:
                 periods.append(("held-out date", "test", str(split.test.date())))
             for period, k, date in periods:
                 check_counts(out, y[k], period, date, cfg)
-        x = {k: mdl._matrix(shell.model_frame(f)) for k, f in frames.items()}
+        x = {k: mdl.matrix(shell.model_frame(f)) for k, f in frames.items()}
         cands = self._candidates(spec, out, x, y, at, bg, gg, failed)
         if len(cands) >= 2 and cfg.training.blend:
             try:
@@ -386,7 +388,7 @@ class Trainer:
         if pareto is not None:
             pareto = once("pareto_nbd", lambda: self._pareto(newest, selected.features, {})) or pareto
         shell = mdl.TagModel(spec.tag, spec.kind, selected.features, {}, spec.horizon_days, btyd=bg, pareto=pareto)
-        x = mdl._matrix(shell.model_frame(every))
+        x = mdl.matrix(shell.model_frame(every))
         at = {c: i for i, c in enumerate(shell.columns)}
         estimators = {out: mdl.refitted(est, x, every[outputs[out]].to_numpy(), kind=spec.kind, at=at, bg=bg, gg=gg,
                                         seed=self.cfg.training.seed) for out, est in selected.estimators.items()}
@@ -417,7 +419,14 @@ def train(ws: Workspace, *, promote: bool = False, tags: list[str] | None = None
 
     All or nothing: every requested tag is fitted and evaluated first; only when each has finished (or was skipped
     with its reason) are models logged, registered and gated. A failure in any tag registers and promotes nothing.
+    `tags` the registry does not hold are refused before anything is read (UnknownTagError).
     """
+    # Checked first: a misspelt tag would otherwise match no entry and the run train nothing, saying nothing.
+    known = model_tags.names()
+    unknown = [t for t in tags or [] if t not in known]
+    if unknown:
+        raise UnknownTagError(f"no model tag {', '.join(map(repr, unknown))} to train (known: {', '.join(known)}; "
+                              "features/model_tags.py)")
     cfg = ws.config()
     t0 = time.perf_counter()
     trainer = Trainer(ws, cfg, progress=progress)

@@ -3,19 +3,18 @@ feature store registers its FeatureService, its label function gives its outputs
 
 from __future__ import annotations
 
-import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from feature_repo import definitions as defs
-from features import labels as lab
 from features import model_tags
 from features import store as fs
 from features.model_tags import ModelTag
 from persona.config import parse_config
 from persona.workspace import Workspace
+from tests.features.conftest import repeat_labels, tx
 
 D = pd.Timestamp("2026-01-01", tz="UTC")
 CONFIG = {
@@ -24,25 +23,6 @@ CONFIG = {
     "identity": {"identifiers": {"customer_id": {"account": True}}},
     "store": {"project": "model_tags_test"},
 }
-
-
-def tx(*rows) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=["persona_id", "ts", "amount", "category", "is_return"])
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-    return frame
-
-
-@pytest.fixture
-def con():
-    c = duckdb.connect()
-    c.execute("SET TimeZone = 'UTC'")
-    return c
-
-
-def repeat_labels(con, source, *, dates, horizon_days):
-    """The toy tag's label function: two purchase occasions or more in the window (one SQL aggregate)."""
-    return lab.customer_labels(con, source, dates=dates, horizon_days=horizon_days,
-                               label="CAST(count(*) FILTER (WHERE t.ts >= d.as_of AND t.purchase) >= 2 AS INTEGER)")
 
 
 REPEAT = ModelTag("repeat_buyer", "probability", "auc", 45, repeat_labels, ("attributes", "transactions"),
@@ -59,8 +39,6 @@ def test_the_registry_holds_each_model_tag_once_with_what_training_and_the_store
         "high_value": ("attributes", "transactions", "engagement"),
         "interest": ("attributes", "transactions", "engagement", "affinity", "realtime"),
     }
-    for t in model_tags.registry():  # a typo in a group would silently drop it from the service
-        assert set(t.groups) <= set(defs.GROUPS), t.name
     assert interest.per_column and not churn.per_column and "category" in interest.no_outputs
     with pytest.raises(KeyError, match="no model tag 'churn'.*churn_risk, high_value, interest"):
         model_tags.get("churn")
@@ -84,6 +62,10 @@ def test_a_horizon_is_read_from_persona_yaml_or_fixed_in_the_entry():
     ({"metric": "spearman"}, "a probability tag is judged by auc, not 'spearman'"),
     ({"name": "Repeat-Buyer"}, "a name is a lowercase identifier"),
     ({"groups": ()}, "no feature group"),
+    # a typo would silently drop the group from the FeatureService
+    ({"groups": ("transactions", "transaction", "realtme")},
+     r"'repeat_buyer': unknown feature group\(s\) \['transaction', 'realtme'\]; the groups are "
+     + ", ".join(defs.GROUPS)),
 ])
 def test_an_entry_is_checked_when_it_is_written(change, message):
     fields = dict(name="repeat_buyer", kind="probability", metric="auc", horizon=30, labels=repeat_labels,

@@ -6,6 +6,7 @@ pickle can hold (LightGBM, linear, BG/NBD, BG/NBD with covariates, a blend of th
 fits whose outputs are features, logged by `log_tag_model` into a SQLite tracking store under tmp.
 """
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -70,7 +71,7 @@ def fit_tag_model(n: int = 3000, seed: int = 11) -> mdl.TagModel:
     bg, _ = cand.fit_btyd(f, r, t, None)
     model = mdl.TagModel("churn_risk", "probability", FEATURES, {}, 90, btyd=bg,
                          pareto=ParetoNBDModel(penalizer=0.001).fit(f, r, t))
-    x = mdl._matrix(model.model_frame(frame))
+    x = mdl.matrix(model.model_frame(frame))
     half = n // 2
     (xt, yt), (xv, yv) = (x[:half], y[:half]), (x[half:], y[half:])
     at = {c: i for i, c in enumerate(model.columns)}
@@ -85,6 +86,11 @@ def fit_tag_model(n: int = 3000, seed: int = 11) -> mdl.TagModel:
     model.estimators = {"churn_risk": cand.Blend("probability", members, seed=7).fit(xv, yv),
                         "churn_risk_covariates": cand.BtydCovariates(bg, at, 90, ["tx_aov_365d"], seed=7).fit(xt, yt)}
     return model
+
+
+def pinned(dist: str) -> str:
+    """`dist==version` with the version installed here: what a model logged here must pin it to."""
+    return f"{dist}=={importlib.metadata.version(dist)}"
 
 
 class _LocalScorer:
@@ -107,7 +113,7 @@ def test_a_model_carries_only_the_modules_its_pickle_needs_and_pins_what_they_im
     assert set(modules) == MODEL_CODE  # candidates imports btyd; models imports pareto: followed through imports
     assert {"lightgbm", "numpy", "pandas", "scipy", "sklearn", "threadpoolctl"} <= third
     requirements = packaging.pip_requirements(third)
-    assert "scikit-learn==1.9.1" in requirements and "lightgbm==4.7.0" in requirements
+    assert pinned("scikit-learn") in requirements and pinned("lightgbm") in requirements
     assert not any(r.startswith(("persona", "mlflow")) for r in requirements)  # MLflow pins itself
 
 
@@ -195,7 +201,7 @@ def test_the_logged_model_holds_exactly_its_code_and_no_project_requirement(regi
     carried, _ = packaging.code_closure(registry["model"])
     assert code == sorted(f"{m.replace('.', '/')}.py" for m in carried)  # no __init__.py: see training/packaging.py
     requirements = (local / "requirements.txt").read_text().split()
-    assert "mlflow==3.17.2" in requirements and "scikit-learn==1.9.1" in requirements
+    assert pinned("mlflow") in requirements and pinned("scikit-learn") in requirements
     assert not any(r.startswith("persona") for r in requirements)
     np.testing.assert_array_equal(registry["expected"].to_numpy(),
                                   pd.DataFrame(registry["model"].predict(None, registry["frame"])).to_numpy())

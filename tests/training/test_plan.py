@@ -7,14 +7,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from features import model_tags
 from features.model_tags import ModelTag
-from persona.config import parse_config
+from persona.cli import app
+from persona.config import ConfigError, parse_config
+from persona.workspace import Workspace
 from training import candidates as cand
 from training import models as mdl
 from training.btyd import BetaGeoModel
-from training.train import tag_specs
+from training.train import UnknownTagError, tag_specs, train
 
 CONFIG = {
     "sources": {"t": {"channel": "other", "kind": "transactions", "path": "t.csv", "timestamp": {"column": "ts"},
@@ -51,6 +54,20 @@ def test_an_entry_naming_an_unknown_implementation_is_refused_before_training(mo
     monkeypatch.setattr(model_tags, "MODEL_TAGS", (*model_tags.MODEL_TAGS, toy))
     with pytest.raises(ValueError, match=message):
         tag_specs(parse_config(CONFIG))
+
+
+def test_a_tag_the_registry_does_not_hold_is_refused_before_the_workspace_is_read(tmp_path, monkeypatch):
+    # tmp_path holds no persona.yaml, no data: the names alone are checked, and first
+    with pytest.raises(UnknownTagError, match=r"no model tag 'churn', 'valu' to train \(known: churn_risk, high_value, "
+                                              r"interest; features/model_tags.py\)") as refused:
+        train(Workspace.open(tmp_path), tags=["churn_risk", "churn", "valu"])
+    assert isinstance(refused.value, ConfigError)  # what the command line prints, exiting 2
+    done = CliRunner().invoke(app, ["train", "-w", str(tmp_path), "--tag", "interest_books"])
+    assert done.exit_code == 2 and "no model tag 'interest_books'" in done.output, done.output
+    toy = ModelTag("repeat_buyer", "probability", "auc", 45, _labels, ("transactions",))
+    monkeypatch.setattr(model_tags, "MODEL_TAGS", (*model_tags.MODEL_TAGS, toy))
+    with pytest.raises(UnknownTagError, match="known: churn_risk, high_value, interest, repeat_buyer;"):
+        train(Workspace.open(tmp_path), tags=["repeat"])  # the registry as it is when asked
 
 
 def test_heuristics_score_the_output_they_are_named_for():

@@ -1,5 +1,7 @@
 """End to end: integrate -> features -> train, MLflow registration, the promotion gate, eligibility, BYO data."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -204,34 +206,35 @@ def test_a_six_month_log_trains_with_the_defaults_by_cross_fitting_customers(tmp
             assert run.data.metrics["test_calibration_auc_change"] < 0.001
 
 
-def test_a_new_model_tag_trains_from_its_registry_entry_alone(demo, monkeypatch):
+def test_a_new_model_tag_trains_from_its_registry_entry_alone(demo, monkeypatch, tmp_path):
     """Adding a model tag is one registry entry plus its label function: the feature store registers its service,
-    and training plans, labels, fits, judges, logs and registers it as any other, with no code naming it."""
+    and training plans, labels, fits, judges, logs and registers it as any other, with no code naming it. In a copy
+    of the module's workspace, so that the other tests never meet its service or model, whatever their order."""
     import mlflow
 
-    from features import labels as lab
     from features import model_tags
     from features import store as feature_store
     from features.model_tags import ModelTag
+    from tests.features.conftest import repeat_labels
 
-    def repeat_labels(con, source, *, dates, horizon_days):  # two purchase occasions or more in the window
-        repeat = "CAST(count(*) FILTER (WHERE t.ts >= d.as_of AND t.purchase) >= 2 AS INTEGER)"
-        return lab.customer_labels(con, source, dates=dates, horizon_days=horizon_days, label=repeat)
-
+    ws = Workspace.open(tmp_path / "ws")  # a copy has its own Feast registry and MLflow store (tests/conftest.py)
+    shutil.copytree(demo.root, ws.root, symlinks=True)
     toy = ModelTag("repeat_buyer", "probability", "auc", 60, repeat_labels, ("attributes", "transactions"),
                    baselines={"rfm_heuristic": "rfm_value"})
     monkeypatch.setattr(model_tags, "MODEL_TAGS", (*model_tags.MODEL_TAGS, toy))
-    cfg = demo.config()
-    assert "repeat_buyer_v1" in feature_store.apply(feature_store.open_store(demo, cfg), demo, cfg)
+    cfg = ws.config()
+    assert "repeat_buyer_v1" in feature_store.apply(feature_store.open_store(ws, cfg), ws, cfg)
 
-    result = train(demo, tags=["repeat_buyer"])
+    result = train(ws, tags=["repeat_buyer"])
     (row,) = result["models"]
     assert row["tag"] == "repeat_buyer" and row["metric"] == "auc" and "rfm_heuristic" in row["baselines"]
     assert row["learner"] in {"lightgbm", "logistic_regression", "blend"}  # no buy-till-you-die family named
-    client = tracking.connect(demo, cfg)
+    client = tracking.connect(ws, cfg)
     name = tracking.model_name("repeat_buyer")
     run = client.get_run(client.get_model_version(name, row["version"]).run_id)
     assert run.data.params["feature_service"] == "repeat_buyer_v1" and run.data.params["horizon_days"] == "60"
     model = mlflow.pyfunc.load_model(f"models:/{name}/{row['version']}").unwrap_python_model()
     assert list(model.estimators) == ["repeat_buyer"]
     assert model.features and all(f.startswith(("attr_", "tx_")) for f in model.features)  # its groups only
+    demo_models = {m.name for m in tracking.connect(demo, demo.config()).search_registered_models()}
+    assert name not in demo_models  # the module's workspace is as it was

@@ -108,18 +108,20 @@ def test_device_turned_shared_dissolves_a_persona_across_runs_with_audit_and_ret
     assert published(ws, "aliases.parquet").set_index("persona_id").loc[guest, "reason"] == record["reason"]
 
 
-def test_audit_log_from_before_reasons_is_extended_with_one_dtype_per_column():
-    # A log written before `reason` existed, with ids blanked by `persona forget`, next to this run's events.
-    from features.integration.run import _same_columns
-
-    at = pd.Timestamp("2026-06-01", tz="UTC")
+def test_audit_log_from_before_reasons_is_extended_with_one_dtype_per_column(tmp_path, salt):
+    # The published log is one written before `reason` existed, with ids blanked by `persona forget`; the next run
+    # appends its events to it.
+    ws = workspace(tmp_path, {"raw/orders/2026-05.csv": MAY})
+    integrate(ws, now=NOW)
     earlier = pd.DataFrame({"event": ["merge"], "persona_id": [None], "other_persona_id": ["P0000000002"],
-                            "id_type": ["phone"], "run_id": ["000001"], "at": [at], "value_hash": [None]})
-    new = pd.DataFrame({"event": ["dissolve"], "persona_id": ["P0000000003"], "other_persona_id": [None],
-                        "reason": ["shared"], "id_type": ["device_id"], "run_id": ["000002"], "at": [at],
-                        "value_hash": ["ab"]})
-    a, b = _same_columns(earlier, new)
-    assert list(a.columns) == list(b.columns) and a.dtypes.equals(b.dtypes)
-    log = pd.concat([a, b], ignore_index=True)
-    assert log["reason"].tolist()[1] == "shared" and pd.isna(log["reason"].iloc[0])
-    assert str(log["at"].dtype) == "datetime64[ns, UTC]"
+                            "id_type": ["phone"], "run_id": ["000001"], "at": [NOW], "value_hash": [None]})
+    earlier.to_parquet(ws.current("integrated") / "audit_log.parquet", index=False)
+    (tmp_path / "raw/orders/2026-06.csv").write_text(JUNE, encoding="utf-8")
+    integrate(ws, now=NOW + pd.Timedelta(hours=1))
+    log = published(ws, "audit_log.parquet")
+    assert log["event"].tolist() == ["merge", "unlink", "dissolve"]
+    assert log["reason"].tolist()[1:] == ["shared", "shared"] and pd.isna(log["reason"].iloc[0])
+    assert pd.isna(log["persona_id"].iloc[0]) and log["other_persona_id"].iloc[0] == "P0000000002"
+    # one dtype per column, whatever the older log held (an all-NA column decides nothing): text, and `at` in UTC
+    assert {str(t) for c, t in log.dtypes.items() if c != "at"} == {"string"}
+    assert isinstance(log["at"].dtype, pd.DatetimeTZDtype) and str(log["at"].dt.tz) == "UTC"
