@@ -5,7 +5,7 @@ Each model tag's FeatureService declares a `LoggingConfig` whose destination is 
 `FeatureServiceLoggingSource`'s (per feature its value, event timestamp and status; the join key; the log time, date
 and request id) and `FeatureStore.write_logged_features` writes them.
 
-The service offers every persona it answers to a `FeatureLogger`; a sampled share of them (`serving.feature_log_sample_rate`,
+The online engine offers every persona it answers to a `FeatureLogger`; a sampled share of them (`serving.feature_log_sample_rate`,
 0 = off) is queued, and a flush, off the request path, reads their features through the public
 `get_online_features` of each service and writes one log table per service. What was served can then be compared with
 what training reads for the same persona and date (`skew`): the offline snapshot at the log's date.

@@ -3,7 +3,9 @@
 One contract for training and serving: a model of tag T reads the FeatureService `T_v1` both through
 `historical_features` (point-in-time correct, for training) and `online_features` (latest values, for serving).
 The definitions live in `feature_repo/definitions.py`; the infrastructure only in the rendered feature_store.yaml,
-whose commented templates are `feature_repo/feature_store.<profile>.yaml`.
+whose commented templates are `feature_repo/feature_store.<profile>.yaml`. Everything here goes through Feast's public
+API; what needs its internals (the direct online reader, the materialisation marker, deleting personas, fail-fast
+Redis calls) is `features.online_reader`, with a version check, and is used through the names imported below.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -25,21 +26,24 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from feature_repo import definitions as defs
+from features import feature_log, model_tags
+from features.online_reader import (  # noqa: F401  (Feast's internals live there; used through this module too)
+    MARKER_KEY,
+    MARKER_TABLE,
+    OnlineReader,
+    delete_personas,
+    fail_fast,
+    read_marker,
+    write_marker,
+)
 from persona.config import PersonaConfig
 from persona.workspace import Workspace, read_json, write_json_atomic, write_text_atomic
 
-FEATURE_SERVICES: dict[str, tuple[str, ...]] = {
-    "churn_risk": ("attributes", "transactions", "engagement", "realtime"),
-    "high_value": ("attributes", "transactions", "engagement"),
-    "interest": ("attributes", "transactions", "engagement", "affinity", "realtime"),
-}
 TEMPLATES = Path(__file__).resolve().parents[1] / "feature_repo"
 REDIS_VAR = "PERSONA_REDIS"
 REGISTRY_VAR = "PERSONA_REGISTRY_URL"
 STORE_DIR = "feature_store"
 BATCH_TIMEOUT_S = 60.0  # Redis calls of batch jobs (materialise, push): bulk pipelines, but never a hang forever
-MARKER_KEY = "persona:online_marker:"  # + project: the Redis key of the materialisation marker
-MARKER_TABLE = "persona_online_marker"  # its SQLite table in the embedded online store
 ONLINE_STATE = "online.json"  # <ws>/state/: the generation of the last completed load of the online store
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -154,7 +158,9 @@ def apply(store: feast.FeatureStore, ws: Workspace, cfg: PersonaConfig, *,
         raise FileNotFoundError(f"{offline_dir(ws)}: no feature snapshots (expected <group>.parquet for groups "
                                 f"{list(defs.GROUPS)}; run `persona features`)")
     snapshots = {g: (path, pq.read_schema(path)) for g, path in files.items()}
-    entity, views, services = defs.repository(snapshots, FEATURE_SERVICES, ttl=ttl)
+    # one service per model tag of the registry, read now (features/model_tags.py: the groups each reads)
+    entity, views, services = defs.repository(snapshots, model_tags.feature_services(), ttl=ttl,
+                                              log_dir=feature_log.log_root(ws))
     registered = {v.name: v for v in store.list_feature_views()}
     # Feast keeps a view's materialisation intervals across a schema change, so a new column (a new category)
     # would never be loaded for dates already materialised, and Redis ignores rewrites of a persona at the same
@@ -236,36 +242,12 @@ def materialize(store: feast.FeatureStore, end: datetime, *, first_start: dateti
 # Redis restarted empty, or an older copy restored, is then told apart from a store that simply lacks a persona:
 # no marker (empty) or an older generation than the workspace last wrote (stale) means the store must be rebuilt
 # before it is read as the truth.
-def _sqlite_path(store: feast.FeatureStore) -> Path:
-    path = Path(store.config.online_store.path)
-    return path if path.is_absolute() else Path(store.config.repo_path or ".") / path
-
-
-def write_marker(store: feast.FeatureStore, marker: dict) -> None:
-    """Record `marker` (a JSON object with a `generation`) in the online store, replacing the previous one."""
-    text = json.dumps(marker, sort_keys=True)
-    kind = store.config.online_store.type
-    if kind == "redis":
-        online = store._get_provider().online_store
-        online._get_client(store.config.online_store).set(MARKER_KEY + store.project, text)
-    elif kind == "sqlite":
-        import sqlite3
-
-        path = _sqlite_path(store)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn, conn:
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (project TEXT PRIMARY KEY, marker TEXT)")
-            conn.execute(f"INSERT OR REPLACE INTO {MARKER_TABLE} VALUES (?, ?)", (store.project, text))
-    else:
-        raise ValueError(f"online store {kind!r}: no materialisation marker support (embedded sqlite or redis)")
-
-
 def online_state(store: feast.FeatureStore, ws: Workspace) -> dict:
     """Whether the online store holds the workspace's last load: {"state": "ok" | "empty" | "stale", "marker",
     "expected"}. `empty`: no marker (never loaded, or the store lost its data); `stale`: an older load than the
     workspace last wrote (an old copy restored). Raises the store client's error when the store does not answer."""
     expected = read_json(ws.state / ONLINE_STATE, None)
-    found = OnlineReader(store).marker()
+    found = read_marker(store)
     state = classify_marker(found, expected)
     return {"state": state, "marker": found, "expected": expected}
 
@@ -287,60 +269,6 @@ def mark_loaded(store: feast.FeatureStore, ws: Workspace, *, as_of: datetime | s
     write_marker(store, marker)
     write_json_atomic(ws.state / ONLINE_STATE, marker)
     return marker
-
-
-def fail_fast(store: feast.FeatureStore) -> None:
-    """Make the online store's client give up at its first timeout (Redis): redis-py retries a timed-out call three
-    times with backoff by default, so a frozen Redis would hold a request for 4 x the timeout plus the waits."""
-    if store.config.online_store.type != "redis":
-        return
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    client = store._get_provider().online_store._get_client(store.config.online_store)
-    no_retry = Retry(NoBackoff(), 0)
-    client.connection_pool.connection_kwargs["retry"] = no_retry
-    with contextlib.suppress(AttributeError):
-        client.retry = no_retry
-        for conn in list(getattr(client.connection_pool, "_available_connections", [])):
-            conn.retry = no_retry
-
-
-def delete_personas(store: feast.FeatureStore, persona_ids: Sequence[str]) -> int:
-    """Remove every online value (all views, the tags included) of these personas; returns the rows removed."""
-    from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    if not persona_ids:
-        return 0
-    config = store.config
-    keys = [EntityKey(join_keys=[defs.JOIN_KEY], entity_values=[Value(string_val=str(p))]) for p in persona_ids]
-    if config.online_store.type == "redis":
-        online = store._get_provider().online_store
-        redis_keys = online._generate_redis_keys_for_entities(config, keys)
-        return int(online._get_client(config.online_store).delete(*redis_keys))
-    if config.online_store.type != "sqlite":
-        raise ValueError(f"online store {config.online_store.type!r}: cannot delete personas (sqlite or redis)")
-    import sqlite3
-
-    from feast.infra.online_stores.helpers import compute_table_id
-
-    path = _sqlite_path(store)
-    if not path.is_file():
-        return 0
-    blobs = [serialize_entity_key(k, entity_key_serialization_version=config.entity_key_serialization_version)
-             for k in keys]
-    marks = ",".join("?" * len(blobs))
-    removed = 0
-    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn, conn:
-        conn.execute("PRAGMA secure_delete = ON")  # erased values must not linger in free pages of the file
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        for view in store.list_feature_views():
-            table = compute_table_id(config.project, view, False)
-            if table in tables:
-                removed += conn.execute(f'DELETE FROM "{table}" WHERE entity_key IN ({marks})', blobs).rowcount
-    return removed
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -402,186 +330,6 @@ def historical_features(store: feast.FeatureStore, service: str, entity_df: pd.D
     # store drops a row that predates every snapshot of a persona instead of giving it nulls.
     found = found[[order, *features]].set_index(order).reindex(range(len(frame)))
     return pd.concat([frame, found.reset_index(drop=True)], axis=1)
-
-
-class OnlineReader:
-    """The latest online features of every snapshot view for personas, as one float64 matrix (NaN = no value).
-
-    What `get_online_features` answers for these views, read more directly. `get_online_features` spends more time
-    than the store's own read resolving references, building a response protobuf and converting it to a DataFrame
-    (8 personas x 156 features: ~14 ms, of which ~7 ms is the online store's read). Here:
-    - Redis (production): one pipeline of HMGETs for all views, as Feast's own batched read does, values parsed
-      straight into the matrix (8 personas: ~11 ms through `online_read`, one round trip per view);
-    - any other store: one `online_read` per view through Feast's provider, values taken off the returned
-      protobufs into the matrix;
-    - SQLite (embedded): one query per view on Feast's own table (`<project>_<view>`: entity key, feature name,
-      serialized value), on a connection of this reader's without per-row timestamp conversion, each value parsed
-      once into the matrix. Feast's `online_read` spends ~60% of its time converting and regrouping rows it then
-      hands back as dicts: 8 personas read in ~2 ms instead of ~5.
-    Feast ignores a view's TTL on online reads; so does this. The equality with `get_online_features` is tested
-    on both profiles (tests/features/test_store*.py).
-
-    Built once for the views registered now (the online engine builds a new one on refresh).
-    """
-
-    def __init__(self, store: feast.FeatureStore) -> None:
-        from feast.infra.key_encoding_utils import serialize_entity_key
-        from feast.infra.online_stores.helpers import compute_table_id
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
-        self.store = store
-        self._key, self._value, self._serialize = EntityKey, Value, serialize_entity_key
-        self._provider = store._get_provider()  # what get_online_features reads through
-        self.views: list[tuple[feast.FeatureView, list[str], int]] = []
-        self.columns: list[str] = []
-        for view in store.list_feature_views(allow_cache=False):
-            if view.name in defs.GROUPS:
-                names = [f.name for f in view.features]
-                self.views.append((view, names, len(self.columns)))
-                self.columns += names
-        self._sqlite = None
-        self._sqlite_path: Path | None = None
-        self._redis = None
-        config = store.config
-        versioned = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
-        if config.online_store.type == "redis" and not versioned:
-            from feast.infra.online_stores.helpers import compute_versioned_name
-
-            online = self._provider.online_store
-            # the hash fields Feast's Redis store keeps each view's features under (and its `_ts:<view>` field)
-            self._redis = (online, [(start, len(names), online._generate_hset_keys_for_features(
-                view, list(names), fv_name_override=compute_versioned_name(view, False))[1])
-                for view, names, start in self.views])
-        if config.online_store.type == "sqlite":
-            path = Path(config.online_store.path)
-            self._sqlite_path = path if path.is_absolute() else Path(config.repo_path or ".") / path
-            self._tables = [(compute_table_id(config.project, view, versioned),
-                             {name: start + j for j, name in enumerate(names)}) for view, names, start in self.views]
-        self._lock = threading.Lock()
-
-    def _connection(self):
-        import sqlite3
-
-        if self._sqlite is None:
-            with self._lock:
-                if self._sqlite is None:
-                    # read-only; no type detection: the values are protobuf blobs parsed below
-                    self._sqlite = sqlite3.connect(f"{self._sqlite_path.resolve().as_uri()}?mode=ro", uri=True,
-                                                   check_same_thread=False)
-        return self._sqlite
-
-    def marker(self) -> dict | None:
-        """The materialisation marker the online store holds now (None: none, the store was never loaded or lost
-        its data). Raises the store client's error when the store does not answer."""
-        if self._redis is not None:
-            online = self._redis[0]
-            text = online._get_client(self.store.config.online_store).get(MARKER_KEY + self.store.project)
-        elif self._sqlite_path is not None:
-            conn = self._connection()
-            try:
-                with self._lock:
-                    row = conn.execute(f"SELECT marker FROM {MARKER_TABLE} WHERE project = ?",
-                                       (self.store.project,)).fetchone()
-            except Exception as exc:
-                if "no such table" in str(exc):
-                    return None
-                raise
-            text = row[0] if row else None
-        else:
-            return None
-        return json.loads(text) if text else None
-
-    def read(self, persona_ids: Sequence[str]) -> tuple:
-        """(matrix n x len(columns) float64, found: whether the store holds any feature value of each persona)."""
-        import numpy as np
-
-        keys = [self._key(join_keys=[defs.JOIN_KEY], entity_values=[self._value(string_val=str(p))])
-                for p in persona_ids]
-        out = np.full((len(keys), len(self.columns)), np.nan)
-        found = np.zeros(len(keys), dtype=bool)
-        if not keys:
-            return out, found
-        if self._sqlite_path is not None:
-            self._read_sqlite(keys, out, found)
-            return out, found
-        if self._redis is not None:
-            self._read_redis(keys, out, found)
-            return out, found
-        for view, names, start in self.views:
-            rows = self._provider.online_read(config=self.store.config, table=view, entity_keys=keys,
-                                              requested_features=names)
-            for i, (_, values) in enumerate(rows):
-                if not values:
-                    continue
-                for j, name in enumerate(names, start):
-                    number = _number(values.get(name))
-                    if number is not None:
-                        out[i, j] = number
-                        found[i] = True
-        return out, found
-
-    def _read_sqlite(self, keys: list, out, found) -> None:
-        version = self.store.config.entity_key_serialization_version
-        blobs = [self._serialize(k, entity_key_serialization_version=version) for k in keys]
-        row_of = {b: i for i, b in enumerate(blobs)}
-        marks = ",".join("?" * len(blobs))
-        conn = self._connection()
-        value = self._value()
-        for table, column_of in self._tables:
-            try:
-                with self._lock:  # one connection per reader; the engine reads from one thread, a probe from another
-                    rows = conn.execute(f'SELECT entity_key, feature_name, value FROM "{table}" '
-                                        f"WHERE entity_key IN ({marks})", blobs).fetchall()
-            except Exception as exc:
-                if "no such table" in str(exc):  # a view applied but never materialised: no values yet
-                    continue
-                raise
-            for key, name, blob in rows:
-                j = column_of.get(name)
-                if j is None:
-                    continue
-                value.ParseFromString(blob)
-                number = _number(value)
-                if number is not None:
-                    i = row_of[key]
-                    out[i, j] = number
-                    found[i] = True
-
-    def _read_redis(self, keys: list, out, found) -> None:
-        # Feast's Redis store answers get_online_features with one pipeline of HMGETs for all views (its
-        # `_read_features_per_fv`); `online_read` takes one round trip per view. This is the former, with the values
-        # parsed straight into the matrix instead of into dicts of protobufs with a datetime each.
-        online, views = self._redis
-        config = self.store.config
-        redis_keys = online._generate_redis_keys_for_entities(config, keys)
-        replies = online._read_hash_fields(config, [(k, fields) for _, _, fields in views for k in redis_keys])
-        value = self._value()
-        at = 0
-        for start, width, _ in views:
-            for i in range(len(keys)):
-                reply = replies[at]
-                at += 1
-                for j, blob in enumerate(reply[:width], start):
-                    if blob:
-                        value.ParseFromString(blob)
-                        number = _number(value)
-                        if number is not None:
-                            out[i, j] = number
-                            found[i] = True
-
-    def frame(self, persona_ids: Sequence[str]) -> pd.DataFrame:
-        """persona_id then every feature column (float64), in the order of `columns`."""
-        matrix, _ = self.read(persona_ids)
-        frame = pd.DataFrame(matrix, columns=self.columns, copy=False)
-        frame.insert(0, defs.JOIN_KEY, [str(p) for p in persona_ids])
-        return frame
-
-
-def _number(value) -> float | int | None:
-    """The scalar a Feast value protobuf holds (None: no value); the views hold numbers only."""
-    kind = None if value is None else value.WhichOneof("val")
-    return None if kind is None else getattr(value, kind)
 
 
 def online_features(store: feast.FeatureStore, service: str, persona_ids: Sequence[str]) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """Batch rescoring: every persona scored with the champion models and the rules, as one dated tag snapshot.
 
-    features at the scoring date (offline snapshot) -> Scorer.score in chunks -> tag snapshot (atomic) -> online
+    features at the scoring date (offline snapshot) -> model_outputs in chunks, then Scorer.rule_tags -> tag snapshot (atomic) -> online
 
 Statistics the rules learn from the population (quantile edges, RFM averages) are fitted on the model scores of
 everyone first, then every chunk is tagged with them and they are saved in the snapshot's metadata, where the
@@ -16,7 +16,6 @@ workspace (`persona features` without --no-online): a batch-only workspace has n
 from __future__ import annotations
 
 import collections
-import hashlib
 import time
 from collections.abc import Callable
 
@@ -35,11 +34,6 @@ from serving import scoring
 from training import tracking
 
 Progress = Callable[[str, float], None]
-
-
-def _rules_hash(tagset) -> str:
-    blob = repr(sorted((t["id"], t["version"], t["source"]) for t in tagset.catalog())).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def resolve_snapshot(dates: list[pd.Timestamp], as_of: pd.Timestamp | None, *, nearest: bool = False) -> pd.Timestamp:
@@ -124,7 +118,7 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool =
     meta = {
         "date": str(date.date()), "as_of": str(date), "created": pd.Timestamp.now(tz="UTC").isoformat(),
         "personas": int(n), "models": models.versions(), "outputs": list(scores),
-        "stats": stats, "rules_hash": _rules_hash(tagset), "unavailable": dict(tagset.unavailable),
+        "stats": stats, "rules_hash": scoring.rules_hash(tagset), "unavailable": dict(tagset.unavailable),
         "tags": [{"id": c["id"], "value_type": c["value_type"], "category": c["category"], "type": c["type"]}
                  for c in entries if c["id"] in out.columns],
         "coverage": history.coverage(out, tag_ids),
@@ -142,7 +136,7 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool =
     elif push:
         say("pushing tags to the online store", 0.9)
         t = time.perf_counter()
-        pushed = push_tags(ws, cfg, out, date)
+        pushed = push_tags(ws, cfg, out, date, meta)
         timings["push_online"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
     del scorer
@@ -158,10 +152,18 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool =
     }
 
 
-def push_tags(ws: Workspace, cfg, out: pd.DataFrame, date: pd.Timestamp) -> dict:
-    """Write the snapshot's tags to the online store's `tags` view, one row per persona (latest wins)."""
+def push_tags(ws: Workspace, cfg, out: pd.DataFrame, date: pd.Timestamp, meta: dict) -> dict:
+    """Write the snapshot's tags to the online store's `tags` view, one row per persona (latest wins).
+
+    Every row also carries what the online engine serves from (see `serving.online`): `scoring.SCORED_AT`, the run
+    that computed it (`created` of the snapshot's metadata `meta`: the engine serves a row only when it comes from
+    the run whose statistics and model versions it has loaded), and `scoring.PACKED`, its outputs and tags as one
+    JSON array (`scoring.pack`, in the order of `scoring.packed_layout(meta)`)."""
     store = feature_store.open_store(ws, cfg)
     frame = out.copy()
+    frame[scoring.PACKED] = pd.Series(scoring.pack(out, scoring.packed_layout(meta)), index=frame.index,
+                                      dtype="string")
+    frame[scoring.SCORED_AT] = pd.Series(meta.get("created"), index=frame.index, dtype="string")
     for name, col in frame.items():
         if name == defs.JOIN_KEY:
             continue  # an object column too: the list rule below would turn every id into None (one online row)

@@ -1,11 +1,17 @@
 """Coalescing of concurrent engine calls: the batching behind /v1/profile and /v1/score (`serving.service`).
 
-Each worker runs the engine on one thread (pandas, Feast's SQLite connection and LightGBM gain nothing from more
-threads under the GIL), and concurrent /v1/profile and /v1/score requests are coalesced: while one batch is being
-scored, new requests queue, and the next batch takes all of them, so they share one online-store read and one call
-per model (see `Coalescer`). Batches grow with load and add no waiting when idle. This is BentoML's adaptive batching
-without its HTTP round trip through a batchable API (a JSON encode and decode of every profile) and without its 503
-when a batch misses `max_latency_ms`.
+Concurrent /v1/profile and /v1/score requests are coalesced: while one batch is being answered, new requests queue,
+and the next batch takes all of them, so they share one online-store read (and, for what must be computed again, one
+call per model; see `Coalescer`). Batches grow with load and add no waiting when idle. This is BentoML's adaptive
+batching without its HTTP round trip through a batchable API (a JSON encode and decode of every profile) and without
+its 503 when a batch misses `max_latency_ms`.
+
+Where a batch runs: on the event loop itself (`executor=None`, what the service does for profiles), or on an
+executor's thread. A profile is mostly a read of what batch computed (~0.4 ms), and handing it to a thread costs more
+than that under load: the engine thread and the event loop take turns on the GIL, and a thread that wants it back
+waits up to the interpreter's switch interval (5 ms) at every read (measured on 2 cores, 16 clients: 424 requests/s
+with the thread, ~3x that on the loop). A slow store then holds the loop for at most its timeout
+(`serving.store_timeout_seconds`), after which the engine's circuit breaker answers at once.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ import concurrent.futures
 from collections.abc import Callable
 
 COALESCE_MAX = 64  # customers per engine call when requests are coalesced; bounds one batch's latency
-# Under load, how long a batch may wait for the clients the previous batch answered (see Coalescer). Measured on
-# 2 cores with 16 clients: 2 ms is too short for their next request to arrive, 8-30 ms all give ~495 req/s.
-COALESCE_WINDOW_S = 0.010
+# Under load, how long a batch may wait for more clients (see Coalescer): none. It paid when an engine call scored
+# every persona (~13 ms a call whatever its size); a profile is now mostly a read of what batch computed (~0.4 ms a
+# call, ~0.1 ms a persona), so a wait only adds latency. Batches still form by themselves: the requests that arrive
+# while a batch runs are the next batch.
+COALESCE_WINDOW_S = 0.0
 
 
 class Coalescer:
@@ -28,13 +36,13 @@ class Coalescer:
     An exception of the shared call is raised in every call of the batch. `observe`, if given, is told the size of
     each batch (the service's histogram of customers per engine call).
 
-    Under load a batch waits up to `window_s` for the clients the previous batch just answered to send their next
-    request, so the two halves of the traffic do not alternate in half-size batches: an engine call costs ~13 ms
-    whatever its size plus ~0.8 ms per customer (measured here), so one batch of 8 costs far less than two of 4
-    (16 clients on 2 workers: 330 -> 495 requests/s). An idle service (previous batch of one) never waits.
+    With `window_s` > 0, under load a batch waits up to that long for the clients the previous batch just answered to
+    send their next request, so the two halves of the traffic do not alternate in half-size batches: worth it only
+    when an engine call has a large fixed cost (it had when every request scored everything: 16 clients on 2
+    workers, 330 -> 495 requests/s with 10 ms). An idle service (previous batch of one) never waits.
     """
 
-    def __init__(self, run: Callable[[list], list], executor: concurrent.futures.Executor, max_items: int,
+    def __init__(self, run: Callable[[list], list], executor: concurrent.futures.Executor | None, max_items: int,
                  window_s: float = COALESCE_WINDOW_S, observe: Callable[[int], None] | None = None) -> None:
         self.run = run
         self.executor = executor
@@ -57,6 +65,8 @@ class Coalescer:
         return sum(len(items) for items, _ in self._queue)
 
     async def _drain(self) -> None:
+        # On the loop (`executor=None`) no request can arrive while a batch runs: those the server read meanwhile reach
+        # the queue on the next turns of the loop, before this task (or the next one) takes a batch.
         loop = asyncio.get_running_loop()
         while self._queue:
             if self._last > 1 and self.window_s > 0:
@@ -78,7 +88,10 @@ class Coalescer:
             if self.observe is not None:
                 self.observe(len(flat))
             try:
-                results = await loop.run_in_executor(self.executor, self.run, flat)
+                if self.executor is None:
+                    results = self.run(flat)
+                else:
+                    results = await loop.run_in_executor(self.executor, self.run, flat)
             except Exception as exc:
                 for _, done in batch:
                     if not done.done():

@@ -280,17 +280,26 @@ class KnownPaths:
     FastAPI app, a file of a static mount. `hidden` paths count as unknown (the docs pages when `serving.docs` is off).
     """
 
+    SEEN_MAX = 1024  # known paths remembered (the app's are a few dozen); unknown ones are never remembered
+
     def __init__(self, app: Any, hidden: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.hidden = hidden
         self._files: dict[str, frozenset[str]] = {}
+        self._seen: set[str] = set()  # paths found known: matched once, not against every route per request
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and not self._known(scope):
+        if scope["type"] == "http" and scope["path"] not in self._seen and not self._known(scope):
             scope = {**scope, "path": UNKNOWN_PATH, "raw_path": UNKNOWN_PATH.encode(), ASKED_PATH: scope["path"]}
         await self.app(scope, receive, send)
 
     def _known(self, scope: dict) -> bool:
+        known = self._match(scope)
+        if known and len(self._seen) < self.SEEN_MAX:
+            self._seen.add(scope["path"])
+        return known
+
+    def _match(self, scope: dict) -> bool:
         if scope["path"] in self.hidden:
             return False
         for route in self.app.router.routes:

@@ -1,16 +1,39 @@
-"""The online engine behind the HTTP service: resolve a customer, read online features, score, answer.
+"""The online engine behind the HTTP service: resolve a customer, read what batch computed, recompute what moved.
 
 Everything here is plain Python, so the BentoML service (`serving.service`) stays a thin HTTP layer and tests can
-drive the engine directly. Scoring goes through `serving.scoring.Scorer.score_columns`: the model and rule functions
-the batch job calls (`model_outputs`, `Scorer.rule_tags`).
+drive the engine directly.
+
+Serving on precomputed tags. `persona rescore` scores everyone and pushes every persona's scores and tags to the
+online store's `tags` view, each row stamped with the snapshot date and the run (`scored_at`). A profile request
+reads, in one round trip, that row, the persona's real-time (`rt_*`) features and the row time of every feature
+view, then:
+- a row of the batch run the engine has loaded, with every feature view still as the batch saw it (the view's row
+  time is the snapshot date): served as is, nothing computed;
+- features written since the batch (an event moved the real-time features: their row is newer than the snapshot;
+  or a newer snapshot was loaded): the models that read a changed feature and the rule tags that depend on a changed
+  feature or on those models' outputs, directly or through other tags, are computed again (`Scorer.plan`), through
+  the same functions as the batch (`model_outputs`, the tag set's evaluation), from all the persona's features; the
+  rest is the batch's;
+- no usable row (the tags view missing or empty, a persona new since the batch, a row of another run: right after
+  `persona features` or a crash before the push finished): everything computed, as the batch would.
+A champion promoted since the batch: the batch's scores of that model are of an older version, so the model is run
+again for every request, with the rules that read its outputs, until the next rescore pushes the new version's
+scores. A production user expects the scores of the model the profile names (`models`: the champions), never a mix
+of versions; the cost is the model's, for a while. Likewise rules edited since the batch (another rules hash) are
+all evaluated again. Each profile says what it holds: `computed.batch` (the snapshot date and run of what came from
+the batch, null when nothing did), `computed.realtime` (the time of real-time features newer than the batch, else
+null) and `computed.recomputed` (the outputs and tag ids computed for this request). The parity with batch holds
+either way: a value served from the batch is the batch's, a value computed again is what the batch would give on
+the same features.
 
 State that can change while serving — the champion models, the tag set, the rule statistics of the last batch
-run — lives in one immutable `Scorer`; `refresh()` builds a new one and swaps the reference, so a request in flight
-keeps the scorer it started with and no request ever sees half a promotion.
+run — lives in one immutable `Live`; `refresh()` builds a new one and swaps the reference, so a request in flight
+keeps the state it started with and no request ever sees half a promotion.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -22,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from feature_repo import definitions as defs
-from features import eventlog
+from features import eventlog, feature_log
 from features import store as feature_store
 from persona.workspace import Workspace
 from rules import catalog, history
@@ -35,6 +58,7 @@ logger = logging.getLogger("persona.serving")
 # Behaviour events that move real-time features: (feature of the last hour, of the last day).
 EVENT_COUNTERS = {"product_view": ("rt_views_1h", "rt_views_24h"), "cart_add": ("rt_cart_adds_1h", "rt_cart_adds_24h")}
 EVENT_TYPES = ("product_view", "cart_add", "search", "session_start", "purchase")
+AFFINITY = "affinity"  # the feature view recommendations read besides the scores (recent purchases per category)
 
 
 class NotFound(LookupError):
@@ -65,11 +89,35 @@ class Customer:
 
 @dataclass(frozen=True)
 class Live:
-    """What a request scores with: the scorer and the catalog of its tag set, swapped together by `refresh`."""
+    """What a request scores with: the scorer, the catalog of its tag set and the batch run, swapped together."""
 
     scorer: scoring.Scorer
     catalog: dict[str, dict]
     reader: feature_store.OnlineReader  # the views registered when the scorer was built
+    batch: scoring.Batch = scoring.Batch(None, None)
+
+    @functools.cached_property
+    def shape(self) -> tuple:
+        """How a profile is laid out, worked out once: (model outputs, score tags reported with the scores,
+        (category, its tag ids) in catalog order, the model versions)."""
+        scores = tuple(t for t, m in self.catalog.items() if m["kind"] == "score")
+        groups: dict[str, list[str]] = {}
+        for t, m in self.catalog.items():
+            if m["kind"] != "score":
+                groups.setdefault(m["category"], []).append(t)
+        return (tuple(self.scorer.models.outputs()), scores, tuple((c, tuple(ids)) for c, ids in groups.items()),
+                self.scorer.models.versions())
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Personas as one engine call answers them: per persona its values (output or tag id -> plain value), what
+    computed them, and the features read (`rows`: the views asked for, with the tag rows and row times)."""
+
+    rows: object  # features.online_reader.OnlineRows
+    values: list[dict | None]  # None: the store holds nothing of the persona
+    computed: list[dict | None]
+    live: Live
 
 
 def redact(uri: str) -> str:
@@ -108,23 +156,9 @@ def ping_registry(uri: str, *, timeout: float = 5.0) -> None:
         raise Unavailable(f"model registry ({scheme}) unreachable ({type(exc).__name__})") from None
 
 
-def _tolist(values) -> list:
-    return values.tolist() if hasattr(values, "tolist") else list(values)
-
-
-def _plain(v):
-    if isinstance(v, (tuple, list, np.ndarray)):
-        return [_plain(x) for x in v]
-    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
-        return None
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def _epoch(v) -> int | None:
     """Epoch seconds (read as float64 with the other features) as the integer they are stored as."""
-    v = _plain(v)
+    v = scoring.plain(v)
     return None if v is None else int(v)
 
 
@@ -151,12 +185,34 @@ class OnlineEngine:
             logger.error("model registry %s: %s: %s", redact(self.registry_uri), type(exc).__name__, exc)
             raise Unavailable(f"model registry ({store_kind(self.registry_uri)}): {type(exc).__name__}") from None
         self.loader = scoring.ChampionLoader(self.client)
+        # Served features logged through Feast for skew checks (serving.feature_log_sample_rate; 0 = off): the
+        # request only queues ids, the refresh thread writes them.
+        self.feature_log = feature_log.FeatureLogger(
+            self.store, [self.store.get_feature_service(s) for s in self._logged_services()],
+            self.cfg.serving.feature_log_sample_rate)
         self._lock = threading.Lock()
         self._checked = 0.0
         self._live: Live | None = None
         # Any persona will do for the readiness probe: a read of one key exercises the store end to end.
         self._probe_id = str(self.identity.personas_known[0]) if len(self.identity.personas_known) else "__probe__"
         self.refresh(force=True)
+
+    def _logged_services(self) -> list[str]:
+        if self.cfg.serving.feature_log_sample_rate <= 0:
+            return []
+        try:
+            return [s.name for s in self.store.list_feature_services() if s.logging_config is not None]
+        except Exception as exc:  # a registry that cannot list: serve without logging, say so
+            logger.warning("feature logging off: cannot list feature services (%s)", type(exc).__name__)
+            return []
+
+    def _flush_feature_log(self) -> None:
+        """Write the served features queued since the last refresh; a failure is logged, never raised (logging
+        must not take serving down)."""
+        try:
+            self.feature_log.flush()
+        except Exception as exc:
+            logger.error("feature logging: %s: %s", type(exc).__name__, exc)
 
     @property
     def scorer(self) -> scoring.Scorer | None:
@@ -176,6 +232,7 @@ class OnlineEngine:
         model tag and one folder listing).
         """
         self._expected = self._expected_marker()
+        self._flush_feature_log()
         stamp = self._identity_source()
         if stamp != self._identity_stamp:  # a new integration run, or an erasure: resolve against it from now on
             self.identity = IdentityIndex.load(self.ws, self.cfg)
@@ -189,15 +246,16 @@ class OnlineEngine:
                 # alias lookups swallow MLflow errors (a missing alias is one), so tell "down" from "no champion"
                 ping_registry(self.registry_uri)
             date = history.latest_date(self.ws)
-            old = self.scorer
+            meta = history.read_meta(self.ws, date) if date is not None else {}
+            live = self._live
             self._checked = time.monotonic()
-            if not force and old is not None and old.models.versions() == versions and old.as_of == date:
+            if not force and live is not None and live.scorer.models.versions() == versions and \
+                    live.scorer.as_of == date and live.batch.scored_at == meta.get("created"):
                 return False
             if not versions:
                 raise Unavailable("model registry: no champion model (run `persona train --promote`)")
             if date is None:
                 raise Unavailable(f"tag snapshots: none in {history.root(self.ws)} (run `persona rescore`)")
-            meta = history.read_meta(self.ws, date)
             try:
                 models = self.loader.load(versions)
             except Exception as exc:  # an artifact missing or unreadable: keep serving the current models
@@ -207,8 +265,9 @@ class OnlineEngine:
             reader = feature_store.OnlineReader(self.store)
             tagset = catalog.load_rules(self.ws, self.cfg, [*reader.columns, *models.outputs()])
             scorer = scoring.Scorer(models, tagset, meta.get("stats", {}), as_of=date)
+            catalog_ = {c["id"]: c for c in tagset.catalog()}
             # One assignment: a request reads either the old (scorer, catalog, reader) or the new, never a mix.
-            self._live = Live(scorer, {c["id"]: c for c in tagset.catalog()}, reader)
+            self._live = Live(scorer, catalog_, reader, scoring.Batch.of(meta, scorer, catalog_))
             return True
 
     def _identity_source(self) -> tuple:
@@ -251,7 +310,7 @@ class OnlineEngine:
         live = self._live
         if live is None:
             raise Unavailable("not ready: no scorer loaded")
-        self.features(live.reader, [self._probe_id])
+        self._fetch(live.reader, [self._probe_id], (defs.REALTIME,), tags=(scoring.SCORED_AT,))
 
     # --- resolution ----------------------------------------------------------------------------------------
     def resolve(self, customers: Sequence[Customer]) -> list[str | None]:
@@ -274,82 +333,97 @@ class OnlineEngine:
         return out
 
     # --- scoring -------------------------------------------------------------------------------------------
-    def features(self, reader: feature_store.OnlineReader, persona_ids: Sequence[str]
-                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """({feature: float64 values (NaN = no value)}, found: bool per persona the online store holds)."""
+    def _fetch(self, reader: feature_store.OnlineReader, persona_ids: Sequence[str], views: Sequence[str] | None,
+               *, tags: bool = False):
+        """One read of the online store (`OnlineReader.fetch`) behind a circuit breaker, refused unless the store
+        holds the workspace's last load."""
         # A circuit breaker: after a call timed out or failed, calls fail at once until one timeout has passed, so
         # requests queued behind a frozen store are not each held for the full timeout (one trial per interval).
         if time.monotonic() < self._down_until:
             raise Unavailable(f"{self.store_name} unreachable (recent failure; retrying shortly)")
         try:
-            marker = reader.marker()
-            matrix, found = reader.read(persona_ids)
+            rows = reader.fetch(persona_ids, views, tags=tags, marker=True)
         except Exception as exc:  # the online store's client raises its own error types (sqlite3, redis...)
             self._down_until = time.monotonic() + self.cfg.serving.store_timeout_seconds
             logger.error("%s: %s: %s", self.store_name, type(exc).__name__, exc)
             raise Unavailable(f"{self.store_name} unreachable ({type(exc).__name__})") from None
         # A store without the workspace's last load (Redis restarted empty, an old copy) would answer "unknown"
         # for everyone and scores from missing features: refuse until it is rebuilt (see refresh).
-        state = feature_store.classify_marker(marker, self._expected)
+        state = feature_store.classify_marker(rows.marker, self._expected)
         if state != "ok":
             self._store_problem = state
             raise Unavailable(f"{self.store_name} is {state} (it does not hold the last load of the features); "
                               + ("rebuilding it" if self.cfg.serving.auto_rebuild else
                                  "run `persona features --reload-online`"))
         self._store_problem = None
-        return scoring.MatrixColumns(matrix, reader.columns), found
+        return rows
 
-    def score_frame(self, persona_ids: Sequence[str]) -> tuple[dict, np.ndarray, dict, Live]:
-        """(features, found, scores and tags, the state used) of personas, from the online store, with the current
-        scorer: the columns `Scorer.score` would give for the same features, by name."""
+    def features(self, reader: feature_store.OnlineReader, persona_ids: Sequence[str],
+                 views: Sequence[str] | None = None) -> tuple[scoring.MatrixColumns, np.ndarray]:
+        """({feature: float64 values (NaN = no value)} of `views` (default all), found: bool per persona)."""
+        rows = self._fetch(reader, persona_ids, views)
+        return scoring.MatrixColumns(rows.matrix, rows.columns), rows.found
+
+    def score(self, persona_ids: Sequence[str], views: Sequence[str] = (defs.REALTIME,)) -> Scored:
+        """Scores and tags of personas: the batch's where their inputs did not move, computed again where they did
+        (see the module). `views`: the feature views whose values the caller needs besides."""
         live = self._live
         if live is None:
             raise Unavailable("not ready: no scorer loaded")
-        feats, found = self.features(live.reader, persona_ids)
-        return feats, found, live.scorer.score_columns(feats, len(persona_ids)), live
+        rows = self._fetch(live.reader, persona_ids, views, tags=(scoring.SCORED_AT, scoring.PACKED))
 
-    def _profile_of(self, pid: str, realtime: Mapping, scored: Mapping, live: Live) -> dict:
-        scorer = live.scorer
-        scores = {o: _plain(scored.get(o)) for o in scorer.models.outputs()}
-        tags: dict[str, dict] = {}
-        for tag_id, meta in live.catalog.items():
-            if tag_id not in scored:
-                continue
-            if meta["kind"] == "score":  # a score tag (predicted_value = high_value...) is reported with the scores
-                scores.setdefault(tag_id, _plain(scored[tag_id]))
-                continue
-            tags.setdefault(meta["category"], {})[tag_id] = _plain(scored[tag_id])
-        interests = sorted(((o.removeprefix("interest_"), scores[o]) for o in scorer.models.outputs()
-                            if o.startswith("interest_") and scores[o] is not None), key=lambda kv: -kv[1])
+        def read_all(ids: list[int]) -> scoring.MatrixColumns:  # every feature of the personas to compute again
+            feats = self._fetch(live.reader, [persona_ids[j] for j in ids], None)
+            return scoring.MatrixColumns(feats.matrix, feats.columns)
+
+        views_ = [(v.name, names) for v, names, _ in live.reader.views]
+        values, computed = scoring.serve(live.scorer, live.batch, live.catalog, views_, rows, read_all)
+        return Scored(rows, values, computed, live)
+
+    @staticmethod
+    def _profile_of(pid: str, realtime: Mapping, values: Mapping, computed: dict, live: Live) -> dict:
+        outputs, score_tags, groups, versions = live.shape
+        scores = {o: values.get(o) for o in outputs}
+        for t in score_tags:  # a score tag (predicted_value = high_value...) is reported with the scores
+            if t in values and t not in scores:
+                scores[t] = values[t]
+        tags = {}
+        for category, ids in groups:
+            found = {t: values[t] for t in ids if t in values}
+            if found:
+                tags[category] = found
+        interests = sorted(((o[9:], scores[o]) for o in outputs if o.startswith("interest_") and scores[o] is not None),
+                           key=lambda kv: -kv[1])
         return {
             "persona_id": pid,
             "scores": scores,
             "tags": tags,
             "top_interests": [{"category": c, "propensity": round(float(p), 6)} for c, p in interests[:3]],
-            "models": scorer.models.versions(),
-            "rules_as_of": scorer.as_of,
+            "models": dict(versions),
+            "rules_as_of": live.scorer.as_of,
+            "computed": computed,
             "last_event_ts": _epoch(realtime.get("rt_last_event_ts")),
-            "realtime": {k: _epoch(v) if k == "rt_last_event_ts" else _plain(v) for k, v in realtime.items()},
+            # NaN (no value) as None; the event time as the integer it is stored as
+            "realtime": {k: None if v != v else (int(v) if k == "rt_last_event_ts" else v) for k, v in realtime.items()},
         }
 
     def profiles(self, customers: Sequence[Customer]) -> list[dict | None]:
-        """Profiles (tags, scores, top interests, model versions) of customers; None for an unknown one."""
+        """Profiles (tags, scores, top interests, model versions, what computed them) of customers; None for an
+        unknown one."""
         pids = self.resolve(customers)
         known = [p for p in pids if p is not None]
         if not known:
             return [None] * len(pids)
-        feats, has, scored, live = self.score_frame(known)
-        # Rows as dicts from whole columns: `tolist()` per column boxes the values once (categories as str, missing
-        # as nan or pd.NA), far cheaper than a DataFrame row per persona.
-        names = list(scored)
-        rows = [dict(zip(names, values)) for values in zip(*(_tolist(scored[c]) for c in names))]
-        rt = [c for c in feats if c.startswith(defs.GROUPS[defs.REALTIME])]
-        realtime = [dict(zip(rt, values)) for values in zip(*(feats[c].tolist() for c in rt))] if rt else \
-            [{}] * len(known)
+        scored = self.score(known)
+        self.feature_log.offer(known)
+        rows = scored.rows
+        rt = [c for c in rows.columns if c.startswith(defs.GROUPS[defs.REALTIME])]
+        matrix = rows.matrix[:, [rows.columns.index(c) for c in rt]].tolist()
         found = {}
         for j, pid in enumerate(known):
-            if has[j]:
-                found[pid] = self._profile_of(pid, realtime[j], rows[j], live)
+            if scored.values[j] is not None:
+                realtime = dict(zip(rt, matrix[j]))
+                found[pid] = self._profile_of(pid, realtime, scored.values[j], scored.computed[j], scored.live)
         return [found.get(p) if p is not None else None for p in pids]
 
     def recommend(self, customer: Customer, *, n: int = 5, exclude_days: int | None = None) -> dict:
@@ -357,13 +431,13 @@ class OnlineEngine:
         (pid,) = self.resolve([customer])
         if pid is None:
             raise NotFound("unknown customer")
-        feats, has, scored, live = self.score_frame([pid])
-        scorer = live.scorer
-        if not has[0]:
+        scored = self.score([pid], views=(defs.REALTIME, AFFINITY))
+        scorer = scored.live.scorer
+        if scored.values[0] is None:
             raise NotFound(f"persona {pid} has no features online")
         days = self.cfg.serving.recommend_exclude_days if exclude_days is None else exclude_days
-        row = {out: scored[out][0] for out in scorer.models.outputs()}
-        f = {name: values[0] for name, values in feats.items()}
+        row = scored.values[0]
+        f = dict(zip(scored.rows.columns, scored.rows.matrix[0].tolist()))
         items, excluded = [], []
         for out in scorer.models.outputs():
             if not out.startswith("interest_"):
@@ -372,10 +446,10 @@ class OnlineEngine:
             if days > 0 and _bought_within(f, cat, days):
                 excluded.append(cat)
                 continue
-            items.append({"category": cat, "propensity": _plain(row[out])})
+            items.append({"category": cat, "propensity": scoring.plain(row[out])})
         items.sort(key=lambda d: -(d["propensity"] or 0))
         return {"persona_id": pid, "recommendations": items[:n], "excluded_recently_bought": sorted(excluded),
-                "exclude_days": days, "models": scorer.models.versions()}
+                "exclude_days": days, "models": scorer.models.versions(), "computed": scored.computed[0]}
 
     # --- events --------------------------------------------------------------------------------------------
     def ingest_events(self, events: Sequence[Mapping]) -> dict:
@@ -410,7 +484,7 @@ class OnlineEngine:
         order = np.argsort(np.array([t.value for t in ts]), kind="stable")
 
         def apply(unique: list[str], states: dict) -> dict:
-            current, _ = self.features(live.reader, unique)  # read under the persona locks
+            current, _ = self.features(live.reader, unique, (defs.REALTIME,))  # under the persona locks
             rows = {pid: {n: (None if np.isnan(current[n][i]) else float(current[n][i])) for n in names}
                     for i, pid in enumerate(unique)}
             for i in order:
@@ -478,3 +552,4 @@ def _bought_within(features: Mapping, category: str, days: int) -> bool:
             value = features.get(f"aff_buy_{category}_{window}d")
             return bool(value is not None and not pd.isna(value) and value > 0)
     return False
+

@@ -65,4 +65,5 @@ def push_latest_tags(ws: Workspace, cfg: PersonaConfig | None = None) -> dict | 
     date = history.latest_date(ws)
     if date is None:
         return None
-    return batch.push_tags(ws, cfg or ws.config(), history.read(ws, date), pd.Timestamp(date, tz="UTC"))
+    return batch.push_tags(ws, cfg or ws.config(), history.read(ws, date), pd.Timestamp(date, tz="UTC"),
+                           history.read_meta(ws, date))

@@ -18,6 +18,7 @@ from sqlalchemy import delete, func, select
 
 from features import store as fs
 from persona.workspace import Workspace
+from tests.features.test_online_reader import check_delete, check_reader_paths
 from tests.features.test_store import (
     Applied,
     build,
@@ -48,6 +49,7 @@ def _drop_project(applied: Applied) -> None:
         conn.execute(delete(history).where(history.c.project_id == project))
     online = store._get_provider().online_store
     online.delete_entity_values(store.config, ["persona_id"])
+    online._get_client(store.config.online_store).delete(fs.MARKER_KEY + project)  # the marker, this project's own
 
     with registry.write_engine.connect() as conn:
         left = {t.name: conn.execute(select(func.count()).select_from(t).where(t.c.project_id == project)).scalar()
@@ -104,6 +106,15 @@ def test_a_snapshot_gaining_a_feature_is_reloaded_in_full(production_store):
 
 def test_push_realtime_changes_online_values_at_once(applied):
     check_push(applied)
+
+
+def test_the_direct_read_and_the_public_fallback_give_the_same(production_store):
+    check_reader_paths(production_store(groups=("attributes", "transactions", "realtime")))
+
+
+@pytest.mark.parametrize("internals", [True, False])
+def test_deleting_personas_leaves_nothing_to_serve(production_store, monkeypatch, internals):
+    check_delete(production_store(groups=("attributes", "realtime")), internals=internals, monkeypatch=monkeypatch)
 
 
 def test_open_store_renders_redis_and_the_sql_registry(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from persona.errors import InsufficientDataError
 from persona.workspace import SALT_VAR, Workspace
 from rules import history
 from rules.tags import TagSet
-from features import offline
+from features import model_tags, offline
 from serving import scoring
 from serving.batch import rescore
 from training import tracking
@@ -147,7 +147,7 @@ def test_resolving_the_snapshot_of_a_day():
 
 def test_without_a_champion_rescoring_says_to_train_first(ws):
     client = tracking.connect(ws, ws.config())
-    for tag in scoring.MODEL_TAGS:
+    for tag in model_tags.names():
         name = tracking.model_name(tag)
         if tracking.alias_version(client, name, tracking.CHAMPION) is not None:
             client.delete_registered_model_alias(name, tracking.CHAMPION)

@@ -207,7 +207,7 @@ def test_concurrent_events_on_one_persona_over_two_workers_lose_no_update(worksp
 
     import httpx
 
-    from serving.service import running_server
+    from serving.process import running_server
 
     pid = _persona(engine, 5)
     body = {"events": [{"persona_id": pid, "event_type": "cart_add"}]}

@@ -78,3 +78,64 @@ def test_matrix_columns_give_named_views_and_gather_float32_with_nan_for_absent_
     x = cols.take(["c", "zz", "a"])
     assert x.dtype == np.float32 and x.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(x, np.array([[np.nan, np.nan, 1.0], [6.0, np.nan, 4.0]], dtype=np.float32))
+
+
+# --- what to compute again (Scorer.plan), on a real tag set and no model ----------------------------------------
+RULES = """
+tags:
+  - {id: browsing, name: {zh: 浏览, en: Browsing}, category: behaviour, kind: flag, when: rt_views_1h > 0}
+  - {id: big, name: {zh: 大额, en: Big}, category: consumption, kind: flag, when: tx_amount > 100}
+  - {id: hot, name: {zh: 热, en: Hot}, category: behaviour, kind: flag, when: browsing and big}
+  - {id: calm, name: {zh: 静, en: Calm}, category: behaviour, kind: flag, when: not big}
+  - {id: spend, name: {zh: 额, en: Spend}, category: consumption, kind: value, input: tx_amount * 2}
+"""
+
+
+@pytest.fixture
+def scorer(tmp_path) -> scoring.Scorer:
+    from rules import load_tagset
+
+    (tmp_path / "rules.yaml").write_text(RULES, encoding="utf-8")
+    tagset = load_tagset([tmp_path / "rules.yaml"], columns={"rt_views_1h": "number", "tx_amount": "number"})
+    return scoring.Scorer(scoring.ModelSet(), tagset, {})
+
+
+def test_a_plan_holds_the_rules_reading_what_changed_directly_or_through_a_tag(scorer):
+    plan = scorer.plan(["rt_views_1h"])
+    assert plan.tags == ("browsing", "hot") and not plan.empty and not plan.full
+    assert sorted(t.id for t in plan.tagset.tags) == ["big", "browsing", "hot"]  # `big` only to evaluate `hot`
+    assert scorer.plan(["tx_amount"]).tags == ("big", "hot", "calm", "spend")
+    assert scorer.plan([]).empty and scorer.plan(["unrelated"]).empty
+    assert scorer.plan(all_rules=True).tags == ("browsing", "big", "hot", "calm", "spend")
+    assert scorer.plan(["rt_views_1h"]) is plan  # worked out once per set of changes
+
+
+def test_computing_a_plan_again_equals_scoring_everything_on_the_same_features(scorer):
+    columns = {"rt_views_1h": np.array([0.0, 3.0, 5.0, np.nan]), "tx_amount": np.array([50.0, 150.0, np.nan, 200.0])}
+    everything = scorer.score_columns(columns, 4)
+    plan = scorer.plan(["rt_views_1h"])
+    again = scorer.recompute(plan, columns, 4, {})
+    assert set(again) == {"browsing", "hot"}
+    for tag in again:
+        assert list(again[tag]) == list(everything[tag]), tag
+    assert scorer.recompute(scorer.full_plan(), columns, 4, {}).keys() == everything.keys()
+
+
+def test_rules_hash_changes_with_a_tag_definition(scorer, tmp_path):
+    from rules import load_tagset
+
+    before = scoring.rules_hash(scorer.tagset)
+    columns = {"rt_views_1h": "number", "tx_amount": "number"}
+    (tmp_path / "rules.yaml").write_text(RULES.replace("tx_amount * 2", "tx_amount * 3"), encoding="utf-8")
+    edited = load_tagset([tmp_path / "rules.yaml"], columns=columns)  # the same version, another expression
+    (tmp_path / "rules.yaml").write_text(RULES, encoding="utf-8")
+    again = load_tagset([tmp_path / "rules.yaml"], columns=columns)
+    assert scoring.rules_hash(edited) != before and scoring.rules_hash(again) == before
+
+
+def test_pack_gives_each_row_its_values_as_the_profile_answers_them():
+    columns = {"score": np.array([0.25, np.nan]), "flag": pd.array([True, None], dtype="boolean"),
+               "band": pd.Categorical(["high", None], categories=["low", "high"]),
+               "top": pd.Series([("a", "b"), None], dtype=object)}
+    assert scoring.pack(columns, ["score", "flag", "band", "top"]) == ['[0.25,true,"high",["a","b"]]',
+                                                                       "[null,null,null,null]"]
