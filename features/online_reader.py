@@ -8,8 +8,9 @@ Everything else in `features.store` goes through Feast's public API. This module
 It was written for Feast 0.67.x (SUPPORTED). On any other version, or an online store other than SQLite and Redis,
 the reader falls back to the public `get_online_features` (the same values, slower) and says so once in the log;
 `internals=False` forces that path (tests compare the two). Deleting has no public way at all: on another version it
-still goes through the internals, then checks through the public read that nothing is left. The marker is this project's own data (a table of its
-own in the SQLite file, a key of its own in Redis), so only the Redis client it goes through depends on Feast.
+still goes through the internals, then checks through the public read that nothing is left. The marker is this
+project's own data (a table of its own in the SQLite file, a key of its own in Redis), so only the Redis client it
+goes through depends on Feast.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ MARKER_KEY = "persona:online_marker:"  # + project: the Redis key of the materia
 MARKER_TABLE = "persona_online_marker"  # its SQLite table in the embedded online store
 _EPOCH = datetime(1970, 1, 1)
 _MICRO = timedelta(microseconds=1)
-_STAMP_CACHE = 4096  # distinct SQLite timestamps kept parsed (a snapshot's rows share one)
 
 logger = logging.getLogger("persona.features")
 _warned: set[str] = set()
@@ -267,13 +267,11 @@ class OnlineReader:
         self._looked = 0.0
         self._statements: dict[tuple, tuple[str, list]] = {}  # SQLite statements by shape (see _fetch_sqlite)
         self._marker_text: tuple[str | None, dict | None] = (None, None)
-        self._stamp_text: dict[str, int] = {}
         kind = store.config.online_store.type
         self.kind = kind if self.internals else "public"
         if self.kind == "sqlite":
             from feast.infra.online_stores.helpers import compute_table_id
 
-            self._sqlite_path = sqlite_path(store)
             self._table = {v.name: compute_table_id(store.config.project, v, False)
                            for v in [*(v for v, _, _ in self.views), *([self.tag_view] if self.tag_view else [])]}
         elif self.kind == "redis":
@@ -291,22 +289,7 @@ class OnlineReader:
     def marker(self) -> dict | None:
         """The materialisation marker the online store holds now (None: none, the store was never loaded or lost
         its data). Raises the store client's error when the store does not answer."""
-        kind = self.store.config.online_store.type
-        if kind == "redis":
-            text = (self._client if self.kind == "redis" else self._public_redis()).get(MARKER_KEY + self.store.project)
-        elif kind == "sqlite":
-            try:
-                with self._lock:
-                    row = self._connection().execute(f"SELECT marker FROM {MARKER_TABLE} WHERE project = ?",
-                                                     (self.store.project,)).fetchone()
-            except Exception as exc:
-                if "no such table" in str(exc) or "unable to open" in str(exc):
-                    return None
-                raise
-            text = row[0] if row else None
-        else:
-            return None
-        return json.loads(text) if text else None
+        return read_marker(self.store)
 
     def read(self, persona_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(matrix n x len(columns) float64, found: whether the store holds any feature value of each persona)."""
@@ -443,20 +426,15 @@ class OnlineReader:
             parts.append([self.store.project])
         return " UNION ALL ".join(sql), parts
 
-    def _stamp(self, value) -> int:
+    @staticmethod
+    def _stamp(value) -> int:
         """Microseconds since the epoch of a row time as Feast's SQLite store writes it: whole epoch seconds (its
         datetime adapter), or naive UTC ISO text (the sqlite3 default, should that adapter go)."""
         if value is None:
             return 0
         if isinstance(value, int):
             return value * 1_000_000
-        got = self._stamp_text.get(value)
-        if got is None:
-            if len(self._stamp_text) > _STAMP_CACHE:
-                self._stamp_text.clear()
-            got = (datetime.fromisoformat(value).replace(tzinfo=None) - _EPOCH) // _MICRO
-            self._stamp_text[value] = got
-        return got
+        return (datetime.fromisoformat(value).replace(tzinfo=None) - _EPOCH) // _MICRO
 
     # --- Redis --------------------------------------------------------------------------------------------------
     def _fetch_redis(self, persona_ids, wanted: set[str], tags: list[str], marker: bool, rows: _Builder
@@ -506,11 +484,6 @@ class OnlineReader:
         return found_marker
 
     # --- the public API (another Feast version, another store, or internals=False) -------------------------------
-    def _public_redis(self):
-        if getattr(self, "_own_redis", None) is None:
-            self._own_redis = _redis(self.store, False)
-        return self._own_redis
-
     def _fetch_public(self, persona_ids, wanted: set[str], tags: list[str], rows: _Builder) -> None:
         refs, plan = [], []
         for view, names, _ in self.views:

@@ -4,7 +4,7 @@ FastAPI validates a request against these models before a route runs, so hostile
 before any work: ids longer than `serving.max_id_length`, lists longer than `serving.max_batch`, and event timestamps
 outside [now - `serving.event_max_age_days`, now + `serving.event_future_seconds`]. The limits come from the
 workspace through `Limits`, which `serving.middleware.RequestLimits` publishes per request. The answer models are
-what the OpenAPI schema says of each error (`_responses`); the answers themselves are built in `serving.middleware`
+what the OpenAPI schema says of each error (`responses`); the answers themselves are built in `serving.middleware`
 and `serving.service`.
 """
 
@@ -42,12 +42,12 @@ class Limits:
 # Set per request by `serving.middleware.RequestLimits` (the workspace's settings), read by the validators below:
 # FastAPI validates a body before the route runs and passes no context to pydantic, and these checks must come before
 # any work (a list of 50,000 customers costs ~1 s to validate item by item; the length check before it costs nothing).
-_LIMITS: contextvars.ContextVar[Limits] = contextvars.ContextVar("persona_request_limits")
+REQUEST_LIMITS: contextvars.ContextVar[Limits] = contextvars.ContextVar("persona_request_limits")
 _DEFAULT_LIMITS = Limits.of(ServingConfig())
 
 
 def _limits() -> Limits:
-    return _LIMITS.get(_DEFAULT_LIMITS)
+    return REQUEST_LIMITS.get(_DEFAULT_LIMITS)
 
 
 def _short_id(value: object) -> object:
@@ -143,7 +143,7 @@ class Event(CustomerRef):
         if ts is None:
             return None
         try:
-            utc = _utc(ts)  # year 1 at +08:00 is before year 1 in UTC
+            utc = as_utc(ts)  # year 1 at +08:00 is before year 1 in UTC
         except (OverflowError, ValueError):
             raise ValueError("out of range") from None
         limits = _limits()
@@ -188,7 +188,7 @@ class UnavailableBody(ErrorBody):
                                        "(its address and the driver's message are in the server log only)")
 
 
-def _responses(*statuses: int) -> dict[int, dict]:
+def responses(*statuses: int) -> dict[int, dict]:
     """OpenAPI descriptions of the error answers a route gives (401, 413, 422, 500 and 503 for every /v1 route)."""
     known = {
         401: {"model": ErrorBody, "description": "API key missing or wrong (only when the server sets one)"},
@@ -203,5 +203,5 @@ def _responses(*statuses: int) -> dict[int, dict]:
     return {s: known[s] for s in sorted({401, 500, *statuses})}
 
 
-def _utc(ts: dt.datetime) -> dt.datetime:
+def as_utc(ts: dt.datetime) -> dt.datetime:
     return ts.replace(tzinfo=dt.timezone.utc) if ts.tzinfo is None else ts.astimezone(dt.timezone.utc)

@@ -2,11 +2,11 @@
 
 Hostile input gets a 4xx before any work: a body over `serving.max_body_bytes` is a 413 before it is read (or as soon
 as a chunked one passes the limit: `RequestLimits`); ids, lists, timestamps (the body models of `serving.api_models`)
-and unknown categories (`serving.service`) are 422s naming the field (`_validation_error`). A path no route serves is
+and unknown categories (`serving.service`) are 422s naming the field (`validation_error`). A path no route serves is
 a JSON 404 counted in /metrics under one name, "/(unknown)" (see `KnownPaths`), so junk requests cannot grow
 /metrics. With an API key set, everything but /healthz, /livez, /readyz and /metrics needs it, the docs (/v1/docs,
 /v1/openapi.json) included (`ApiKeyAuth`). An exception no route mapped is a JSON 500 without its traceback
-(`CatchAll`). A 503 names the backend that is down, never its address (`_public`): the log has the rest.
+(`CatchAll`). A 503 names the backend that is down, never its address (`public_message`): the log has the rest.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 
 from persona.config import ServingConfig
 from persona.workspace import Workspace
-from serving.api_models import _LIMITS, Limits
+from serving.api_models import REQUEST_LIMITS, Limits
 from serving.online import Unavailable
 from serving.process import WORKSPACE_VAR
 
@@ -44,12 +44,12 @@ MAX_REPORTED = 20  # fields a 422 names at most (a body can hold thousands of ba
 logger = logging.getLogger("persona.serving")
 
 
-def _json(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
+def json_answer(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _invalid(fields: list[str], detail: str) -> JSONResponse:
-    return _json(422, {"error": "invalid request", "detail": detail, "fields": fields[:MAX_REPORTED]})
+def invalid(fields: list[str], detail: str) -> JSONResponse:
+    return json_answer(422, {"error": "invalid request", "detail": detail, "fields": fields[:MAX_REPORTED]})
 
 
 def _field(loc: Sequence[Any]) -> str:
@@ -61,7 +61,7 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
-def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     problems, fields = [], []
     errors = exc.errors()
     for err in errors[:MAX_REPORTED]:
@@ -75,13 +75,13 @@ def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         fields.append(name)
         problems.append(f"{name}: {message}")
     more = f" (and {len(errors) - MAX_REPORTED} more)" if len(errors) > MAX_REPORTED else ""
-    return _invalid(fields, "; ".join(problems) + more)
+    return invalid(fields, "; ".join(problems) + more)
 
 
-def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code == 400:  # FastAPI's "error parsing the body": Python's JSON reader raised (not a JSON error)
-        return _invalid(["(body)"], "(body): not readable as JSON (nested too deeply, or a number too long?)")
-    return _json(exc.status_code, {"error": str(exc.detail).lower(), "detail": f"HTTP {exc.status_code}"},
+        return invalid(["(body)"], "(body): not readable as JSON (nested too deeply, or a number too long?)")
+    return json_answer(exc.status_code, {"error": str(exc.detail).lower(), "detail": f"HTTP {exc.status_code}"},
                  headers=getattr(exc, "headers", None))
 
 
@@ -111,7 +111,7 @@ class CatchAll:
             if started:  # the status line is out; nothing sensible can be sent any more
                 raise
             body = {"error": "internal error", "detail": "an unexpected error occurred; the server log has the details"}
-            await _json(500, body)(scope, receive, send)
+            await json_answer(500, body)(scope, receive, send)
 
 
 class ApiKeyAuth:
@@ -125,7 +125,7 @@ class ApiKeyAuth:
 
     def __init__(self, app: Callable) -> None:
         self.app = app
-        self.key = _api_key()
+        self.key = api_key()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         path = scope.get("path", "")
@@ -145,7 +145,7 @@ class ApiKeyAuth:
         body = {"error": "unauthorized", "detail": "missing or wrong API key: send header 'X-API-Key: <key>' or "
                                                    "'Authorization: Bearer <key>'"}
         challenge = 'Basic realm="persona API docs", Bearer' if path in DOC_PATHS else "Bearer"
-        await _json(401, body, headers={"WWW-Authenticate": challenge})(scope, receive, send)
+        await json_answer(401, body, headers={"WWW-Authenticate": challenge})(scope, receive, send)
 
 
 def _basic_password(token: bytes) -> bytes:
@@ -165,11 +165,11 @@ def _api_key_setting() -> tuple[str, bytes | None]:
     return env, (value.encode() if value else None)
 
 
-def _api_key() -> bytes | None:
+def api_key() -> bytes | None:
     return _api_key_setting()[1]
 
 
-def _log_api_key() -> None:
+def log_api_key() -> None:
     """Say whether requests need an API key, and which variable holds it (never the key)."""
     env, key = _api_key_setting()
     if key:
@@ -180,7 +180,7 @@ def _log_api_key() -> None:
                        "require one", env)
 
 
-def _serving_config() -> ServingConfig:
+def serving_config() -> ServingConfig:
     """`serving` of the workspace named by $PERSONA_WORKSPACE (the defaults when it cannot be read: the service
     reports a broken workspace itself)."""
     root = os.environ.get(WORKSPACE_VAR)
@@ -200,7 +200,7 @@ class RequestLimits:
 
     def __init__(self, app: Callable, cfg: ServingConfig | None = None) -> None:
         self.app = app
-        cfg = cfg or _serving_config()
+        cfg = cfg or serving_config()
         self.max_bytes = cfg.max_body_bytes
         self.limits = Limits.of(cfg)
 
@@ -208,7 +208,7 @@ class RequestLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        _LIMITS.set(self.limits)
+        REQUEST_LIMITS.set(self.limits)
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         with contextlib.suppress(ValueError):
             if declared is not None and int(declared) > self.max_bytes:
@@ -246,7 +246,7 @@ class RequestLimits:
                 "detail": f"request body larger than {self.max_bytes} bytes (serving.max_body_bytes): {found}; send "
                           "fewer customers or events per call"}
         # the rest of the body is never read: the connection cannot carry another request
-        await _json(413, body, headers={"Connection": "close"})(scope, receive, send)
+        await json_answer(413, body, headers={"Connection": "close"})(scope, receive, send)
 
 
 ASKED_PATH = "persona.asked_path"  # the scope key keeping the path a client asked for, when KnownPaths renamed it
@@ -266,7 +266,7 @@ class UnknownPaths:
         asked = _clip(scope[ASKED_PATH], 80)
         body = {"error": "not found", "detail": f"no such path: {scope.get('method', 'GET')} {asked!r}; the API is "
                                                 "under /v1/ (see /v1/docs)"}
-        await _json(404, body)(scope, receive, send)
+        await json_answer(404, body)(scope, receive, send)
 
 
 class KnownPaths:
@@ -320,8 +320,8 @@ class KnownPaths:
         return self._files[folder]
 
 
-def _describe(exc: BaseException) -> str:
-    """The whole message of an exception, for the log only: it may name a store's address; clients get `_public`."""
+def describe(exc: BaseException) -> str:
+    """The whole message of an exception, for the log only: it may name a store's address; clients get `public_message`."""
     return str(exc) if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {exc}"
 
 
@@ -334,7 +334,7 @@ _COMMAND = re.compile(r"`(persona [a-z][a-z \-]*)`")
 _URI = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*)://[^\s'\"<>]+")
 
 
-def _public(message: str) -> tuple[str, str]:
+def public_message(message: str) -> tuple[str, str]:
     """(component, detail) of an engine error, fit for a client: which backend failed and what to do.
 
     Built from the start of the message only ("online store (embedded): ...", "model registry (sqlite:///...)
@@ -346,7 +346,7 @@ def _public(message: str) -> tuple[str, str]:
                           "loading; retry in a few seconds"
     found = _COMPONENT.match(message)
     if found is None:
-        if error := _ERROR_TYPE.match(message):  # `_describe` of another exception: the engine failed to load
+        if error := _ERROR_TYPE.match(message):  # `describe` of another exception: the engine failed to load
             return "engine", f"the engine failed ({error.group(1)}); the server log has the cause"
         return "backend", "a backend is unavailable; retry in a few seconds (the server log has the cause)"
     component = found.group(1).lower()
@@ -369,12 +369,12 @@ def _kind(inside: str | None) -> str | None:
     return inside if re.fullmatch(r"[A-Za-z0-9_\-]{1,32}", inside) else None
 
 
-def _scrub(value: Any) -> Any:
+def scrub(value: Any) -> Any:
     """A JSON-able value with every URI cut to its scheme (`postgresql://...`): no credentials in /v1/status."""
     if isinstance(value, str):
         return _URI.sub(r"\1://...", value)
     if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items()}
+        return {k: scrub(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_scrub(v) for v in value]
+        return [scrub(v) for v in value]
     return value

@@ -46,11 +46,11 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from persona.workspace import Workspace
-from serving.api_models import CustomerRef, Event, EventsRequest, RecommendRequest, ScoreRequest, _responses, _utc
+from serving.api_models import CustomerRef, Event, EventsRequest, RecommendRequest, ScoreRequest, responses, as_utc
 from serving.coalescer import COALESCE_MAX, COALESCE_WINDOW_S, Coalescer
-from serving.middleware import (STATIC, ApiKeyAuth, CatchAll, KnownPaths, RequestLimits, UnknownPaths, _describe,
-                                _http_error, _invalid, _json, _log_api_key, _public, _scrub, _serving_config,
-                                _validation_error)
+from serving.middleware import (STATIC, ApiKeyAuth, CatchAll, KnownPaths, RequestLimits, UnknownPaths, describe,
+                                http_error, invalid, json_answer, log_api_key, public_message, scrub, serving_config,
+                                validation_error)
 from serving.online import BadRequest, Customer, Gone, NotFound, OnlineEngine, Unavailable
 from serving.process import SERVICE_NAME, WORKSPACE_VAR
 
@@ -103,7 +103,7 @@ class _Service(bentoml.Service):
 
     def to_asgi(self, is_main: bool = True) -> Any:
         app = super().to_asgi(is_main=is_main)
-        docs = _serving_config().docs
+        docs = serving_config().docs
         if docs:
             app.router.routes.append(Route("/docs", _to_docs, methods=["GET"], include_in_schema=False))
         return KnownPaths(app, hidden=frozenset() if docs else frozenset({"/"}))  # "/": BentoML's own Swagger UI
@@ -114,8 +114,8 @@ def _to_docs(_: Request) -> Response:
 
 
 app = FastAPI(title="persona online service", version="1", openapi_url="/openapi.json", docs_url=None,
-              redoc_url=None, exception_handlers={RequestValidationError: _validation_error,
-                                                  StarletteHTTPException: _http_error},
+              redoc_url=None, exception_handlers={RequestValidationError: validation_error,
+                                                  StarletteHTTPException: http_error},
               description="Profiles, scores, recommendations and real-time events of the persona platform. Every "
                           "error answers JSON {error, detail} (a 422 adds the offending `fields`). When the server "
                           "sets an API key, send it as `X-API-Key` or `Authorization: Bearer`.")
@@ -146,7 +146,7 @@ class PersonaService:
         if logging.getLogger("persona").level == logging.NOTSET:
             # BentoML's server logging passes other libraries' WARNING and above: the service's start-up lines are INFO
             logging.getLogger("persona").setLevel(logging.INFO)
-        _log_api_key()
+        log_api_key()
         root = os.environ.get(WORKSPACE_VAR)
         if not root:
             raise RuntimeError(f"set ${WORKSPACE_VAR} to the workspace folder to serve")
@@ -176,7 +176,7 @@ class PersonaService:
         try:
             self.engine = OnlineEngine(self.ws)
         except Exception as exc:
-            self.error = _describe(exc)
+            self.error = describe(exc)
             _refreshes("load_failed").inc()
             logger.error("online engine not loaded: %s", self.error)
             return
@@ -196,7 +196,7 @@ class PersonaService:
             try:
                 changed = self.engine.refresh()
             except Exception as exc:
-                self.refresh_error = _describe(exc)
+                self.refresh_error = describe(exc)
                 _refreshes("failed").inc()
                 logger.error("refresh failed, serving the loaded models: %s", self.refresh_error)
                 continue
@@ -251,7 +251,7 @@ class PersonaService:
             return None
         fields = [f"{where}identifier.type" for where, _ in bad]
         detail = "; ".join(f"{f}: unknown identifier type {t!r}" for f, (_, t) in zip(fields[:10], bad))
-        return _invalid(fields, f"{detail} (known: {', '.join(sorted(types))})")
+        return invalid(fields, f"{detail} (known: {', '.join(sorted(types))})")
 
     def _check_categories(self, events: Sequence[Event]) -> JSONResponse | None:
         """A 422 naming each event category the loaded interest model does not know (none checked without one)."""
@@ -262,7 +262,7 @@ class PersonaService:
             return None
         fields = [f"events.{i}.category" for i, _ in bad]
         detail = "; ".join(f"{f}: unknown category {c!r}" for f, (_, c) in zip(fields[:10], bad))
-        return _invalid(fields, f"{detail} (known: {', '.join(sorted(known))})")
+        return invalid(fields, f"{detail} (known: {', '.join(sorted(known))})")
 
     async def _answer(self, work: Awaitable[Response]) -> Response:
         """The engine's exceptions as JSON answers: 404 unknown customer, 422 invalid request, 503 a backend is down
@@ -270,15 +270,15 @@ class PersonaService:
         try:
             return await work
         except Gone as exc:
-            return _json(410, {"error": "gone", "detail": str(exc)})
+            return json_answer(410, {"error": "gone", "detail": str(exc)})
         except NotFound as exc:
-            return _json(404, {"error": "not found", "detail": str(exc)})
+            return json_answer(404, {"error": "not found", "detail": str(exc)})
         except BadRequest as exc:
-            return _invalid([], str(exc))
+            return invalid([], str(exc))
         except Unavailable as exc:
             self._log_unavailable(str(exc))
-            component, detail = _public(str(exc))
-            return _json(503, {"error": "service unavailable", "component": component, "detail": detail},
+            component, detail = public_message(str(exc))
+            return json_answer(503, {"error": "service unavailable", "component": component, "detail": detail},
                          headers={"Retry-After": "5"})
 
     def _log_unavailable(self, message: str) -> None:
@@ -302,7 +302,7 @@ class PersonaService:
         (found,) = await self._profiles([body.customer()])
         if found is None:
             raise self._missing(body)
-        return _json(200, found)
+        return json_answer(200, found)
 
     async def score(self, body: ScoreRequest) -> Response:
         """Profiles of many customers at once; an unknown one gets {"error": "not found"} in its place."""
@@ -317,7 +317,7 @@ class PersonaService:
                                             "detail": str(missing[i])}
                    for i, p in enumerate(found)]
         n = sum(p is not None for p in found)
-        return _json(200, {"results": results, "found": n, "not_found": len(found) - n})
+        return json_answer(200, {"results": results, "found": n, "not_found": len(found) - n})
 
     async def recommend(self, body: RecommendRequest) -> Response:
         """Top-n categories by propensity, leaving out those bought in the last `exclude_days` days."""
@@ -332,7 +332,7 @@ class PersonaService:
                                                                          exclude_days=body.exclude_days))
         except NotFound:
             raise self._missing(body) from None
-        return _json(200, out)
+        return json_answer(200, out)
 
     async def events(self, body: EventsRequest) -> Response:
         """Apply behaviour events to the real-time features online (the next profile read sees them). Timestamps
@@ -349,27 +349,27 @@ class PersonaService:
             c = e.customer()
             rows.append({"persona_id": c.persona_id, "id_type": c.id_type, "value": c.value, "hashed": c.hashed,
                          "event_type": e.event_type, "category": e.category,
-                         "timestamp": _utc(e.timestamp).isoformat() if e.timestamp else None})
+                         "timestamp": as_utc(e.timestamp).isoformat() if e.timestamp else None})
         engine = self._engine()
         out = await self._call("events", lambda: engine.ingest_events(rows))
-        return _json(200, out)
+        return json_answer(200, out)
 
     async def status(self) -> Response:
         """What this worker serves: models, tag snapshot, last refresh and errors (which backend failed: the log has
         the driver's message and the store's address)."""
         engine = self.engine
         body = {"ready": engine is not None and engine.scorer is not None,
-                "error": _public(self.error)[1] if self.error else None,
-                "refresh_error": _public(self.refresh_error)[1] if self.refresh_error else None,
+                "error": public_message(self.error)[1] if self.error else None,
+                "refresh_error": public_message(self.refresh_error)[1] if self.refresh_error else None,
                 "refreshed_at": self.refreshed_at, "started": self.started,
                 "reload_seconds": self.cfg.serving.reload_seconds, "workspace": str(self.ws.root),
                 "pid": os.getpid(), **(engine.ready() if engine else {})}
-        return _json(200, _scrub(body))
+        return json_answer(200, scrub(body))
 
     async def docs(self, request: Request) -> Response:
         """Swagger UI over /v1/openapi.json, with the Swagger UI files BentoML ships (no CDN needed)."""
         if not self.cfg.serving.docs:
-            return _json(404, {"error": "not found", "detail": "the API docs are off (serving.docs: false)"})
+            return json_answer(404, {"error": "not found", "detail": "the API docs are off (serving.docs: false)"})
         root = request.scope.get("root_path", "").rstrip("/")
         return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API docs",
                                    swagger_js_url=f"{STATIC}/swagger-ui-bundle.js",
@@ -386,7 +386,7 @@ class PersonaService:
         try:
             await asyncio.wait_for(self._call("probe", engine.probe), PROBE_TIMEOUT_S)
         except (Unavailable, asyncio.TimeoutError) as exc:
-            logger.warning("not ready: %s", _describe(exc) if isinstance(exc, Unavailable) else
+            logger.warning("not ready: %s", describe(exc) if isinstance(exc, Unavailable) else
                            f"online store did not answer within {PROBE_TIMEOUT_S} s")
             return False
         return True
@@ -412,32 +412,32 @@ def _service() -> PersonaService:
     return get_current_service()
 
 
-@app.post("/profile", responses=_responses(404, 410, 413, 422, 503))
+@app.post("/profile", responses=responses(404, 410, 413, 422, 503))
 async def profile(body: CustomerRef) -> Response:
     """Rule tags, model tags with scores and bands, top interests and model versions of one customer."""
     return await _service().profile(body)
 
 
-@app.post("/score", responses=_responses(413, 422, 503))
+@app.post("/score", responses=responses(413, 422, 503))
 async def score(body: ScoreRequest) -> Response:
     """Profiles of many customers at once; an unknown one gets {"error": "not found"} in its place."""
     return await _service().score(body)
 
 
-@app.post("/recommend", responses=_responses(404, 410, 413, 422, 503))
+@app.post("/recommend", responses=responses(404, 410, 413, 422, 503))
 async def recommend(body: RecommendRequest) -> Response:
     """Top-n categories by propensity, leaving out those bought in the last `exclude_days` days."""
     return await _service().recommend(body)
 
 
-@app.post("/events", responses=_responses(404, 413, 422, 503))
+@app.post("/events", responses=responses(404, 413, 422, 503))
 async def events(body: EventsRequest) -> Response:
     """Apply behaviour events to the real-time features online (the next profile read sees them). Timestamps
     must lie within serving.event_max_age_days before now and serving.event_future_seconds after it."""
     return await _service().events(body)
 
 
-@app.get("/status", responses=_responses())
+@app.get("/status", responses=responses())
 async def status() -> Response:
     """What this worker serves: models, tag snapshot, last refresh and errors (which backend failed: the log has
     the driver's message and the store's address)."""

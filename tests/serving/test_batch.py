@@ -15,7 +15,6 @@ from persona.workspace import SALT_VAR, Workspace
 from rules import history
 from rules.tags import TagSet
 from features import model_tags, offline
-from serving import scoring
 from serving.batch import rescore
 from training import tracking
 

@@ -9,7 +9,6 @@ import datetime as dt
 import json
 import logging
 import re
-import shutil
 import time
 import tracemalloc
 import uuid
@@ -455,7 +454,7 @@ def test_a_503_names_the_store_but_not_its_credentials(client, caplog):
     ("KeyError: 'redis://:pw@cache:6379/0'", "engine", "KeyError"),
 ])
 def test_503_details_say_what_to_do_without_addresses(message, component, says):
-    named, detail = middleware._public(message)
+    named, detail = middleware.public_message(message)
     assert named == component and says in detail
     assert not re.search(r"hunter2|root|10\.0\.0\.9|3306|:pw@|cache:6379|OperationalError", detail)
 

@@ -318,7 +318,7 @@ def test_api_key_is_read_from_the_configured_variable(tmp_path, monkeypatch):
     monkeypatch.setenv(process.WORKSPACE_VAR, str(tmp_path))
     monkeypatch.setenv("SHOP_KEY", "k")
     monkeypatch.delenv("PERSONA_API_KEY", raising=False)
-    assert middleware._api_key() == b"k"
+    assert middleware.api_key() == b"k"
 
 
 @pytest.mark.slow
