@@ -202,6 +202,7 @@ def prepare(source: Path, into: Path) -> Path:
     """Copy the workspace (never touched in place) and bring the copy to what a production user serves: rescored when
     it has no tag snapshot or one of other rules or models than it would serve now, its latest tags pushed online
     again when the online rows are not those of its last rescore."""
+    from features import online_reader
     from features import store as feature_store
     from persona.workspace import Workspace
     from rules import catalog, history
@@ -220,7 +221,7 @@ def prepare(source: Path, into: Path) -> Path:
         rescore(ws)
         return target
     pid = str(history.read(ws, columns=["persona_id"])["persona_id"].iloc[0])
-    reader = feature_store.OnlineReader(feature_store.open_store(ws, ws.config()))
+    reader = online_reader.OnlineReader(feature_store.open_store(ws, ws.config()))
     row = reader.fetch([pid], [], tags=[scoring.SCORED_AT, scoring.PACKED]).tags
     if row[scoring.PACKED][0] is None or row[scoring.SCORED_AT][0] != meta.get("created"):
         print("pushing the latest tags online again (the online rows are not those of the last rescore)", flush=True)

@@ -5,7 +5,7 @@ One contract for training and serving: a model of tag T reads the FeatureService
 The definitions live in `feature_repo/definitions.py`; the infrastructure only in the rendered feature_store.yaml,
 whose commented templates are `feature_repo/feature_store.<profile>.yaml`. Everything here goes through Feast's public
 API; what needs its internals (the direct online reader, the materialisation marker, deleting personas, fail-fast
-Redis calls) is `features.online_reader`, with a version check, and is used through the names imported below.
+Redis calls) is `features.online_reader`, with a version check; its callers import it directly.
 """
 
 from __future__ import annotations
@@ -27,15 +27,7 @@ import pyarrow.parquet as pq
 
 from feature_repo import definitions as defs
 from features import feature_log, model_tags
-from features.online_reader import (  # noqa: F401  (Feast's internals live there; used through this module too)
-    MARKER_KEY,
-    MARKER_TABLE,
-    OnlineReader,
-    delete_personas,
-    fail_fast,
-    read_marker,
-    write_marker,
-)
+from features.online_reader import read_marker, write_marker
 from persona.config import PersonaConfig
 from persona.workspace import Workspace, read_json, write_json_atomic, write_text_atomic
 

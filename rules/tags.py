@@ -8,6 +8,7 @@ with the statistics of the last batch run. Tag sets are built by `rules.loading.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,12 @@ class TagSet:
 
     def __len__(self) -> int:
         return len(self.tags)
+
+    def subset(self, ids) -> TagSet:
+        """The same tag definitions, only those of `ids` (in this set's dependency order): each is computed by the
+        same code from the same inputs. The caller names every tag a kept tag reads."""
+        keep = set(ids)
+        return dataclasses.replace(self, tags=[t for t in self.tags if t.id in keep])
 
     def inputs(self) -> set[str]:
         """The input columns the tags read."""

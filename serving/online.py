@@ -47,6 +47,7 @@ import pandas as pd
 from feature_repo import definitions as defs
 from features import eventlog, feature_log
 from features import store as feature_store
+from features import online_reader
 from persona.workspace import Workspace
 from rules import catalog, history
 from serving import scoring
@@ -93,7 +94,7 @@ class Live:
 
     scorer: scoring.Scorer
     catalog: dict[str, dict]
-    reader: feature_store.OnlineReader  # the views registered when the scorer was built
+    reader: online_reader.OnlineReader  # the views registered when the scorer was built
     batch: scoring.Batch = scoring.Batch(None, None)
 
     @functools.cached_property
@@ -171,7 +172,7 @@ class OnlineEngine:
         self.identity = IdentityIndex.load(ws, self.cfg)
         self._identity_stamp = self._identity_source()
         self.store = feature_store.open_store(ws, self.cfg, serving=True)
-        feature_store.fail_fast(self.store)
+        online_reader.fail_fast(self.store)
         self.store_name = f"online store ({self.store.config.online_store.type})"
         self._expected = self._expected_marker()
         self._store_problem: str | None = None  # "empty" / "stale" while the online store needs a rebuild
@@ -262,7 +263,7 @@ class OnlineEngine:
                 logger.error("cannot load champion versions %s: %s: %s", versions, type(exc).__name__, exc)
                 raise Unavailable(f"model registry: cannot load champion versions {versions} "
                                   f"({type(exc).__name__})") from None
-            reader = feature_store.OnlineReader(self.store)
+            reader = online_reader.OnlineReader(self.store)
             tagset = catalog.load_rules(self.ws, self.cfg, [*reader.columns, *models.outputs()])
             scorer = scoring.Scorer(models, tagset, meta.get("stats", {}), as_of=date)
             catalog_ = {c["id"]: c for c in tagset.catalog()}
@@ -333,7 +334,7 @@ class OnlineEngine:
         return out
 
     # --- scoring -------------------------------------------------------------------------------------------
-    def _fetch(self, reader: feature_store.OnlineReader, persona_ids: Sequence[str], views: Sequence[str] | None,
+    def _fetch(self, reader: online_reader.OnlineReader, persona_ids: Sequence[str], views: Sequence[str] | None,
                *, tags: bool = False):
         """One read of the online store (`OnlineReader.fetch`) behind a circuit breaker, refused unless the store
         holds the workspace's last load."""
@@ -358,7 +359,7 @@ class OnlineEngine:
         self._store_problem = None
         return rows
 
-    def features(self, reader: feature_store.OnlineReader, persona_ids: Sequence[str],
+    def features(self, reader: online_reader.OnlineReader, persona_ids: Sequence[str],
                  views: Sequence[str] | None = None) -> tuple[scoring.MatrixColumns, np.ndarray]:
         """({feature: float64 values (NaN = no value)} of `views` (default all), found: bool per persona)."""
         rows = self._fetch(reader, persona_ids, views)

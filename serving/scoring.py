@@ -13,7 +13,7 @@ features.
 from __future__ import annotations
 
 import collections
-import dataclasses
+
 import functools
 import hashlib
 import json
@@ -274,7 +274,7 @@ class Scorer:
         tagset = None
         if again:
             # the same tag definitions, fewer of them: each tag is computed by the same code from the same inputs
-            tagset = dataclasses.replace(self.tagset, tags=[t for t in self.tagset.tags if t.id in needed])
+            tagset = self.tagset.subset(needed)
         full = len(rerun) == len(self.models.models) and len(again) == len(self._rules) - len(
             [tid for tid, _, _ in self._rules if tid in outputs])
         return Plan(ModelSet(rerun), tuple(again), tagset, full)

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features import store as feature_store
+from features import online_reader
 from persona.workspace import KEEP_RUNS, Workspace
 from rules import history
 
@@ -252,7 +253,7 @@ def check_features(ws: Workspace, report: dict, before: dict, new_personas: set[
 
     # The online store answers for the new customers.
     store = feature_store.open_store(ws, ws.config())
-    reader = feature_store.OnlineReader(store)
+    reader = online_reader.OnlineReader(store)
     _, found = reader.read(sorted(new_personas))
     assert found.all(), f"{where}: the online store has no features for new personas {sorted(new_personas)}"
     churn = feature_store.online_features(store, "churn_risk_v1", sorted(new_personas))

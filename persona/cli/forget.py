@@ -14,7 +14,7 @@ the person is looked up, go last):
 - every run folder under integrated/runs: transactions, events, interactions, profiles, lineage, identity_hashed,
   their rows of quarantine.parquet, aliases and identity_map; run folders a crash left half-built are deleted;
 - feature snapshots (features/offline/*.parquet), every dated tag snapshot (through `rules.history`), the online
-  store (`features.store.delete_personas`) and the event log (`features.eventlog.forget`).
+  store (`features.online_reader.delete_personas`) and the event log (`features.eventlog.forget`).
 
 Kept, and why:
 - state/forgotten.parquet (id_type, value_hash, erasure_id): the salted hashes of their identifiers. Staging drops
@@ -49,17 +49,13 @@ import pyarrow.parquet as pq
 
 from features.integration import run as integration
 from features.integration import standardise as std
+from features import eventlog, online_reader
 from features import store as feature_store
 from features.integration.ingest import carries
 from persona import workspace
 from persona.config import PersonaConfig
 from persona.workspace import Workspace, read_json, write_json_atomic, write_parquet_atomic, write_text_atomic
 from rules import history
-
-try:  # being written beside this module; until it lands, the event log is reported as not reached
-    from features import eventlog
-except ImportError:  # pragma: no cover - depends on the checkout
-    eventlog = None  # type: ignore[assignment]
 
 ERASURES = "erasures.jsonl"  # state/: the erasure log, without personal data
 ACTIVITY = ("transactions", "events", "interactions")
@@ -155,27 +151,20 @@ def forget(ws: Workspace, *, identifier: tuple[str, str] | None = None, persona_
     _remember(ws, person, erasure_id)
 
     removed: dict = {}
-    not_reached: list[str] = []
     removed["staging"], quarantined = _forget_staged(ws, cfg, salt, person)
     removed["integrated"] = _forget_published(ws, person, quarantined)
     removed["features"] = _forget_features(ws, person)
     removed["tags"] = _forget_tags(ws, person)
 
-    # Guarded until the lead's functions land in every checkout: what is not reached is reported, not skipped silently.
     removed["online_store"] = removed["event_log"] = 0
-    delete_online = getattr(feature_store, "delete_personas", None)
-    if person.found and delete_online is None:
-        not_reached.append("online store (features.store.delete_personas is not available)")
-    elif person.found and delete_online and (cfg.store.profile != "embedded" or feature_store.store_dir(ws).is_dir()):
-        removed["online_store"] = int(delete_online(feature_store.open_store(ws, cfg), person.persona_ids))
-    forget_events = getattr(eventlog, "forget", None)
-    if person.found and forget_events is None:
-        not_reached.append("event log (features.eventlog.forget is not available)")
-    elif person.found and forget_events:
-        removed["event_log"] = int(forget_events(ws, cfg, person.persona_ids))
+    if person.found and (cfg.store.profile != "embedded" or feature_store.store_dir(ws).is_dir()):
+        removed["online_store"] = int(online_reader.delete_personas(feature_store.open_store(ws, cfg),
+                                                                    person.persona_ids))
+    if person.found:
+        removed["event_log"] = int(eventlog.forget(ws, cfg, person.persona_ids))
 
     removed["identity"] = _forget_identity(ws, person)  # last: until here a re-run finds the person again
-    done = {**record, "found": person.found, "removed": removed, "not_reached": not_reached}
+    done = {**record, "found": person.found, "removed": removed}
     _log(ws, {**done, "at": pd.Timestamp.now(tz="UTC").isoformat(), "status": "done"})
     return done
 

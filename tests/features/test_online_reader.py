@@ -29,7 +29,7 @@ def load(applied: Applied) -> pd.Timestamp:
     now = pd.Timestamp.now(tz="UTC").floor("s")
     fs.push_realtime(applied.store, pd.DataFrame({"persona_id": ["a"], "event_timestamp": [now],
                                                   "rt_views_1h": [7.5]}))
-    fs.write_marker(applied.store, {"generation": 3})
+    online_reader.write_marker(applied.store, {"generation": 3})
     return now
 
 
@@ -39,7 +39,7 @@ def micros(ts: pd.Timestamp) -> int:
 
 def check_reader_paths(applied: Applied) -> None:
     now = load(applied)
-    fast, public = fs.OnlineReader(applied.store), fs.OnlineReader(applied.store, internals=False)
+    fast, public = online_reader.OnlineReader(applied.store), online_reader.OnlineReader(applied.store, internals=False)
     assert fast.kind == applied.store.config.online_store.type and public.kind == "public"
     assert fast.tag_columns == public.tag_columns == {"churn_risk": "number", "band": "string"}
     for views, tags in [(None, True), (["realtime"], ["band"]), ([], False)]:
@@ -76,12 +76,12 @@ def check_delete(applied: Applied, *, internals: bool, monkeypatch) -> None:
     load(applied)
     if not internals:
         monkeypatch.setattr(feast, "__version__", "0.99.0")
-    assert fs.delete_personas(applied.store, ["a"]) > 0
-    rows = fs.OnlineReader(applied.store).fetch(["a", "b"], None, tags=True)
+    assert online_reader.delete_personas(applied.store, ["a"]) > 0
+    rows = online_reader.OnlineReader(applied.store).fetch(["a", "b"], None, tags=True)
     assert np.isnan(rows.matrix[0]).all() and not np.isnan(rows.matrix[1]).all()
     assert rows.found.tolist() == [False, True] and rows.tags["band"] == [None, None]
     assert rows.tags["churn_risk"][0] is None
-    assert fs.OnlineReader(applied.store).read(["a", "b"])[1].tolist() == [False, True]
+    assert online_reader.OnlineReader(applied.store).read(["a", "b"])[1].tolist() == [False, True]
 
 
 def test_the_direct_read_and_the_public_fallback_give_the_same(tmp_path):
@@ -91,11 +91,11 @@ def test_the_direct_read_and_the_public_fallback_give_the_same(tmp_path):
 def test_another_feast_version_takes_the_public_path_saying_so_once(tmp_path, monkeypatch, caplog):
     applied = build(tmp_path, make_config(), groups=("attributes", "realtime"))
     load(applied)
-    want = fs.OnlineReader(applied.store).fetch(PEOPLE, None, tags=True, marker=True)
+    want = online_reader.OnlineReader(applied.store).fetch(PEOPLE, None, tags=True, marker=True)
     monkeypatch.setattr(feast, "__version__", "0.99.0")
     monkeypatch.setattr(online_reader, "_warned", set())
     with caplog.at_level(logging.WARNING, logger="persona.features"):
-        readers = [fs.OnlineReader(applied.store) for _ in range(3)]
+        readers = [online_reader.OnlineReader(applied.store) for _ in range(3)]
     said = [r.getMessage() for r in caplog.records if "feast 0.99.0" in r.getMessage()]
     assert len(said) == 1 and "written for feast 0.67.x" in said[0] and "get_online_features" in said[0]
     got = readers[0].fetch(PEOPLE, None, tags=True, marker=True)

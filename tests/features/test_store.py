@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features import store as fs
+from features import online_reader
 from persona.config import PersonaConfig, parse_config
 from persona.workspace import Workspace
 
@@ -170,8 +171,8 @@ def online(applied: Applied, personas, service="churn_risk_v1") -> pd.DataFrame:
     assert got["persona_id"].tolist() == list(personas)
     assert list(got.columns) == ["persona_id", *features_of(SERVICES[service])]
     # the serving path's direct read gives the same values (NaN where Feast answers None)
-    matrix, found = fs.OnlineReader(applied.store).read(personas)
-    fast = fs.OnlineReader(applied.store).frame(personas)
+    matrix, found = online_reader.OnlineReader(applied.store).read(personas)
+    fast = online_reader.OnlineReader(applied.store).frame(personas)
     assert fast["persona_id"].tolist() == list(personas) and matrix.dtype == np.float64
     for name in got.columns[1:]:
         want = pd.to_numeric(got[name], errors="raise").astype("float64").to_numpy()

@@ -17,6 +17,7 @@ import yaml
 from sqlalchemy import delete, func, select
 
 from features import store as fs
+from features import online_reader
 from persona.workspace import Workspace
 from tests.features.test_online_reader import check_delete, check_reader_paths
 from tests.features.test_store import (
@@ -49,7 +50,7 @@ def _drop_project(applied: Applied) -> None:
         conn.execute(delete(history).where(history.c.project_id == project))
     online = store._get_provider().online_store
     online.delete_entity_values(store.config, ["persona_id"])
-    online._get_client(store.config.online_store).delete(fs.MARKER_KEY + project)  # the marker, this project's own
+    online._get_client(store.config.online_store).delete(online_reader.MARKER_KEY + project)  # the marker, this project's own
 
     with registry.write_engine.connect() as conn:
         left = {t.name: conn.execute(select(func.count()).select_from(t).where(t.c.project_id == project)).scalar()

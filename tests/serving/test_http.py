@@ -282,7 +282,7 @@ def _coalesce(calls: list[list], max_items: int, window_s: float = 0.0,
     return asyncio.run(main()), run.batches
 
 
-@pytest.mark.parametrize("window_s", [0.0, coalescer.COALESCE_WINDOW_S])
+@pytest.mark.parametrize("window_s", [0.0, 0.010])  # no window, and one that gathers callers
 def test_coalescer_gives_each_caller_its_own_results_in_order(window_s):
     calls = [[0], [1, 2], [3], [4, 5, 6], [7, 8, 9, 10, 11, 12], [13], [14, 15]]
     results, batches = _coalesce(calls, max_items=4, window_s=window_s)

@@ -19,6 +19,7 @@ import pytest
 
 from features import eventlog
 from features import store as feature_store
+from features import online_reader
 from persona.workspace import Workspace
 from serving.online import OnlineEngine, Unavailable
 
@@ -164,7 +165,7 @@ def test_lost_online_store_answers_503_then_is_rebuilt_with_the_logged_events(en
 def test_an_older_store_is_stale(engine, workspace):
     state = feature_store.read_json(workspace.state / feature_store.ONLINE_STATE, None)
     store = feature_store.open_store(workspace, workspace.config())
-    feature_store.write_marker(store, {**state, "generation": state["generation"] - 1})
+    online_reader.write_marker(store, {**state, "generation": state["generation"] - 1})
     with pytest.raises(Unavailable, match="stale"):
         engine.probe()
     engine.refresh()
