@@ -41,6 +41,7 @@ from bentoml import get_current_service
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -412,9 +413,20 @@ def _service() -> PersonaService:
     return get_current_service()
 
 
-@app.post("/profile", responses=responses(404, 410, 413, 422, 503))
-async def profile(body: CustomerRef) -> Response:
+# /v1/profile, the call recommendation services make per request, reads its body itself: pydantic parses and validates
+# the bytes in one pass (FastAPI would decode the JSON to Python objects, solve the route's dependencies, then
+# validate those), with the same errors, answered by the same handler; the schema documents the same body.
+_PROFILE_BODY = {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/CustomerRef"}}}}
+
+
+@app.post("/profile", responses=responses(404, 410, 413, 422, 503), openapi_extra={"requestBody": _PROFILE_BODY})
+async def profile(request: Request) -> Response:
     """Rule tags, model tags with scores and bands, top interests and model versions of one customer."""
+    try:
+        body = CustomerRef.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
     return await _service().profile(body)
 
 
