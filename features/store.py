@@ -26,7 +26,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from feature_repo import definitions as defs
-from features import feature_log, model_tags
+from features import feature_log, model_tags, online_writer
 from features.online_reader import read_marker, write_marker
 from persona.config import PersonaConfig
 from persona.workspace import Workspace, read_json, write_json_atomic, write_text_atomic
@@ -218,13 +218,23 @@ def materialize(store: feast.FeatureStore, end: datetime, *, first_start: dateti
             incremental.append(view)
             start, mode = _utc(last), "incremental"
         report["views"][view.name] = {"mode": mode, "start": start.isoformat(), "rows": _rows_between(view, start, end)}
-    # Feast prints the views it materialises to stdout; a library must not write there (`persona features --json`
-    # prints JSON), and the report returned says the same per view.
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        if full:
-            store.materialize(start_date=begin, end_date=end, feature_views=[v.name for v in full])
-        if incremental:
-            store.materialize_incremental(end_date=end, feature_views=[v.name for v in incremental])
+    if online_writer.usable(store):
+        # the same rows as Feast's materialisation (each persona's latest in the window), written in Feast's layout by
+        # the bulk writer, then recorded as materialised in the registry as Feast records it
+        for view in [*full, *incremental]:
+            start = datetime.fromisoformat(report["views"][view.name]["start"])
+            online_writer.write(store, view, online_writer.latest_rows(view, start, end))
+            store.registry.apply_materialization(view, store.project, start, end, commit=True)
+        report["path"] = "bulk"
+    else:
+        # Feast prints the views it materialises to stdout; a library must not write there (`persona features
+        # --json` prints JSON), and the report returned says the same per view.
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            if full:
+                store.materialize(start_date=begin, end_date=end, feature_views=[v.name for v in full])
+            if incremental:
+                store.materialize_incremental(end_date=end, feature_views=[v.name for v in incremental])
+        report["path"] = "feast"
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report
 
@@ -398,9 +408,10 @@ def push_tags(store: feast.FeatureStore, frame: pd.DataFrame, when: datetime, *,
                           defs.TIMESTAMP: pd.Timestamp(_utc(when)), defs.CREATED: pd.Timestamp.now(tz="UTC")})
     for c, kind in columns.items():
         rows[c] = rows[c].astype("float64") if kind == "number" else rows[c].astype(object).where(rows[c].notna(), None)
+    # not from the registry cache: a view applied a moment ago was seen missing there under load
+    fv = store.get_feature_view(defs.TAGS_VIEW, allow_registry_cache=False)
     for start in range(0, len(rows), chunk):
-        # not from the registry cache: a view applied a moment ago was seen missing there under load
-        store.write_to_online_store(defs.TAGS_VIEW, rows.iloc[start:start + chunk], allow_registry_cache=False)
+        online_writer.write(store, fv, rows.iloc[start:start + chunk])
         if progress:
             progress("pushing tags online", min(1.0, (start + chunk) / max(len(rows), 1)))
     return {"view": defs.TAGS_VIEW, "rows": int(len(rows)), "columns": len(columns),
