@@ -320,6 +320,23 @@ class ScheduleConfig(Strict):
     _tz = field_validator("timezone")(lambda cls, v: _check_timezone(v))
 
 
+class SparkConfig(Strict):
+    """`engine: spark`: the Spark cluster the batch work runs on (pyspark 4 and Java 17+, the `persona[spark]` extra)."""
+
+    master: str = Field("local[*]", description="local[N], spark://host:7077, k8s://https://host:443, or yarn")
+    app_name: str = Field("persona", description="the Spark application name")
+    conf: dict[str, str] = Field(default_factory=dict,
+                                 description="Spark settings passed as they are (spark.executor.memory: 8g, ...)")
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _text_values(cls, value: object) -> object:
+        # YAML reads `spark.executor.instances: 4` as a number; Spark settings are text
+        if isinstance(value, dict):
+            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return value
+
+
 class PersonaConfig(Strict):
     """The whole persona.yaml."""
 
@@ -341,6 +358,9 @@ class PersonaConfig(Strict):
     tags: TagsConfig = TagsConfig()
     serving: ServingConfig = ServingConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    engine: Literal["duckdb", "spark"] = Field(
+        "duckdb", description="duckdb: embedded, nothing to install; spark: the batch work on the `spark` cluster")
+    spark: SparkConfig = SparkConfig()
 
     _tz = field_validator("timezone")(lambda cls, v: _check_timezone(v))
 

@@ -1,0 +1,70 @@
+"""The batch engine of a workspace: `engine: duckdb` (the default: embedded, nothing to install) or `engine: spark`.
+
+The Spark engine is optional: pyspark 4 (`pip install 'persona[spark]'`) and Java 17 or later where the driver runs.
+Without them the default path is untouched (nothing here imports pyspark until a Spark session is asked for), and a
+workspace set to Spark gets one error naming what is missing and how to get it, before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from persona.config import PersonaConfig, SparkConfig
+
+MIN_JAVA = 17
+
+
+class EngineUnavailable(RuntimeError):
+    """`engine: spark` is set but this machine cannot start Spark; the message says what is missing."""
+
+
+def java_version() -> int | None:
+    """The major version of the `java` Spark would start ($JAVA_HOME/bin/java, else the PATH's), None if none."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java or not Path(java).exists():
+        return None
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not found:
+        return None
+    major = int(found.group(1))
+    return int(found.group(2) or 0) if major == 1 else major  # "1.8.0" is Java 8
+
+
+def check_spark() -> None:
+    """Raise EngineUnavailable unless pyspark 4 imports and Java 17+ is there."""
+    try:
+        import pyspark
+    except ImportError:
+        raise EngineUnavailable("engine: spark needs pyspark 4 (pip install 'persona[spark]'), which is not "
+                                "installed; or set engine: duckdb in persona.yaml") from None
+    if int(pyspark.__version__.split(".")[0]) < 4:
+        raise EngineUnavailable(f"engine: spark needs pyspark 4 or later; pyspark {pyspark.__version__} is installed")
+    version = java_version()
+    if version is None:
+        raise EngineUnavailable("engine: spark needs Java 17 or later, and no `java` was found ($JAVA_HOME or "
+                                "PATH); install a JDK 17 (apt-get install openjdk-17-jre-headless) or set engine: "
+                                "duckdb in persona.yaml")
+    if version < MIN_JAVA:
+        raise EngineUnavailable(f"engine: spark needs Java {MIN_JAVA} or later; the java found is version {version}")
+
+
+def spark_session(spark: SparkConfig | PersonaConfig):
+    """The Spark session of the settings (`spark:` of persona.yaml), created once per process and reused."""
+    settings = spark.spark if isinstance(spark, PersonaConfig) else spark
+    check_spark()
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.master(settings.master).appName(settings.app_name)
+    conf = {"spark.sql.session.timeZone": "UTC", "spark.ui.showConsoleProgress": "false", **settings.conf}
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()

@@ -1,0 +1,51 @@
+"""The engine setting: duckdb by default, spark with its cluster settings; a Spark setting on a machine without
+pyspark or Java 17 gets one error naming what is missing (pyspark and java hidden here, whatever is installed)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from persona import engine
+from persona.config import ConfigError, parse_config
+from tests.features.test_store import MINIMAL_CONFIG
+
+
+def test_the_default_engine_is_duckdb_and_spark_settings_are_read():
+    assert parse_config(MINIMAL_CONFIG).engine == "duckdb"
+    cfg = parse_config({**MINIMAL_CONFIG, "engine": "spark", "spark": {
+        "master": "spark://head:7077", "conf": {"spark.executor.instances": 4, "spark.dynamicAllocation.enabled": True}}})
+    assert cfg.engine == "spark" and cfg.spark.master == "spark://head:7077"
+    assert cfg.spark.conf == {"spark.executor.instances": "4", "spark.dynamicAllocation.enabled": "true"}
+
+
+def test_an_unknown_engine_is_refused_by_name():
+    with pytest.raises(ConfigError, match="engine"):
+        parse_config({**MINIMAL_CONFIG, "engine": "hadoop"})
+
+
+def test_without_pyspark_the_error_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyspark", None)  # import pyspark now raises ImportError
+    with pytest.raises(engine.EngineUnavailable, match=r"persona\[spark\]"):
+        engine.check_spark()
+
+
+def test_without_java_the_error_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
+    assert engine.java_version() is None
+    pytest.importorskip("pyspark")
+    with pytest.raises(engine.EngineUnavailable, match="Java 17"):
+        engine.check_spark()
+
+
+def test_an_old_java_is_named(monkeypatch, tmp_path):
+    fake = tmp_path / "jdk" / "bin" / "java"
+    fake.parent.mkdir(parents=True)
+    fake.write_text('#!/bin/sh\necho \'openjdk version "11.0.2" 2019-01-15\' >&2\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
+    assert engine.java_version() == 11
+    pytest.importorskip("pyspark")
+    with pytest.raises(engine.EngineUnavailable, match="version 11"):
+        engine.check_spark()
