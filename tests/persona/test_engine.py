@@ -49,3 +49,18 @@ def test_an_old_java_is_named(monkeypatch, tmp_path):
     pytest.importorskip("pyspark")
     with pytest.raises(engine.EngineUnavailable, match="version 11"):
         engine.check_spark()
+
+
+def test_a_spark_workspace_without_java_stops_before_any_work(tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from persona.cli.commands import app
+
+    pytest.importorskip("pyspark")
+    (tmp_path / "persona.yaml").write_text(yaml.safe_dump({**MINIMAL_CONFIG, "engine": "spark"}))
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
+    result = CliRunner().invoke(app, ["integrate", "-w", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "Java 17" in result.output
+    assert not (tmp_path / "staging").exists()  # nothing was staged
