@@ -128,24 +128,6 @@ def generate(folder: Path, n: int, seed: int) -> dict:
 
 
 # --- the store -----------------------------------------------------------------------------------------------------
-def servers_down(redis_address: str, registry_url: str) -> list[str]:
-    import psycopg
-    import redis
-    from sqlalchemy.engine import make_url
-
-    down = []
-    host, _, port = redis_address.split(",")[0].partition(":")
-    try:
-        redis.Redis(host=host, port=int(port or 6379), socket_connect_timeout=2, socket_timeout=2).ping()
-    except (redis.RedisError, OSError) as exc:
-        down.append(f"Redis at {redis_address} ({exc})")
-    url = make_url(registry_url)
-    try:
-        psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False),
-                        connect_timeout=2).close()
-    except psycopg.Error as exc:
-        down.append(f"PostgreSQL at {url.render_as_string(hide_password=True)} ({str(exc).strip()})")
-    return down
 
 
 def open_workspace(root: Path, data: Path, kind: str, args) -> tuple:
@@ -511,7 +493,9 @@ def main() -> int:
         results["stores"] = {}
         for kind in stores:
             if kind == "redis":
-                down = servers_down(args.redis, args.registry_url)
+                from persona.servers import unreachable
+
+                down = unreachable(args.redis, args.registry_url)
                 if down:
                     print(f"redis: skipped, {'; '.join(down)}", flush=True)
                     results["stores"][kind] = {"skipped": down}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from persona.servers import unreachable
 from persona.workspace import SALT_VAR
 
 
@@ -25,27 +26,6 @@ def salt(monkeypatch) -> str:
 REQUIRE_SERVERS_VAR = "PERSONA_REQUIRE_SERVERS"
 
 
-def _unreachable(redis_address: str, registry_url: str) -> list[str]:
-    """A line per server that does not answer a real request (PING; SELECT 1), naming it and why."""
-    import psycopg
-    import redis
-    from sqlalchemy.engine import make_url
-
-    down = []
-    host, _, port = redis_address.split(",")[0].partition(":")
-    try:
-        redis.Redis(host=host, port=int(port or 6379), socket_connect_timeout=2, socket_timeout=2).ping()
-    except (redis.RedisError, OSError) as exc:
-        down.append(f"Redis at {redis_address} ({exc})")
-    url = make_url(registry_url)
-    try:
-        psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False),
-                        connect_timeout=2).close()
-    except psycopg.Error as exc:
-        down.append(f"PostgreSQL at {url.render_as_string(hide_password=True)} ({str(exc).strip()})")
-    return down
-
-
 @pytest.fixture(scope="session")
 def production_servers() -> dict[str, str]:
     """The Redis address and PostgreSQL registry URL of the production tests ($PERSONA_REDIS, $PERSONA_REGISTRY_URL
@@ -58,7 +38,7 @@ def production_servers() -> dict[str, str]:
         "redis": os.environ.get("PERSONA_REDIS") or "127.0.0.1:6379",
         "registry_url": os.environ.get("PERSONA_REGISTRY_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test",
     }
-    down = _unreachable(servers["redis"], servers["registry_url"])
+    down = unreachable(servers["redis"], servers["registry_url"])
     if down:
         message = "production servers unreachable: " + "; ".join(down)
         if os.environ.get(REQUIRE_SERVERS_VAR) == "1":
