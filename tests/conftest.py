@@ -1,7 +1,9 @@
 """Shared fixtures: a known hashing salt, no salt leaking in from the developer's environment, and the production
-profile's servers (reachable, or the test is skipped; mandatory in CI)."""
+profile's servers (reachable, or the test is skipped; mandatory in CI), and one local Spark session for the Spark engine's tests
+(Java 17 and pyspark, or the test is skipped; mandatory in CI)."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,38 @@ def production_servers() -> dict[str, str]:
             pytest.fail(f"{message} (${REQUIRE_SERVERS_VAR}=1 makes these tests mandatory)", pytrace=False)
         pytest.skip(f"{message} (start them, or set ${REQUIRE_SERVERS_VAR}=1 to fail instead of skipping)")
     return servers
+
+
+# --- the Spark engine ---------------------------------------------------------------------------------------------
+REQUIRE_SPARK_VAR = "PERSONA_REQUIRE_SPARK"
+# What every Spark test runs on: two local cores, no UI, few shuffle partitions (small data), loopback only.
+SPARK_TEST_CONF = {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4",
+                   "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+
+
+def spark_or_skip() -> None:
+    """Skip the test when Spark cannot start here (no Java 17, no pyspark); fail instead with $PERSONA_REQUIRE_SPARK=1."""
+    from persona import engine
+
+    try:
+        engine.check_spark()
+    except engine.EngineUnavailable as exc:
+        if os.environ.get(REQUIRE_SPARK_VAR) == "1":
+            pytest.fail(f"{exc} (${REQUIRE_SPARK_VAR}=1 makes the Spark tests mandatory)", pytrace=False)
+        pytest.skip(f"{exc} (or set ${REQUIRE_SPARK_VAR}=1 to fail instead of skipping)")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] Spark session for the whole test run (a JVM start costs seconds); stopped at the end."""
+    from persona import engine
+    from persona.config import SparkConfig
+
+    spark_or_skip()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    session = engine.spark_session(SparkConfig(master="local[2]", app_name="persona-tests", conf=SPARK_TEST_CONF))
+    yield session
+    session.stop()
 
 
 # --- a trained workspace ----------------------------------------------------------------------------------------

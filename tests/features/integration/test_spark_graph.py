@@ -17,24 +17,10 @@ import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as scipy_components
 
-from persona import engine
-from persona.config import SparkConfig
+from tests.conftest import spark_or_skip
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def spark():
-    try:
-        engine.check_spark()
-    except engine.EngineUnavailable as exc:
-        pytest.skip(str(exc))
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    session = engine.spark_session(SparkConfig(master="local[2]", app_name="persona-test-graph", conf={
-        "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4", "spark.driver.host": "127.0.0.1"}))
-    yield session
-    session.stop()
 
 
 def _smallest_member(src: np.ndarray, dst: np.ndarray, nodes: np.ndarray) -> dict[int, int]:
@@ -84,10 +70,7 @@ def test_a_long_chain_stars_and_repeats_converge_to_the_smallest_node(spark, tmp
 
 
 def test_nothing_is_collected_to_a_small_driver(tmp_path):
-    try:
-        engine.check_spark()
-    except engine.EngineUnavailable as exc:
-        pytest.skip(str(exc))
+    spark_or_skip()
     script = textwrap.dedent(f"""
         import json, sys
         sys.path.insert(0, {str(ROOT)!r})
