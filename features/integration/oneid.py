@@ -209,7 +209,7 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
     sizes = np.bincount(comp[comp >= 0], minlength=n_nodes) if n_nodes else np.zeros(0, dtype=np.int64)
     big = np.flatnonzero(sizes > cfg.max_component_size)
     if len(big):
-        for c in big[np.argsort(-sizes[big])][:20]:
+        for c in big[np.argsort(-sizes[big], kind="stable")][:20]:  # ties: lowest label first
             members = node_type[comp == c]
             offenders.append({"size": int(sizes[c]),
                               "by_type": {types[r]: int((members == r).sum()) for r in np.unique(members)}})

@@ -1,0 +1,201 @@
+"""Staging on Spark: every new or changed source file read, validated and standardised on the executors, with the
+same code, the same quarantine reasons and the same row accounting as the embedded engine.
+
+`ingest.standardise_file` is a pure function of one file and of the row keys already seen, and its duplicate check
+is the last of its checks. That makes the embedded, file-after-file staging reproducible in three passes:
+
+1. every file is staged on its own, in one Spark task each, as if nothing had been seen (`seen` empty);
+2. Spark joins the row keys those tasks accepted: a key of file i is a duplicate when an earlier file of this run
+   (same source, earlier in the staging order) accepted it, or when a file staged by an earlier run holds it and had
+   not been staged again before file i (the embedded run's `SeenKeys`: every staged file, each replaced once it is
+   staged again, never a file's own earlier version);
+3. the files that hold such keys are staged again with exactly those keys as `seen`, which gives each the
+   quarantine the embedded run gives it (a duplicate is only ever a row that passed every other check).
+
+The executors write the staged Parquet files to a scratch folder of the workspace; the driver receives one small
+row of counts per file and then publishes the files in the embedded engine's order, with the same manifest entries
+and kill point after each. Nothing else reaches the driver. The raw normalised identifiers, which the embedded run
+only keeps in memory, are written to the scratch folder (a restricted area, like the staged quarantine) and removed
+when staging ends.
+
+Exactness: one case differs from the embedded order, and only when a key moves between files that all change at
+once: a key accepted by file j in pass 1, found a duplicate there only because an earlier run's copy of another file
+F held it, and F staged again between j and i without the key. The embedded run then accepts the key in file i;
+pass 2 counts it a duplicate (j had accepted it in pass 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from features.integration.ingest import SourceFileError, read_source_file, standardise_file
+from persona.config import PersonaConfig
+from persona.faults import kill_point
+from persona.workspace import Workspace, write_json_atomic
+
+SCRATCH = "_spark"  # under the staging folder: never a source's name (source names are identifiers)
+FILES = ("rows", "mentions", "quarantine", "identifiers")
+# The staged rows' columns the duplicate pass reads (row_key is a uint64, which Spark reads as a decimal; the
+# timestamps, nanoseconds in these files, are left unread: Spark refuses nanosecond Parquet timestamps).
+_KEYS = "source string, file_id string, row_key decimal(20,0)"
+_RESULT_SCHEMA = ("pos int, error string, read long, accepted long, quarantined long, erased long, reasons string, "
+                  "invalid_identifiers string, unmapped_codes string, unreachable_identifiers string")
+
+
+def scratch_root(ws: Workspace) -> Path:
+    return ws.staging / SCRATCH
+
+
+def stage_files(spark, ws: Workspace, cfg: PersonaConfig, todo: list[tuple], manifest: dict, *, now: pd.Timestamp,
+                salt: str, forgotten: Mapping[str, set[str]] | None, published_flag: str,
+                manifest_path: Path) -> Iterator[pd.DataFrame]:
+    """Stage `todo` ((source, spec, path, relpath, stat, file_id) in the embedded order) on Spark; publish each
+    file's outputs and manifest entry in that order; yield each file's raw identifiers (id_type, value, value_hash).
+
+    A file that cannot be staged at all (SourceFileError) stops the run at its place in the order, after the files
+    before it are published, with the error the embedded engine raises."""
+    if not todo:
+        return
+    shutil.rmtree(scratch_root(ws), ignore_errors=True)  # what a killed run left: it is staged again
+    scratch = scratch_root(ws) / uuid.uuid4().hex[:12]
+    try:
+        first = _stage_pass(spark, ws, cfg, todo, scratch / "pass1", now=now, salt=salt, forgotten=forgotten,
+                            seen_dir=None)
+        failed = first[first["error"].notna()]
+        stop = int(failed["pos"].min()) if len(failed) else len(todo)
+        dups = scratch / "duplicates"
+        holders = _duplicates(spark, ws, todo[:stop], scratch / "pass1", dups)
+        results = {int(r.pos): r for r in first.itertuples(index=False)}
+        if holders:
+            again = [todo[p] for p in holders]
+            second = _stage_pass(spark, ws, cfg, again, scratch / "pass2", now=now, salt=salt, forgotten=forgotten,
+                                 seen_dir=dups, positions=holders)
+            results.update({int(r.pos): r for r in second.itertuples(index=False)})
+        for pos in range(stop):
+            name, spec, path, rel, st, file_id = todo[pos]
+            r = results[pos]
+            where = scratch / ("pass2" if pos in holders else "pass1") / str(pos)
+            _publish(ws, name, file_id, where)
+            manifest.setdefault(name, {})[rel] = {
+                "file_id": file_id, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "read": int(r.read), "accepted": int(r.accepted), "quarantined": int(r.quarantined),
+                "erased": int(r.erased), "reasons": json.loads(r.reasons),
+                "invalid_identifiers": json.loads(r.invalid_identifiers),
+                "unmapped_codes": json.loads(r.unmapped_codes),
+                "unreachable_identifiers": json.loads(r.unreachable_identifiers),
+                published_flag: False,
+            }
+            write_json_atomic(manifest_path, manifest)
+            kill_point("integrate.staged")
+            yield pd.read_parquet(where / "identifiers.parquet")
+        if stop < len(todo):
+            raise SourceFileError(str(results[stop].error))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _stage_pass(spark, ws: Workspace, cfg: PersonaConfig, todo: list[tuple], out: Path, *, now: pd.Timestamp,
+                salt: str, forgotten: Mapping[str, set[str]] | None, seen_dir: Path | None,
+                positions: list[int] | None = None) -> pd.DataFrame:
+    """Stage each file in its own task, writing out/<pos>/{rows,mentions,quarantine,identifiers}.parquet; the
+    per-file counts (small) come back to the driver."""
+    positions = positions if positions is not None else list(range(len(todo)))
+    tasks = pd.DataFrame({"pos": positions, "source": [t[0] for t in todo], "path": [str(t[2]) for t in todo],
+                          "file_id": [t[5] for t in todo]})
+    root, forgotten_sets = str(out), {k: set(v) for k, v in (forgotten or {}).items()}
+    seen_root = None if seen_dir is None else str(seen_dir)
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield pd.DataFrame([_stage_one(cfg, row.source, Path(row.path), row.file_id, int(row.pos),
+                                           Path(root), now=now, salt=salt, forgotten=forgotten_sets,
+                                           seen_root=seen_root)
+                                for row in batch.itertuples(index=False)])  # one row per file, not per record
+
+    frame = spark.createDataFrame(tasks).repartitionByRange(len(tasks), "pos")  # a task per file
+    return frame.mapInPandas(run, _RESULT_SCHEMA).toPandas().sort_values("pos").reset_index(drop=True)
+
+
+def _stage_one(cfg: PersonaConfig, name: str, path: Path, file_id: str, pos: int, root: Path, *,
+               now: pd.Timestamp, salt: str, forgotten: Mapping[str, set[str]], seen_root: str | None) -> dict:
+    """On an executor: stage one file with the embedded code; write its outputs; return its counts."""
+    spec = cfg.sources[name]
+    counts = {"pos": pos, "error": None}
+    try:
+        raw = read_source_file(path, spec)
+    except SourceFileError as exc:
+        return {**counts, "error": str(exc)}
+    seen = np.empty(0, dtype=np.uint64)
+    if seen_root is not None:
+        part = Path(seen_root) / f"pos={pos}"
+        if part.exists():
+            keys = pq.read_table(part, columns=["row_key"])["row_key"]
+            seen = pc.cast(keys, pa.uint64()).to_numpy(zero_copy_only=False)
+    staged = standardise_file(raw, spec, cfg, source=name, file_id=file_id, now=now, seen_row_keys=seen,
+                              salt=salt, forgotten=forgotten)
+    where = root / str(pos)
+    where.mkdir(parents=True, exist_ok=True)
+    for part, frame in zip(FILES, (staged.accepted, staged.mentions, staged.quarantined, staged.identifiers)):
+        frame.to_parquet(where / f"{part}.parquet", index=False, compression="zstd")
+    reasons = staged.quarantined["reason"].str.split(":").str[0].value_counts().to_dict()
+    return {**counts, "read": staged.read, "accepted": len(staged.accepted), "quarantined": len(staged.quarantined),
+            "erased": staged.erased, "reasons": json.dumps({k: int(v) for k, v in reasons.items()}),
+            "invalid_identifiers": json.dumps(staged.invalid_identifiers),
+            "unmapped_codes": json.dumps(staged.unmapped_codes),
+            "unreachable_identifiers": json.dumps(staged.unreachable_identifiers)}
+
+
+def _duplicates(spark, ws: Workspace, todo: list[tuple], pass1: Path, out: Path) -> list[int]:
+    """Write the row keys each file of `todo` must treat as seen (out/pos=N/), per the embedded order; return the
+    positions of the files that have any."""
+    from pyspark.sql import functions as F
+
+    if not todo:
+        return []
+    order = spark.createDataFrame(pd.DataFrame({"pos": range(len(todo)), "source": [t[0] for t in todo],
+                                                "file_id": [t[5] for t in todo]}))
+    files = [str(pass1 / str(p) / "rows.parquet") for p in range(len(todo))]
+    new = (spark.read.schema(_KEYS).parquet(*files)
+           .join(order, ["source", "file_id"]).select("pos", "source", "row_key"))
+    earlier = new.alias("m")
+    found = (new.alias("n").join(earlier, (F.col("n.source") == F.col("m.source"))
+                                 & (F.col("n.row_key") == F.col("m.row_key")) & (F.col("m.pos") < F.col("n.pos")),
+                                 "left_semi")
+             .select("pos", "row_key"))
+    sources = sorted({t[0] for t in todo})
+    old_files = [str(p) for s in sources for p in sorted((ws.staging / s).glob("*.rows.parquet"))]
+    if old_files:
+        # An earlier run's file counts until this run stages it again (and never for its own new version).
+        replaced = order.select("source", "file_id", F.col("pos").alias("replaced_at"))
+        old = (spark.read.schema(_KEYS).parquet(*old_files)
+               .join(replaced, ["source", "file_id"], "left")
+               .fillna({"replaced_at": len(todo)}))
+        held = (new.alias("n").join(order.alias("o"), "pos")
+                .join(old.alias("f"), (F.col("n.source") == F.col("f.source"))
+                      & (F.col("n.row_key") == F.col("f.row_key")) & (F.col("f.file_id") != F.col("o.file_id"))
+                      & (F.col("f.replaced_at") > F.col("n.pos")), "left_semi")
+                .select(F.col("n.pos").alias("pos"), F.col("n.row_key").alias("row_key")))
+        found = found.unionByName(held)
+    found.distinct().write.mode("overwrite").partitionBy("pos").parquet(str(out))
+    return sorted(int(p.name.split("=", 1)[1]) for p in out.glob("pos=*")) if out.exists() else []
+
+
+def _publish(ws: Workspace, name: str, file_id: str, where: Path) -> None:
+    """Move one staged file's outputs into place, each by one rename (as write_parquet_atomic leaves them)."""
+    targets = {"rows": ws.staging / name / f"{file_id}.rows.parquet",
+               "mentions": ws.staging / name / f"{file_id}.mentions.parquet",
+               "quarantine": ws.quarantine / name / f"{file_id}.parquet"}
+    for part, target in targets.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(where / f"{part}.parquet", target)
