@@ -17,19 +17,20 @@ timed). Then per store, each in a child process of its own (so peak RSS is the s
      keys and the floor's scratch keys);
   2. the load: `features.store.materialize(store, end, reload=True)` (the bulk writer, as `online_writer.usable`
      says), wall time; `persona-rows/s` = personas x views / s, `personas/s` = personas (all views) / s. Where the
-     time went is taken by wrapping the writer's functions (DuckDB read, encoding, store writes);
+     time went is taken by wrapping the writer's functions (DuckDB read, encoding, store writes); encoding runs in
+     the writer's worker thread while the main thread writes, so those phases overlap and add up to more than the
+     wall time;
   3. correctness: 200 random personas read back with Feast's `get_online_features` (every feature of every view)
      equal the snapshot values (NaN where missing);
   4. the baseline: Feast's writer, `store.write_to_online_store(view, frame)` for --feast-personas personas (new
      ids) of every view, rows/s; and the bulk writer (`online_writer.write`) on the same rows under other new ids;
   5. the floor: the same number of already-encoded bytes as the load (--floor-personas, default all) written
-     without Feast and without encoding. SQLite: `executemany` of prebuilt (entity_key, feature_name, value,
-     value_text, event_ts, created_ts) tuples with the writer's upsert, into a table of Feast's schema (with its
-     entity_key index) in another file, one transaction per view, rows ordered by (entity key, feature) with a 1 GB
-     page cache (the table's `floor`); also printed: the same in the writer's order with SQLite's default cache.
-     Redis: the writer's HSET commands as prebuilt
-     protocol bytes, 20,000 personas per `send_packed_command` then their replies, under a scratch key suffix
-     deleted afterwards. Only the writes are timed.
+     without Feast and without encoding. SQLite: `executemany` of prebuilt parameters with the writer's statements
+     (a persona's features in one upsert), into a table of Feast's schema (with its entity_key index) in another
+     file, one transaction per view, rows ordered by (entity key, feature) with a 1 GB page cache (the table's
+     `floor`); also printed: the same bytes as one upsert per value (the writer's statement before). Redis: the
+     writer's HSET commands as prebuilt protocol bytes, 20,000 personas per send then their replies read in bulk,
+     under a scratch key suffix deleted afterwards. Only the writes are timed.
 
 Goals (printed met/missed): Redis >= 50,000 persona-rows/s, SQLite >= 20,000 persona-rows/s for the load.
 --profile runs the load under cProfile and writes the top functions to bench/out/online_load_profile_<store>.txt
@@ -56,7 +57,6 @@ import time
 import uuid
 from collections import defaultdict
 from datetime import timedelta
-from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -216,10 +216,11 @@ def instrument(phases: Phases) -> None:
     phases.wrap(ow, "entity_keys", "  entity keys")
     phases.wrap(ow, "encode_values", "  encode values (encode_values)")
     phases.wrap(ow, "_redis_rows", "  redis: newer-than-held check (_redis_rows)")
-    phases.wrap(ow._SqliteSink, "write", "  sqlite: sink.write (times + executemany)")
+    phases.wrap(ow._SqliteSink, "prepare", "  sqlite: parameters (worker thread)")
+    phases.wrap(ow._SqliteSink, "send", "  sqlite: executemany")
     phases.wrap(ow._SqliteSink, "__exit__", "  sqlite: commit")
-    phases.wrap(ow._RedisSink, "write", "  redis: sink.write (commands + send)")
-    phases.wrap(ow, "_send", "    redis: _send (round trips)")
+    phases.wrap(ow._RedisSink, "prepare", "  redis: commands (worker thread)")
+    phases.wrap(ow._RedisSink, "send", "  redis: send + replies")
 
 
 def check_online(store, data: Path, n: int, seed: int) -> dict:
@@ -275,8 +276,9 @@ def feast_writer(store, data: Path, k: int, views: list[str]) -> dict:
             "bulk_rows_per_s": round(rows / bulk_s)}
 
 
-def _encoded_chunks(store, data: Path, view, k: int):
-    """The writer's own encoding of the first k personas of a view, CHUNK_ROWS at a time: (keys, when, encoded)."""
+def _encoded_chunks(store, data: Path, view, k: int, *, text: bool):
+    """The writer's own encoding of the first k personas of a view, CHUNK_ROWS at a time: (keys, when, created,
+    encoded), keys and values as Arrow binary arrays (`text`: with SQLite's value_text)."""
     from feature_repo import definitions as defs
     from features import online_writer as ow
 
@@ -286,20 +288,20 @@ def _encoded_chunks(store, data: Path, view, k: int):
         keys = ow.entity_keys(part[defs.JOIN_KEY].tolist())
         when = ow._micros(part[defs.TIMESTAMP])
         created = ow._micros(part[defs.CREATED])
-        yield keys, when, created, {f.name: ow.encode_values(part[f.name], f.dtype) for f in view.features}
+        yield keys, when, created, {f.name: ow.encode_values(part[f.name], f.dtype, text=text) for f in view.features}
 
 
 def floor_sqlite(store, data: Path, k: int, folder: Path, *, best: bool) -> dict:
-    """Prebuilt tuples upserted with the writer's statement into a table of Feast's schema in another file, one
-    transaction per view. `best=False`: the writer's order (a feature at a time for a chunk of personas), SQLite's
-    default page cache; `best=True`: a chunk's rows ordered by (entity key, feature) and a 1 GB page cache."""
+    """Prebuilt parameters upserted into a table of Feast's schema (with its entity_key index) in another file, one
+    transaction per view, rows in (entity key, feature) order (the snapshot's ids are in key order already) and a 1 GB
+    page cache. `best=True`: the writer's statements (a persona's features in one statement); `best=False`: one
+    statement per value (what the writer did before)."""
     from feature_repo import definitions as defs
     from features import online_writer as ow
 
     path = folder / ("floor_best.db" if best else "floor.db")
     conn = sqlite3.connect(path, timeout=60)
-    if best:
-        conn.execute("PRAGMA cache_size = -1000000")
+    conn.execute("PRAGMA cache_size = -1000000")
     seconds, rows, values, nbytes = 0.0, 0, 0, 0
     try:
         for view in [v for v in store.list_feature_views() if v.name in defs.GROUPS]:
@@ -309,30 +311,34 @@ def floor_sqlite(store, data: Path, k: int, folder: Path, *, best: bool) -> dict
                          "PRIMARY KEY(entity_key, feature_name))")
             conn.execute(f'CREATE INDEX "{table}_ek" ON "{table}" (entity_key)')
             conn.commit()
-            sql = ow._SqliteSink(store, view).sql.replace(f'"{store.project}_{view.name}"', f'"{table}"')
+            sink = ow._SqliteSink(store, view)
+            sql = ("INSERT INTO ? (entity_key, feature_name, value, value_text, event_ts, created_ts) VALUES "
+                   "(?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
+                   "value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+                   ).replace("INTO ?", f'INTO "{table}"')
             t0 = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
             seconds += time.perf_counter() - t0
-            for keys, when, created, encoded in _encoded_chunks(store, data, view, k):
-                n, names = len(keys), sorted(encoded)
-                event_ts, created_ts = np.array(ow.sqlite_times(when)), np.array(ow.sqlite_times(created))
-                if best:  # (n, features) matrices of objects, rows by key then feature, flattened
-                    order = np.argsort(keys)
-                    cols = [np.repeat(keys[order], len(names)), np.tile(np.array(names, dtype=object), n)]
-                    cols.append(np.stack([encoded[f][0] for f in names], axis=1)[order].ravel())
-                    cols.append(np.stack([np.array(encoded[f][1], dtype=object) for f in names], axis=1)[order].ravel())
-                    cols += [np.repeat(event_ts[order], len(names)), np.repeat(created_ts[order], len(names))]
-                    batches = [list(zip(*(c.tolist() for c in cols)))]
-                else:
-                    key_list, ev, cr = keys.tolist(), event_ts.tolist(), created_ts.tolist()
-                    batches = [list(zip(key_list, repeat(name), encoded[name][0].tolist(), encoded[name][1], ev, cr))
-                               for name in encoded]
-                nbytes += int(sum(pc.sum(pc.binary_length(pa.array(encoded[f][0].tolist(), pa.binary()))).as_py()
-                                  or 0 for f in names)) + len(names) * int(sum(map(len, keys.tolist())))
-                values += sum(len(b) for b in batches)
+            for keys, when, created, encoded in _encoded_chunks(store, data, view, k, text=True):
+                n, names = len(keys), sink.names
+                if best:  # the writer's own parameters: a row per persona
+                    batches = [(statement.replace(f'"{store.project}_{view.name}"', f'"{table}"'), params)
+                               for statement, params in sink.prepare(keys, when, created, encoded)]
+                    values += n * len(names)
+                else:  # (n, features) matrices of objects, rows by key then feature, flattened
+                    event_ts, created_ts = np.array(ow.sqlite_times(when)), np.array(ow.sqlite_times(created))
+                    key_list = keys.to_numpy(zero_copy_only=False)
+                    cols = [np.repeat(key_list, len(names)), np.tile(np.array(names, dtype=object), n)]
+                    cols.append(np.stack([encoded[f][0].to_numpy(zero_copy_only=False) for f in names], axis=1).ravel())
+                    cols.append(np.stack([np.array(encoded[f][1], dtype=object) for f in names], axis=1).ravel())
+                    cols += [np.repeat(event_ts, len(names)), np.repeat(created_ts, len(names))]
+                    batches = [(sql, list(zip(*(c.tolist() for c in cols))))]
+                    values += len(batches[0][1])
+                nbytes += sum(pc.sum(pc.binary_length(encoded[f][0])).as_py() or 0 for f in names) + \
+                    len(names) * (pc.sum(pc.binary_length(keys)).as_py() or 0)
                 t0 = time.perf_counter()
-                for batch in batches:
-                    conn.executemany(sql, batch)
+                for statement, params in batches:
+                    conn.executemany(statement, params)
                 seconds += time.perf_counter() - t0
                 del batches
             t0 = time.perf_counter()
@@ -343,11 +349,14 @@ def floor_sqlite(store, data: Path, k: int, folder: Path, *, best: bool) -> dict
         conn.close()
         path.unlink(missing_ok=True)
     return {"personas": k, "rows": rows, "values": values, "bytes": nbytes, "seconds": round(seconds, 3),
-            "rows_per_s": round(rows / seconds), "order": "key, feature; cache 1 GB" if best else "writer's"}
+            "rows_per_s": round(rows / seconds),
+            "order": "a persona per statement" if best else "a value per statement"}
 
 
 def floor_redis(store, data: Path, k: int) -> dict:
-    """The writer's HSET commands (prebuilt protocol bytes) under a scratch key suffix, sent and answered."""
+    """The writer's HSET commands (prebuilt protocol bytes) under a scratch key suffix, CHUNK_ROWS personas per
+    send, their replies read in bulk as the writer reads them (the floor read them one `read_response` at a time
+    before, which made it slower than the writer could be)."""
     from feature_repo import definitions as defs
     from features import online_writer as ow
     from features.online_reader import _redis
@@ -355,26 +364,23 @@ def floor_redis(store, data: Path, k: int) -> dict:
     client = _redis(store, True)
     suffix = (store.project + "_floor").encode()
     seconds, rows, nbytes = 0.0, 0, 0
-    conn = client.connection_pool.get_connection()
     try:
-        for view in [v for v in store.list_feature_views() if v.name in defs.GROUPS]:
-            for keys, when, _, encoded in _encoded_chunks(store, data, view, k):
-                redis_keys = ow._bulk(pc.binary_join_element_wise(pa.array(keys.tolist(), pa.binary()), suffix, b""))
-                parts = [b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * (len(encoded) + 1)), redis_keys,
-                         ow._constant(f"_ts:{view.name}".encode()), ow._bulk(ow.timestamps(when))]
-                for name, (values, _) in encoded.items():
-                    parts += [ow._constant(ow._field(view.name, name)), ow._bulk(values)]
-                commands = pc.binary_join_element_wise(*parts, b"")
-                payload = b"".join(commands.to_pylist())
-                nbytes += len(payload)
-                t0 = time.perf_counter()
-                conn.send_packed_command([payload], check_health=False)
-                for _ in range(len(keys)):
-                    conn.read_response()
-                seconds += time.perf_counter() - t0
-            rows += k
+        with ow._connection(client) as conn:
+            for view in [v for v in store.list_feature_views() if v.name in defs.GROUPS]:
+                for keys, when, _, encoded in _encoded_chunks(store, data, view, k, text=False):
+                    redis_keys = ow._bulk(pc.binary_join_element_wise(keys, suffix, b""))
+                    parts = [b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * (len(encoded) + 1)), redis_keys,
+                             ow._constant(f"_ts:{view.name}".encode()), ow._bulk(ow.timestamps(when))]
+                    for name, (values, _) in encoded.items():
+                        parts += [ow._constant(ow._field(view.name, name)), ow._bulk(values)]
+                    commands = pc.binary_join_element_wise(*parts, b"")
+                    nbytes += pc.sum(pc.binary_length(commands)).as_py()
+                    t0 = time.perf_counter()
+                    ow._send(conn, commands)
+                    ow._line_replies(conn, len(keys))
+                    seconds += time.perf_counter() - t0
+                rows += k
     finally:
-        client.connection_pool.release(conn)
         deleted = 0
         batch = []
         for key in client.scan_iter(match=b"*" + suffix, count=10_000):
@@ -389,10 +395,6 @@ def floor_redis(store, data: Path, k: int) -> dict:
 
 
 def child(args) -> int:
-    import warnings
-
-    # redis-py 7 deprecates get_connection(<command name>), which online_writer._send calls once per round trip
-    warnings.filterwarnings("ignore", message=".*get_connection.*", category=DeprecationWarning)
     from feature_repo import definitions as defs
     from features import online_writer as ow
     from features import store as fs
@@ -439,7 +441,7 @@ def child(args) -> int:
         out["feast_writer"] = feast_writer(store, data, k, views) if k > 0 else None
         k = min(args.floor_personas or args.personas, args.personas)
         if kind == "sqlite":
-            out["floor_writer_order"] = floor_sqlite(store, data, k, folder, best=False)
+            out["floor_row_per_value"] = floor_sqlite(store, data, k, folder, best=False)
             out["floor"] = floor_sqlite(store, data, k, folder, best=True)
         else:
             out["floor"] = floor_redis(store, data, k)
@@ -567,9 +569,9 @@ def report(results: dict) -> None:
         print(f"  floor: {fl['personas']:,} personas x {r['views']} views, {fl['bytes'] / 2**20:,.0f} MB encoded, "
               f"written in {fl['seconds']:.1f} s = {fl['rows_per_s']:,} rows/s (load / floor: "
               f"{load['seconds'] * fl['rows'] / (fl['seconds'] * results['personas'] * r['views']):.1f}x)")
-        if "floor_writer_order" in r:
-            fo = r["floor_writer_order"]
-            print(f"  floor in the writer's order (a feature at a time, default page cache): {fo['seconds']:.1f} s = "
+        if "floor_row_per_value" in r:
+            fo = r["floor_row_per_value"]
+            print(f"  floor with one upsert per value (key, feature order; 1 GB page cache): {fo['seconds']:.1f} s = "
                   f"{fo['rows_per_s']:,} rows/s")
         if "cleanup" in r:
             print(f"  cleanup: registry rows left {r['cleanup']['registry_rows_left']}, Redis keys left "

@@ -3,6 +3,9 @@
 Nothing here reads a file or touches a store: the snapshot columns depend on the data (one `aff_view_<category>_30d`
 per category), so `features.store.apply` reads each snapshot's Parquet schema and passes it to these builders.
 Every public function returns new Feast objects and is safe to call at any time.
+
+The sources follow the workspace's `engine:`: Parquet files declared as FileSource for DuckDB (the default), as
+SparkSource on the very same paths for Feast's Spark offline store, which refuses any other source type.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
 from feast.feature_logging import LoggingConfig
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource  # imports no pyspark
 from feast.infra.offline_stores.file_source import FileLoggingDestination
 from feast.types import Bool, Float32, Float64, Int32, Int64, String
 
@@ -23,6 +28,7 @@ JOIN_KEY = "persona_id"
 TIMESTAMP = "event_timestamp"
 CREATED = "created_timestamp"
 KEY_COLUMNS = (JOIN_KEY, TIMESTAMP, CREATED)
+Engine = Literal["duckdb", "spark"]  # persona.yaml `engine:`, which picks the offline store and so the source type
 
 # Snapshot group -> the prefix every feature of that group carries. Prefixes keep feature names unique across views,
 # so services can be read without Feast's `view__feature` names and a model sees the same column names everywhere.
@@ -108,22 +114,36 @@ def feature_fields(group: str, path: Path, schema: pa.Schema) -> list[Field]:
     return fields
 
 
-def snapshot_source(group: str, path: Path) -> FileSource:
+def parquet_source(name: str, path: Path, *, engine: Engine, description: str, created: bool = True
+                   ) -> FileSource | SparkSource:
+    """A Parquet file (or folder) as the offline store of `engine` reads it: FileSource for DuckDB, SparkSource for
+    Spark. Rows are dated by `event_timestamp` (ties broken by the newest `created_timestamp` when `created`)."""
+    if engine not in ("duckdb", "spark"):
+        raise ValueError(f"unknown engine {engine!r} (expected 'duckdb' or 'spark')")
+    created_column = CREATED if created else None
+    if engine == "spark":
+        # Spark reads timestamp[us, tz=UTC] as TimestampType (it refuses nanoseconds; check_keys refuses them first)
+        return SparkSource(name=name, path=str(path), file_format="parquet", timestamp_field=TIMESTAMP,
+                           created_timestamp_column=created_column, description=description)
+    return FileSource(name=name, path=str(path), file_format=ParquetFormat(), timestamp_field=TIMESTAMP,
+                      created_timestamp_column=created_column, description=description)
+
+
+def snapshot_source(group: str, path: Path, *, engine: Engine = "duckdb") -> FileSource | SparkSource:
     """The offline source of a group: its snapshot Parquet, rows dated by the snapshot's as-of date."""
-    return FileSource(name=f"{group}_snapshots", path=str(path), file_format=ParquetFormat(),
-                      timestamp_field=TIMESTAMP, created_timestamp_column=CREATED,
-                      description=f"point-in-time snapshots of the {group} features")
+    return parquet_source(f"{group}_snapshots", path, engine=engine,
+                          description=f"point-in-time snapshots of the {group} features")
 
 
-def group_view(group: str, path: Path, schema: pa.Schema, entity: Entity, *, ttl: timedelta = DEFAULT_TTL
-               ) -> FeatureView:
+def group_view(group: str, path: Path, schema: pa.Schema, entity: Entity, *, ttl: timedelta = DEFAULT_TTL,
+               engine: Engine = "duckdb") -> FeatureView:
     """The FeatureView of one snapshot group; the realtime group reads through a PushSource wrapping its file.
 
     The entity column is declared in the schema so that Feast never has to open the file to infer its type.
     """
     if group not in GROUPS:
         raise ValueError(f"unknown feature group {group!r} (expected one of {list(GROUPS)})")
-    batch = snapshot_source(group, path)
+    batch = snapshot_source(group, path, engine=engine)
     source = PushSource(name=PUSH_SOURCE, batch_source=batch) if group == REALTIME else batch
     return FeatureView(
         name=group,
@@ -137,14 +157,19 @@ def group_view(group: str, path: Path, schema: pa.Schema, entity: Entity, *, ttl
     )
 
 
-def tags_view(columns: Mapping[str, str], history_path: Path, entity: Entity) -> FeatureView:
-    """The online view of the latest tags: `columns` maps a tag (or score) to "string" or "number"."""
+def tags_view(columns: Mapping[str, str], history_path: Path, entity: Entity, *, engine: Engine = "duckdb"
+              ) -> FeatureView:
+    """The online view of the latest tags: `columns` maps a tag (or score) to "string" or "number".
+
+    Its offline source (the Hive-partitioned tag history) is declared for the engine's store like the snapshots,
+    but nothing reads it offline: `persona rescore` writes the view online itself, and no service includes it.
+    """
     types = {"string": String, "number": Float64}
     bad = {c: k for c, k in columns.items() if k not in types}
     if bad:
         raise ValueError(f"tags view: columns {bad} must be 'string' or 'number'")
-    source = FileSource(name="tag_history", path=str(history_path), file_format=ParquetFormat(),
-                        timestamp_field=TIMESTAMP, description="dated tag snapshots written by persona rescore")
+    source = parquet_source("tag_history", history_path, engine=engine, created=False,
+                            description="dated tag snapshots written by persona rescore")
     return FeatureView(
         name=TAGS_VIEW, entities=[entity], ttl=timedelta(0), online=True, source=source,
         schema=[Field(name=JOIN_KEY, dtype=String), *(Field(name=c, dtype=types[k]) for c, k in columns.items())],
@@ -157,7 +182,9 @@ def feature_service(tag: str, views: Iterable[FeatureView], *, version: int = 1,
     """The service a model of `tag` reads, for training and serving alike: `<tag>_v<version>`.
 
     With `log_dir`, the service declares Feast feature logging to Parquet files under `log_dir/<service>/`: what the
-    online service served is written there (`features.feature_log`) to compare with what training reads.
+    online service served is written there (`features.feature_log`) to compare with what training reads. The
+    destination is a file one on either engine: Feast 0.67 has no Spark logging destination, and the online service
+    writes its logs through its own store, whose offline store is always DuckDB (features.store.offline_store).
     """
     views = list(views)
     name = f"{tag}_v{version}"
@@ -168,15 +195,15 @@ def feature_service(tag: str, views: Iterable[FeatureView], *, version: int = 1,
 
 
 def repository(snapshots: Mapping[str, tuple[Path, pa.Schema]], services: Mapping[str, Iterable[str]], *,
-               ttl: timedelta = DEFAULT_TTL, log_dir: Path | None = None
+               ttl: timedelta = DEFAULT_TTL, log_dir: Path | None = None, engine: Engine = "duckdb"
                ) -> tuple[Entity, dict[str, FeatureView], dict[str, FeatureService]]:
     """Every object of the repository, from the snapshot files present (group -> (path, schema)).
 
     A service lists the groups it wants that have a file; a service with none of them is left out. `log_dir`: where
-    the services log what is served (see `feature_service`).
+    the services log what is served (see `feature_service`). `engine`: whose offline store reads the sources.
     """
     entity = persona_entity()
-    views = {g: group_view(g, path, schema, entity, ttl=ttl) for g, (path, schema) in snapshots.items()}
+    views = {g: group_view(g, path, schema, entity, ttl=ttl, engine=engine) for g, (path, schema) in snapshots.items()}
     built = {}
     for tag, groups in services.items():
         present = [views[g] for g in groups if g in views]

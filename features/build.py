@@ -10,6 +10,9 @@ The manifest records, per snapshot date, a fingerprint of the inputs it read (`s
 later run computes the dates that are new and every date whose inputs changed since (a late row of day D, or a
 corrected file re-integrated, changes every date after D); only the attributes group when only the profiles
 changed. An incremental run therefore writes the same snapshots as `--full`.
+
+`engine: spark` computes the snapshots on Spark from the same feature code (`features.spark_snapshots`); the dates,
+fingerprints, manifest and materialisation are the same for both engines.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from features import eventlog, snapshots
+from features import eventlog, snapshots, spark_snapshots
 from features import store as feature_store
 from features.model_tags import KEYS
 from features.offline import manifest_path
+from persona import engine
 from persona.errors import InsufficientDataError
 from persona.faults import kill_point
 from persona.workspace import Workspace, read_json, write_json_atomic
@@ -93,10 +97,17 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
         plan[key]["why"] = "no input fingerprint recorded for it (written by an earlier persona or another DuckDB)"
     rows: dict[str, int] = {}
     for groups, todo in _batches(plan).items():
+        if cfg.engine == "spark":
+            written = spark_snapshots.write_snapshots_spark(
+                engine.spark_session(cfg), integrated, todo, offline, scratch=ws.root / "features",
+                extra_events=logged, groups=groups, progress=progress, publish_if=_has_features)
+            for g, n in written.items():
+                rows[g] = rows.get(g, 0) + n
+            continue
         computed = snapshots.compute_snapshots(integrated, todo, progress=progress, extra_events=logged,
                                                groups=groups)
         # A group with no feature columns (no events in a transactions-only workspace) has nothing to serve.
-        computed = {g: f for g, f in computed.items() if len(f.columns) > len(KEYS)}
+        computed = {g: f for g, f in computed.items() if _has_features(list(f.columns))}
         if computed:
             snapshots.write_snapshots(computed, offline)
         for g, f in computed.items():
@@ -131,6 +142,11 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
     }
     write_json_atomic(manifest_file, report)
     return report
+
+
+def _has_features(columns: list[str]) -> bool:
+    """Whether a group's snapshot has feature columns (not in a transactions-only workspace: engagement)."""
+    return len(columns) > len(KEYS)
 
 
 NEW = "not computed yet"

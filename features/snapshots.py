@@ -7,6 +7,9 @@ per group (the Feast feature view's source), replacing the rows of any date comp
 Dates: a snapshot at date c reads activity with ts < c, so it holds the data up to and including the day before c
 (`snapshot_for` / `data_through` convert between the two). `input_fingerprints` says, per snapshot date, what the
 snapshot read, so a later run can tell which dates a corrected or late-arriving row has made stale.
+
+The Spark engine (`features.spark_snapshots`) runs this same `iter_snapshots` on buckets of personas, given the whole
+data's `Vocabulary`, and assembles each group's file from the buckets' parts with `write_parts`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -176,9 +180,35 @@ def _change(name: str, before: str | None, after: str | None) -> str:
     return f"{name} changed ({n0:,} -> {n1:,} {what})" if n0 != n1 else f"{name} changed ({n1:,} {what}, edited)"
 
 
+@dataclass(frozen=True)
+class Vocabulary:
+    """What decides a group's columns and is read from the whole data, for a run over a part of the personas.
+
+    Every feature of a persona is a function of that persona's own records, except which columns exist: one set per
+    category (`aff_`, `tx_categories_365d`), per vendor interest (`attr_vendor_int_`), and whether an activity
+    relation exists at all. A run over one bucket of personas (the Spark engine, `features.spark_snapshots`) is
+    given the whole data's vocabulary, so that every bucket yields the columns, in the order, and the values that one
+    run over everyone yields.
+
+    `relations`: the activity relations that exist (events too when only the logged events have rows);
+    `categories`: relation -> its distinct raw `category` values over all rows (transactions, events with the logged
+    events); `vendor_interests`: the distinct raw `|`-separated tokens of the profiles of personas with any activity.
+    """
+
+    relations: tuple[str, ...]
+    categories: Mapping[str, tuple] = field(default_factory=dict)
+    vendor_interests: tuple[str, ...] = ()
+
+
+# Stands in the attributes group for the whole data's vendor interests: its first activity is after every date, so it
+# never gets a row, while its profile holds every token (the group's columns are the tokens of its personas).
+VOCABULARY_PERSONA = "\x00vocabulary"
+
+
 def compute_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, progress: Progress | None = None,
                       threads: int = 2, memory_limit: str = "3GB", extra_events: Path | None = None,
-                      groups: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+                      groups: Sequence[str] | None = None,
+                      vocabulary: Vocabulary | None = None) -> dict[str, pd.DataFrame]:
     """Every feature group (GROUPS order; only `groups` when given) for all `as_of_dates`, from the Parquet files
     in `integrated`.
 
@@ -187,17 +217,24 @@ def compute_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, 
     grid should stream instead: `write_snapshots(iter_snapshots(...), out_dir)` holds one group at a time.
     """
     return dict(iter_snapshots(integrated, as_of_dates, progress=progress, threads=threads,
-                               memory_limit=memory_limit, extra_events=extra_events, groups=groups))
+                               memory_limit=memory_limit, extra_events=extra_events, groups=groups,
+                               vocabulary=vocabulary))
 
 
 def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, progress: Progress | None = None,
                    threads: int = 2, memory_limit: str = "3GB", extra_events: Path | None = None,
-                   groups: Sequence[str] | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
+                   groups: Sequence[str] | None = None,
+                   vocabulary: Vocabulary | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
     """(group, frame) for each feature group in GROUPS order, computed one at a time (see `compute_snapshots`).
 
     DuckDB runs with `threads` and `memory_limit` and spills to a temporary folder removed at the end.
     `extra_events`: a Parquet file of events attributed elsewhere (the online service's event log: persona_id, ts,
     event_type, category), counted with the integrated events.
+
+    `vocabulary`: when `integrated` holds only some personas (a bucket of the Spark engine), the whole data's (see
+    `Vocabulary`); None (the default) reads it from the data, as one run over everyone. Its categories join each view
+    as rows without a persona and a time, which only the vocabulary scans read: every feature query reads rows with
+    both (`Periods.keep_sql`, `first_activity`). An input `<name>.parquet` may be a folder of Parquet parts.
     """
     integrated = Path(integrated)
     unknown = sorted(set(groups or ()) - set(GROUPS))
@@ -208,16 +245,29 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
     if not tx_path.exists():
         raise FileNotFoundError(f"{tx_path}: no transactions: run `persona integrate` first")
     rel = {name: name for name in ACTIVITY if (integrated / f"{name}.parquet").exists()}
-    sources = {name: [integrated / f"{name}.parquet"] for name in rel}
-    if extra_events is not None and Path(extra_events).exists() and pq.read_metadata(extra_events).num_rows:
+    sources = {name: _parts(integrated / f"{name}.parquet") for name in rel}
+    if extra_events is not None and Path(extra_events).exists() and (
+            vocabulary is not None or sum(pq.read_metadata(p).num_rows for p in _parts(Path(extra_events)))):
         rel["events"] = "events"
-        sources.setdefault("events", []).append(Path(extra_events))
+        sources.setdefault("events", []).extend(_parts(Path(extra_events)))
+    if vocabulary is not None:
+        missing = sorted(set(vocabulary.relations) - set(rel))
+        if missing:
+            raise FileNotFoundError(f"{integrated}: no {missing} (the whole data has them): a bucket needs every "
+                                    "relation, empty or not")
+        rel = {name: name for name in rel if name in vocabulary.relations}
     tx, ev, ix = rel.get("transactions"), rel.get("events"), rel.get("interactions")
+
+    def attributes(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+        profiles = _read_profiles(integrated / "profiles.parquet")
+        first = first_activity(con, list(rel.values()))
+        if vocabulary is not None and vocabulary.vendor_interests and "vendor_interests" in profiles.columns:
+            first, profiles = _with_vocabulary_persona(first, profiles, vocabulary.vendor_interests)
+        return profile_features(profiles, as_of_dates=dates, activity_first_seen=first,
+                                channels=channel_features(con, rel, as_of_dates=dates))
+
     steps: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], pd.DataFrame | None]]] = [
-        ("attributes", lambda con: profile_features(
-            _read_profiles(integrated / "profiles.parquet"), as_of_dates=dates,
-            activity_first_seen=first_activity(con, list(rel.values())),
-            channels=channel_features(con, rel, as_of_dates=dates))),
+        ("attributes", attributes),
         ("transactions", lambda con: transaction_features(con, tx, as_of_dates=dates)),
         ("engagement", lambda con: engagement_features(con, ev, as_of_dates=dates, interactions=ix)
          if (ev or ix) else None),
@@ -238,6 +288,10 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
                 for name in rel:
                     union = " UNION ALL BY NAME ".join(f"SELECT * FROM read_parquet('{_sql_path(p)}')"
                                                        for p in sources[name])
+                    values = (vocabulary.categories.get(name) if vocabulary is not None else None) or ()
+                    if values:
+                        con.register(f"_vocabulary_{name}", pa.table({"category": pa.array(list(values))}))
+                        union += f" UNION ALL BY NAME SELECT category FROM _vocabulary_{name}"
                     con.execute(f"CREATE VIEW {name} AS {union}")
                 frame = step(con)
             finally:
@@ -254,9 +308,25 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
         shutil.rmtree(spill, ignore_errors=True)
 
 
+def _parts(path: Path) -> list[Path]:
+    """The Parquet files of an input: the file itself, or the parts in a folder of them (as Spark writes)."""
+    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+
+
+def _with_vocabulary_persona(first: pd.DataFrame, profiles: pd.DataFrame,
+                             tokens: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`first` and `profiles` with VOCABULARY_PERSONA: first activity after every date, all vendor interests."""
+    never = pd.DataFrame({"persona_id": pd.array([VOCABULARY_PERSONA], dtype=first["persona_id"].dtype),
+                          "first_seen": pd.DatetimeIndex([pd.Timestamp.max], tz="UTC").as_unit("ns")})
+    row = pd.DataFrame({"persona_id": pd.array([VOCABULARY_PERSONA], dtype=profiles["persona_id"].dtype),
+                        "vendor_interests": pd.array(["|".join(tokens)], dtype=profiles["vendor_interests"].dtype)})
+    return (pd.concat([first, never], ignore_index=True),
+            pd.concat([profiles, row], ignore_index=True))
+
+
 def _profile_columns(path: Path) -> list[str]:
     """The profile columns attributes may use (no identifiers, nothing that summarises activity)."""
-    names = pq.read_schema(path).names
+    names = pq.read_schema(_parts(path)[0]).names
     return [c for c in names if c not in LEAKY_PROFILE_COLUMNS and not c.endswith("_hash") and not c.startswith("n_")]
 
 
@@ -293,7 +363,52 @@ def _write_group(frame: pd.DataFrame, path: Path, created: pd.Timestamp) -> None
     ts_ns = pd.DatetimeIndex(frame["event_timestamp"]).as_unit("ns").asi8
     fresh = set(pd.unique(ts_ns).tolist())
     # types from a head, not from zero rows: an object column (persona_id from plain pandas) has no type when empty
-    schema = _with_created(pa.Schema.from_pandas(frame.head(1000), preserve_index=False).remove_metadata())
+    schema = pa.Schema.from_pandas(frame.head(1000), preserve_index=False).remove_metadata()
+
+    def rows_of(d: int) -> Iterator[pa.Table]:  # one date of the new frame, converted slice by slice to bound memory
+        lo, hi = ts_ns.searchsorted(d, "left"), ts_ns.searchsorted(d, "right")
+        yield pa.Table.from_pandas(frame.iloc[lo:hi], preserve_index=False)
+
+    _merge_dates(path, schema, fresh, rows_of, created)
+
+
+def write_parts(parts: Sequence[Path], path: Path, *, created: pd.Timestamp | None = None) -> int:
+    """Write one group to `path` from Parquet parts (e.g. one per bucket of personas), merged with the dates already
+    there as `write_snapshots` does; returns the rows written from the parts.
+
+    Every part must have the same schema and be sorted by (event_timestamp, persona_id), and the parts' personas
+    must come in ascending ranges (part i's before part i+1's): the file is then in (event_timestamp, persona_id)
+    order, as `write_snapshots` writes it, while only one date of one part is held at a time."""
+    parts = [Path(p) for p in parts]
+    if not parts:
+        raise ValueError(f"{path}: no parts to write")
+    schema = pq.read_schema(parts[0]).remove_metadata()
+    for p in parts[1:]:
+        other = pq.read_schema(p).remove_metadata()
+        if not other.equals(schema):
+            raise ValueError(f"{p}: its columns differ from {parts[0]}'s (every part of a group must have the same "
+                             f"columns): {sorted(set(other.names) ^ set(schema.names)) or 'same names, other types'}")
+    when = schema.field("event_timestamp").type
+    fresh: set[int] = set()
+    for p in parts:
+        ts = pq.read_table(p, columns=["event_timestamp"]).column(0)
+        fresh |= set(pc.unique(ts).cast(pa.timestamp("ns", tz=when.tz)).cast(pa.int64()).to_pylist())
+    stamp = pd.Timestamp.now(tz="UTC") if created is None else pd.Timestamp(created).tz_convert("UTC")
+
+    def rows_of(d: int) -> Iterator[pa.Table]:
+        day = pa.scalar(d, type=pa.timestamp("ns", tz=when.tz)).cast(when)
+        for p in parts:
+            yield pq.read_table(p, filters=pc.field("event_timestamp") == day)
+
+    return _merge_dates(path, schema, fresh, rows_of, stamp)
+
+
+def _merge_dates(path: Path, schema: pa.Schema, fresh: set[int], rows_of: Callable[[int], Iterator[pa.Table]],
+                 created: pd.Timestamp) -> int:
+    """Write `path` anew: for each date (ns) in `fresh` the new rows from `rows_of(date)`, for every other date of the
+    old file its rows, dates ascending, a `created_timestamp` on the new rows; atomically (temp + os.replace).
+    Returns the new rows written."""
+    schema = _with_created(schema)
     old: set[int] = set()
     if path.exists():
         old_ts = pq.read_table(path, columns=["event_timestamp"]).column("event_timestamp")
@@ -303,21 +418,32 @@ def _write_group(frame: pd.DataFrame, path: Path, created: pd.Timestamp) -> None
     schema = _microsecond_times(schema)
     stamp = pa.scalar(created.floor("us").value // 1000, type=_TS)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    written = 0
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
             for d in sorted(fresh | old):
-                if d in fresh:  # one date of the new frame, converted slice by slice to bound memory
-                    lo, hi = ts_ns.searchsorted(d, "left"), ts_ns.searchsorted(d, "right")
-                    part = pa.Table.from_pandas(frame.iloc[lo:hi], preserve_index=False)
-                    part = part.append_column("created_timestamp", pa.repeat(stamp, part.num_rows))
+                if d in fresh:
+                    # slices of one date are gathered up to a row group, so that many small parts make few groups
+                    pending: list[pa.Table] = []
+                    for part in rows_of(d):
+                        part = part.append_column("created_timestamp", pa.repeat(stamp, part.num_rows))
+                        pending.append(_conform(part, schema))
+                        written += part.num_rows
+                        if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                            writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+                            pending = []
+                    if pending:
+                        writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+                    del pending
                 else:  # a date kept from the file: its own row groups, found from their statistics
                     day = pa.scalar(d // 1000, type=_TS)
                     part = pq.read_table(path, filters=pc.field("event_timestamp") == day)
-                writer.write_table(_conform(part, schema), row_group_size=ROW_GROUP_ROWS)
+                    writer.write_table(_conform(part, schema), row_group_size=ROW_GROUP_ROWS)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+    return written
 
 
 # Feast's DuckDB offline store cannot filter timestamp[ns, tz] when materialising: snapshots keep microseconds.

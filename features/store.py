@@ -6,6 +6,10 @@ The definitions live in `feature_repo/definitions.py`; the infrastructure only i
 whose commented templates are `feature_repo/feature_store.<profile>.yaml`. Everything here goes through Feast's public
 API; what needs its internals (the direct online reader, the materialisation marker, deleting personas, fail-fast
 Redis calls) is `features.online_reader`, with a version check; its callers import it directly.
+
+The offline store follows persona.yaml's `engine:`: DuckDB (the default) or Feast's Spark offline store on the
+`spark:` cluster, both reading the same Parquet snapshots (declared as FileSource or SparkSource to match).
+Materialisation and online reads do not depend on it: the bulk writer reads the snapshots with DuckDB directly.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+from feast.infra.offline_stores.file_source import FileSource
 
 from feature_repo import definitions as defs
 from features import feature_log, model_tags, online_writer
@@ -63,11 +69,47 @@ def _from_env_or_config(var: str, configured: str, key: str) -> str:
     return configured
 
 
-def render_store_yaml(ws: Workspace, cfg: PersonaConfig, *, timeout: float = BATCH_TIMEOUT_S) -> str:
+def spark_conf(cfg: PersonaConfig) -> dict[str, str]:
+    """The Spark settings of the workspace's session as Feast's Spark offline store is given them (`spark_conf`).
+
+    The same settings `persona.engine.spark_session` builds its session with, so that whichever of persona and Feast
+    starts Spark first in a process, the other's getOrCreate joins that one session. The UTC session time zone also
+    matters to Feast itself: its point-in-time SQL compares timestamps with UTC literals.
+    """
+    spark = cfg.spark
+    # keep in step with persona.engine.spark_session (its defaults, then persona.yaml's spark.conf over them)
+    conf = {"spark.master": spark.master, "spark.app.name": spark.app_name,
+            "spark.sql.session.timeZone": "UTC", "spark.ui.showConsoleProgress": "false", **spark.conf}
+    dollars = sorted(k for k, v in conf.items() if "$" in v)
+    if dollars:
+        raise ValueError(f"persona.yaml spark: the values of {dollars} hold a '$', which Feast would expand as an "
+                         "environment variable when it loads feature_store.yaml; write them without one")
+    return conf
+
+
+def offline_store(cfg: PersonaConfig, *, serving: bool = False) -> dict:
+    """The `offline_store` mapping of feature_store.yaml for the workspace's engine.
+
+    The serving variant is always DuckDB: the online service reads online only and writes feature logs as Parquet,
+    which Feast's Spark store cannot (it has no write_logged_features), and it should not start a JVM.
+    """
+    if cfg.engine == "spark" and not serving:
+        return {"type": "spark", "spark_conf": spark_conf(cfg)}
+    return {"type": "duckdb"}
+
+
+def engine_of(store: feast.FeatureStore) -> defs.Engine:
+    """The engine whose offline store a Feast store was opened with (the source type its views must declare)."""
+    return "spark" if store.config.offline_store.type == "spark" else "duckdb"
+
+
+def render_store_yaml(ws: Workspace, cfg: PersonaConfig, *, timeout: float = BATCH_TIMEOUT_S,
+                      serving: bool = False) -> str:
     """The text of feature_store.yaml: the profile's commented template with its __TOKENS__ filled in.
 
     `timeout` bounds every Redis call (connect and reply) of the production profile: a frozen Redis then fails a
-    call after that many seconds instead of hanging it (redis-py waits forever by default).
+    call after that many seconds instead of hanging it (redis-py waits forever by default). `serving`: the online
+    service's variant, whose offline store is DuckDB whatever the engine (see `offline_store`).
     """
     store = cfg.store
     folder = store_dir(ws)
@@ -83,6 +125,7 @@ def render_store_yaml(ws: Workspace, cfg: PersonaConfig, *, timeout: float = BAT
             "__KEY_TTL_SECONDS__": store.key_ttl_seconds,
         }
     values["__PROJECT__"] = store.project
+    values["__OFFLINE_STORE__"] = offline_store(cfg, serving=serving)
     text = (TEMPLATES / f"feature_store.{store.profile}.yaml").read_text(encoding="utf-8")
     for token, value in values.items():
         # JSON scalars are YAML scalars: strings come out quoted (paths with ': ' or '#' stay intact), None as null.
@@ -101,13 +144,20 @@ def open_store(ws: Workspace, cfg: PersonaConfig, *, serving: bool = False) -> f
     folder = store_dir(ws)
     name = "feature_store.serving.yaml" if serving else "feature_store.yaml"
     target = folder / name
-    text = render_store_yaml(ws, cfg, timeout=cfg.serving.store_timeout_seconds if serving else BATCH_TIMEOUT_S)
+    text = render_store_yaml(ws, cfg, timeout=cfg.serving.store_timeout_seconds if serving else BATCH_TIMEOUT_S,
+                             serving=serving)
     if not target.is_file() or target.read_text(encoding="utf-8") != text:
         write_text_atomic(target, text)
     store = feast.FeatureStore(repo_path=str(folder), fs_yaml_file=target)
     if cfg.store.profile == "embedded" and (folder / "registry.db").is_file():
         _relocate(store, ws, cfg)
     return store
+
+
+def _tags_view_like(view: feast.FeatureView, history: Path, engine: defs.Engine) -> feast.FeatureView:
+    """The `tags` view with the columns of a registered one, on `history` read by `engine`."""
+    kinds = {f.name: ("number" if "Float" in str(f.dtype) else "string") for f in view.features}
+    return defs.tags_view(kinds, history, defs.persona_entity(), engine=engine)
 
 
 def _relocate(store: feast.FeatureStore, ws: Workspace, cfg: PersonaConfig) -> None:
@@ -126,8 +176,7 @@ def _relocate(store: feast.FeatureStore, ws: Workspace, cfg: PersonaConfig) -> N
         apply(store, ws, cfg)  # re-registers every snapshot view on this workspace's files
     tag_view = next((v for v in moved if v.name == defs.TAGS_VIEW), None)
     if tag_view is not None:
-        kinds = {f.name: ("number" if "Float" in str(f.dtype) else "string") for f in tag_view.features}
-        store.apply([defs.persona_entity(), defs.tags_view(kinds, tags, defs.persona_entity())])
+        store.apply([defs.persona_entity(), _tags_view_like(tag_view, tags, engine_of(store))])
     store.refresh_registry()
     _SERVICES.pop(store, None)
 
@@ -151,19 +200,26 @@ def apply(store: feast.FeatureStore, ws: Workspace, cfg: PersonaConfig, *,
                                 f"{list(defs.GROUPS)}; run `persona features`)")
     snapshots = {g: (path, pq.read_schema(path)) for g, path in files.items()}
     # one service per model tag of the registry, read now (features/model_tags.py: the groups each reads)
+    engine = engine_of(store)
     entity, views, services = defs.repository(snapshots, model_tags.feature_services(), ttl=ttl,
-                                              log_dir=feature_log.log_root(ws))
+                                              log_dir=feature_log.log_root(ws), engine=engine)
     registered = {v.name: v for v in store.list_feature_views()}
+    # The `tags` view is written by `persona rescore`; after a change of engine its source type follows here too.
+    tags = registered.get(defs.TAGS_VIEW)
+    retyped = ([_tags_view_like(tags, Path(tags.batch_source.path), engine)]
+               if tags is not None and _source_kind(tags) != engine else [])
     # Feast keeps a view's materialisation intervals across a schema change, so a new column (a new category)
     # would never be loaded for dates already materialised, and Redis ignores rewrites of a persona at the same
     # snapshot time. A view whose features changed is therefore dropped (with its online values) and re-created:
     # the next materialize() loads it in full.
     reshaped = [old for name, old in registered.items() if name in views and _signature(old) != _signature(views[name])]
-    if reshaped:
-        store.apply([], objects_to_delete=reshaped, partial=False)
+    # after a change of engine, the sources declared for the other one go first (see _sources_of_other_engine)
+    dropped = [*reshaped, *_sources_of_other_engine(store, engine)]
+    if dropped:
+        store.apply([], objects_to_delete=dropped, partial=False)
     stale = [v for name, v in registered.items() if name not in views and name != defs.TAGS_VIEW]
     stale += [s for s in store.list_feature_services() if s.name not in services]
-    store.apply([entity, *views.values(), *services.values()], objects_to_delete=stale, partial=False)
+    store.apply([entity, *views.values(), *retyped, *services.values()], objects_to_delete=stale, partial=False)
     store.refresh_registry()  # a thread-mode registry cache would otherwise serve the old objects for a while
     _SERVICES.pop(store, None)
     return sorted(services)
@@ -171,6 +227,23 @@ def apply(store: feast.FeatureStore, ws: Workspace, cfg: PersonaConfig, *,
 
 def _signature(view: feast.FeatureView) -> list[tuple[str, str]]:
     return sorted((f.name, str(f.dtype)) for f in view.features)
+
+
+def _sources_of_other_engine(store: feast.FeatureStore, engine: defs.Engine, names: Sequence[str] | None = None
+                             ) -> list[feast.data_source.DataSource]:
+    """Registered Parquet sources declared for the other engine (all, or those of `names`), to delete before the
+    new declarations are applied: Feast 0.67's SQL registry reads a registered source back with the class of the
+    one applied over it (registry/sql.py, _apply_object), which fails when the class changed (a SparkSource reading
+    a FileSource's row asserts spark_options). Views keep their own copy of their source and their materialisation
+    intervals, so nothing else is lost."""
+    other = FileSource if engine == "spark" else SparkSource
+    return [s for s in store.list_data_sources(allow_cache=False)
+            if isinstance(s, other) and (names is None or s.name in names)]
+
+
+def _source_kind(view: feast.FeatureView) -> defs.Engine:
+    """The engine a registered view's offline source is declared for."""
+    return "spark" if isinstance(view.batch_source, SparkSource) else "duckdb"
 
 
 # --- offline → online ---------------------------------------------------------------------------------------
@@ -229,7 +302,7 @@ def materialize(store: feast.FeatureStore, end: datetime, *, first_start: dateti
     else:
         # Feast prints the views it materialises to stdout; a library must not write there (`persona features
         # --json` prints JSON), and the report returned says the same per view.
-        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), _feast_spark_settings(store):
             if full:
                 store.materialize(start_date=begin, end_date=end, feature_views=[v.name for v in full])
             if incremental:
@@ -327,11 +400,49 @@ def historical_features(store: feast.FeatureStore, service: str, entity_df: pd.D
     # Only the keys go to Feast: the other columns (labels, anything of any type) never reach the offline store's
     # SQL, where a column named like a feature or of a type it cannot load breaks the point-in-time join.
     keys = frame[[defs.JOIN_KEY, defs.TIMESTAMP]].assign(**{order: range(len(frame))})
-    found = store.get_historical_features(entity_df=keys, features=chosen).to_df()
+    with _feast_spark_settings(store):
+        found = store.get_historical_features(entity_df=keys, features=chosen).to_df()
     # Join the features back onto the rows by position: Feast returns rows in its own order, and the file offline
     # store drops a row that predates every snapshot of a persona instead of giving it nulls.
     found = found[[order, *features]].set_index(order).reindex(range(len(frame)))
     return pd.concat([frame, found.reset_index(drop=True)], axis=1)
+
+
+# Settings of the shared Spark session that Feast's Spark store depends on or changes, set for its queries only.
+# Its point-in-time SQL compares timestamps with naive UTC literals (offline_utils.get_feature_view_query_context:
+# to_naive_utc(...).isoformat()), so the session must read them as UTC even where persona.yaml's spark.conf sets
+# another time zone; and it switches spark.sql.parser.quotedRegexColumnNames on for the whole session
+# (spark.py get_spark_session_or_start_new_with_repoconfig), under which a backticked column in any other SELECT of
+# the process would be read as a regular expression.
+_FEAST_SPARK_SETTINGS = {"spark.sql.session.timeZone": "UTC", "spark.sql.parser.quotedRegexColumnNames": None}
+
+
+@contextlib.contextmanager
+def _feast_spark_settings(store: feast.FeatureStore):
+    """Run a Feast offline query with the session settings it needs, then put the session's own back."""
+    if engine_of(store) != "spark":
+        yield
+        return
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is None:  # start (or join) it as Feast would, from spark_conf, so that its settings can be read
+        builder = SparkSession.builder
+        for key, value in (store.config.offline_store.spark_conf or {}).items():
+            builder = builder.config(key, value)
+        session = builder.getOrCreate()
+    before = {k: session.conf.get(k, None) for k in _FEAST_SPARK_SETTINGS}
+    for key, value in _FEAST_SPARK_SETTINGS.items():
+        if value is not None:
+            session.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                session.conf.unset(key)
+            else:
+                session.conf.set(key, value)
 
 
 def online_features(store: feast.FeatureStore, service: str, persona_ids: Sequence[str]) -> pd.DataFrame:
@@ -393,14 +504,15 @@ def push_tags(store: feast.FeatureStore, frame: pd.DataFrame, when: datetime, *,
     columns = {c: ("number" if pd.api.types.is_float_dtype(frame[c].dtype) else "string")
                for c in frame.columns if c != defs.JOIN_KEY}
     history = Path(store.repo_path).parent / "tags"
-    view = defs.tags_view(columns, history, defs.persona_entity())
+    view = defs.tags_view(columns, history, defs.persona_entity(), engine=engine_of(store))
     try:
         current = store.get_feature_view(defs.TAGS_VIEW)
     except feast.errors.FeatureViewNotFoundException:
         current = None
-    if current is None or _signature(current) != _signature(view):
+    if current is None or _signature(current) != _signature(view) or _source_kind(current) != engine_of(store):
         if current is not None:
-            store.apply([], objects_to_delete=[current], partial=False)
+            switched = _sources_of_other_engine(store, engine_of(store), [view.batch_source.name])
+            store.apply([], objects_to_delete=[current, *switched], partial=False)
         store.apply([defs.persona_entity(), view])
         store.refresh_registry()
     rows = frame.reset_index(drop=True)

@@ -79,6 +79,16 @@ class TagSet:
                 stats[tag.id] = _fit(tag, env)
         return stats
 
+    def fit_inputs(self, frame: Mapping[str, Any], n: int, stats: Mapping[str, Any],
+                   ids: Sequence[str]) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
+        """What `fit` reduces for each tag of `ids` (tags that need fitting): its values by role ("input" of a
+        bucket; "recency", "frequency", "monetary" of an rfm tag) over the `n` rows of `frame`, and the mask of the
+        rows it keeps; `stats` holds the statistics of the fitted tags these read. `fit_result` turns reduced values
+        into the entry `fit` gives: a distributed fit (rules.spark_fit) reduces these per partition."""
+        self._check_columns(frame.keys())
+        env = _Env(self, frame, n, stats, getattr(frame, "index", None))
+        return {t: _fit_inputs(self[t], env) for t in ids}
+
     def evaluate(self, frame: pd.DataFrame, stats: Mapping[str, Any]) -> pd.DataFrame:
         """One column per tag, same index as `frame`: flag "boolean", enum/bucket/rfm Categorical (categories = the
         declared values, in order), score/value float64, top a column of tuples (None when every input is null).
@@ -276,22 +286,35 @@ def _bucket(tag: TagDef, env: _Env) -> Value:
     return StringValue(codes, cats)
 
 
-def _fit(tag: TagDef, env: _Env) -> dict:
+def _fit_inputs(tag: TagDef, env: _Env) -> tuple[dict[str, np.ndarray], np.ndarray]:
     pop = _population(tag, env)
     if tag.kind == "bucket":
         x = env.run(tag, "input").data
-        keep = ~np.isnan(x) if pop is None else (~np.isnan(x) & pop)
-        values = x[keep]
-        edges = np.quantile(values, tag.spec.quantiles).tolist() if values.size else None
-        return {"kind": "bucket", "quantiles": list(tag.spec.quantiles), "edges": edges,
-                "population": int(values.size), "version": tag.spec.version}
+        return {"input": x}, (~np.isnan(x) if pop is None else (~np.isnan(x) & pop))
     r, f, m = (env.run(tag, role).data for role in ("recency", "frequency", "monetary"))
-    keep = pop & ~(np.isnan(r) | np.isnan(f) | np.isnan(m))
+    return {"recency": r, "frequency": f, "monetary": m}, pop & ~(np.isnan(r) | np.isnan(f) | np.isnan(m))
+
+
+def _fit(tag: TagDef, env: _Env) -> dict:
+    roles, keep = _fit_inputs(tag, env)
+    if tag.kind == "bucket":
+        values = roles["input"][keep]
+        edges = np.quantile(values, tag.spec.quantiles).tolist() if values.size else None
+        return fit_result(tag, int(values.size), {"edges": edges})
     stat = np.mean if tag.spec.split == "mean" else np.median
     size = int(keep.sum())
-    out = {"kind": "rfm", "split": tag.spec.split, "population": size, "version": tag.spec.version}
-    for role, x in (("recency", r), ("frequency", f), ("monetary", m)):
-        out[role] = float(stat(x[keep])) if size else None
+    return fit_result(tag, size, {role: float(stat(x[keep])) if size else None for role, x in roles.items()})
+
+
+def fit_result(tag: TagDef, population: int, fitted: Mapping[str, Any]) -> dict:
+    """The statistics entry of a fitted tag (what `fit` returns for it) from its population size and what was
+    fitted: "edges" of a bucket tag; "recency", "frequency", "monetary" of an rfm tag."""
+    if tag.kind == "bucket":
+        return {"kind": "bucket", "quantiles": list(tag.spec.quantiles), "edges": fitted["edges"],
+                "population": population, "version": tag.spec.version}
+    out = {"kind": "rfm", "split": tag.spec.split, "population": population, "version": tag.spec.version}
+    for role in ("recency", "frequency", "monetary"):
+        out[role] = fitted[role]
     return out
 
 

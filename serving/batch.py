@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -66,7 +67,8 @@ def online_loaded(ws: Workspace) -> bool:
 def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool = False, push: bool = True,
             progress: Progress | None = None) -> dict:
     """Score every persona at the latest feature snapshot, or with the data up to and including the day `as_of`
-    (see `resolve_snapshot`); see the module."""
+    (see `resolve_snapshot`); see the module. With `engine: spark` the steps run on Spark (`serving.spark_batch`)
+    and write the same snapshot."""
     t0 = time.perf_counter()
     say = progress or (lambda stage, frac: None)
     cfg = ws.config()
@@ -80,6 +82,46 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool =
     if not models.models:
         raise InsufficientDataError("no champion model: run `persona train --promote` first (or promote a version "
                                     "with the MLflow UI: alias 'champion' on persona_<tag>)")
+    if cfg.engine == "spark":
+        from serving import spark_batch
+
+        n, meta, folder = spark_batch.run(ws, cfg, date, models, say, timings, snapshot_meta=snapshot_meta)
+        frames = lambda: spark_batch.read_chunks(ws, meta["date"], scoring.SCORE_CHUNK)  # noqa: E731
+    else:
+        n, meta, folder, out = _embedded(ws, cfg, date, models, say, timings)
+        frames = lambda: [out]  # noqa: E731
+    t = time.perf_counter()
+    pruned = history.prune(ws, cfg.tags.keep_snapshots)
+    timings["write"] += time.perf_counter() - t
+    kill_point("rescore.written")
+
+    pushed = skipped = None
+    if push and not online_loaded(ws):
+        skipped = ("no online store was loaded for this workspace (`persona features --no-online`): tags kept "
+                   "offline; run `persona features` to load one")
+    elif push:
+        say("pushing tags to the online store", 0.9)
+        t = time.perf_counter()
+        pushed = _push_all(ws, cfg, frames(), date, meta)
+        timings["push_online"] = time.perf_counter() - t
+    seconds = time.perf_counter() - t0
+    tag_ids = list(meta["coverage"])
+    return {
+        "date": meta["date"], "data_through": str(snapshots.data_through(date).date()),
+        "requested": None if as_of is None else str(pd.Timestamp(as_of).date()),
+        "personas": int(n), "models": models.versions(), "tags": len(tag_ids),
+        "unavailable": meta["unavailable"], "coverage": meta["coverage"], "snapshot": str(folder),
+        "pushed": pushed, "push_skipped": skipped, "pruned": pruned, "cleaned": removed,
+        "seconds": {k: round(v, 2) for k, v in {**timings, "total": seconds}.items()},
+        "personas_per_second": round(n / max(timings["read_features"] + timings["models"] + timings["rules"]
+                                             + timings["write"], 1e-9)),
+    }
+
+
+def _embedded(ws: Workspace, cfg, date: pd.Timestamp, models: scoring.ModelSet, say: Progress,
+              timings: dict[str, float]) -> tuple[int, dict, Path, pd.DataFrame]:
+    """The steps of `rescore` in this process (`engine: duckdb`): the snapshot's personas, its metadata, its folder
+    and its frame (what is pushed online)."""
     say("reading features", 0.05)
     t = time.perf_counter()
     frame = offline.offline_frame(ws, date)
@@ -113,43 +155,42 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool =
     # Consent as of this rescoring travels with the tags, so counting a segment never joins the profiles again.
     out[segments.OPT_OUT_COLUMN] = segments.opted_out_of(ws, pa.array(out[defs.JOIN_KEY].astype(str).to_numpy(),
                                                                       type=pa.string()))
-    entries = tagset.catalog()
-    tag_ids = [c["id"] for c in entries if c["id"] in out.columns]
-    meta = {
-        "date": str(date.date()), "as_of": str(date), "created": pd.Timestamp.now(tz="UTC").isoformat(),
-        "personas": int(n), "models": models.versions(), "outputs": list(scores),
-        "stats": stats, "rules_hash": scoring.rules_hash(tagset), "unavailable": dict(tagset.unavailable),
-        "tags": [{"id": c["id"], "value_type": c["value_type"], "category": c["category"], "type": c["type"]}
-                 for c in entries if c["id"] in out.columns],
-        "coverage": history.coverage(out, tag_ids),
-    }
+    tag_ids = [c["id"] for c in tagset.catalog() if c["id"] in out.columns]
+    meta = snapshot_meta(date, n, models, list(scores), stats, tagset, list(out.columns),
+                         history.coverage(out, tag_ids))
     kill_point("rescore.tagged")
     folder = history.write(ws, meta["date"], history.to_arrow(out), meta)
-    pruned = history.prune(ws, cfg.tags.keep_snapshots)
     timings["write"] = time.perf_counter() - t
-    kill_point("rescore.written")
+    return n, meta, folder, out
 
-    pushed = skipped = None
-    if push and not online_loaded(ws):
-        skipped = ("no online store was loaded for this workspace (`persona features --no-online`): tags kept "
-                   "offline; run `persona features` to load one")
-    elif push:
-        say("pushing tags to the online store", 0.9)
-        t = time.perf_counter()
-        pushed = push_tags(ws, cfg, out, date, meta)
-        timings["push_online"] = time.perf_counter() - t
-    seconds = time.perf_counter() - t0
-    del scorer
+
+def snapshot_meta(date: pd.Timestamp, n: int, models: scoring.ModelSet, outputs: list[str], stats: dict, tagset,
+                  columns: list[str], coverage: dict[str, float]) -> dict:
+    """The metadata of a tag snapshot (`_meta.json`): what the online service and `persona tags` read back.
+    `columns`: the snapshot's columns; `coverage`: `history.coverage` of its tags."""
+    entries = tagset.catalog()
     return {
-        "date": meta["date"], "data_through": str(snapshots.data_through(date).date()),
-        "requested": None if as_of is None else str(pd.Timestamp(as_of).date()),
-        "personas": int(n), "models": models.versions(), "tags": len(tag_ids),
-        "unavailable": meta["unavailable"], "coverage": meta["coverage"], "snapshot": str(folder),
-        "pushed": pushed, "push_skipped": skipped, "pruned": pruned, "cleaned": removed,
-        "seconds": {k: round(v, 2) for k, v in {**timings, "total": seconds}.items()},
-        "personas_per_second": round(n / max(timings["read_features"] + timings["models"] + timings["rules"]
-                                             + timings["write"], 1e-9)),
+        "date": str(date.date()), "as_of": str(date), "created": pd.Timestamp.now(tz="UTC").isoformat(),
+        "personas": int(n), "models": models.versions(), "outputs": list(outputs),
+        "stats": stats, "rules_hash": scoring.rules_hash(tagset), "unavailable": dict(tagset.unavailable),
+        "tags": [{"id": c["id"], "value_type": c["value_type"], "category": c["category"], "type": c["type"]}
+                 for c in entries if c["id"] in columns],
+        "coverage": coverage,
     }
+
+
+def _push_all(ws: Workspace, cfg, frames, date: pd.Timestamp, meta: dict) -> dict | None:
+    """`push_tags` over the snapshot's frames (one frame, or bounded chunks read back from the written snapshot),
+    totalled."""
+    total = None
+    for frame in frames:
+        got = push_tags(ws, cfg, frame, date, meta)
+        if total is None:
+            total = dict(got)
+        else:
+            total["rows"] += got["rows"]
+            total["seconds"] = round(total["seconds"] + got["seconds"], 2)
+    return total
 
 
 def push_tags(ws: Workspace, cfg, out: pd.DataFrame, date: pd.Timestamp, meta: dict) -> dict:

@@ -29,10 +29,13 @@ Published (integrated/current/):
 
 from __future__ import annotations
 
+import gc
 import glob
 import hashlib
+import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +50,7 @@ from features.integration import standardise as std
 from features.integration.oneid import pairwise_scores, resolve
 from features.integration.ingest import (ARROW_STR, MENTION_COLUMNS, SeenKeys, SourceFileError, mention_keys, read_source_file,
                              standardise_file)
-from features.integration.survivorship import CANDIDATE_COLUMNS, build_profiles, survive
+from features.integration.survivorship import CANDIDATE_COLUMNS, build_profiles, survive, survive_order, survive_sql
 from persona.config import PROFILE_ATTRIBUTES, PersonaConfig
 from persona.faults import kill_point
 from persona.workspace import (SecretError, Workspace, publishing, read_json, write_json_atomic,
@@ -59,6 +62,11 @@ FORGOTTEN = "forgotten.parquet"  # state/: (id_type, value_hash) of erased perso
 STAGE = "integrated"
 PUBLISHED = "published"  # a manifest entry's flag: False from staging until the run that staged it has published
 IDENTIFIER_COLUMNS = ["id_type", "value", "value_hash"]
+# DuckDB's share of the run's memory: above it, joins and sorts (publishing's ORDER BY of every event) spill to
+# SPILL in the workspace instead of holding everything at once. Well under half of the 7 GB integrate targets at
+# 1M customers, since pandas holds the identity map, profiles and lineage beside it.
+DUCKDB_MEMORY = "2GB"
+SPILL = ".tmp/integrate"  # under the workspace root: removed at the end, and at the start after a killed run
 
 
 @dataclass
@@ -91,7 +99,7 @@ def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, salt:
     """Stage every new or changed source file, and any file staged but never published; returns the manifest (per
     source, per file counts) and the raw identifiers of the files staged here."""
     manifest: dict = read_json(ws.state / MANIFEST, {}) or {}
-    identifiers = [migrate_staging(ws, cfg, manifest, salt)]
+    identifiers = [_arrow_identifiers(migrate_staging(ws, cfg, manifest, salt))]
     todo = []
     for name, spec in cfg.sources.items():
         files = source_files(ws, spec.path)
@@ -123,7 +131,7 @@ def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, salt:
         write_parquet_atomic(src_dir / f"{file_id}.rows.parquet", staged.accepted)
         write_parquet_atomic(src_dir / f"{file_id}.mentions.parquet", staged.mentions)
         write_parquet_atomic(ws.quarantine / name / f"{file_id}.parquet", staged.quarantined)
-        identifiers.append(staged.identifiers)
+        identifiers.append(_arrow_identifiers(staged.identifiers))
         reasons = staged.quarantined["reason"].str.split(":").str[0].value_counts().to_dict()
         manifest[name][rel] = {
             "file_id": file_id, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
@@ -136,9 +144,18 @@ def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, salt:
         }
         # After each file, so a crash resumes where it stopped; staged files are deterministic per file.
         write_json_atomic(ws.state / MANIFEST, manifest)
+        del raw, staged
         kill_point("integrate.staged")
-    found = pd.concat([x.astype("string") for x in identifiers], ignore_index=True)
+    found = pd.concat(identifiers, ignore_index=True)
+    del identifiers
     return Staging(manifest, found.drop_duplicates(["id_type", "value_hash"]).reset_index(drop=True))
+
+
+def _arrow_identifiers(frame: pd.DataFrame) -> pd.DataFrame:
+    """A file's distinct (id_type, value, value_hash) as Arrow strings: a few bytes a value instead of a Python
+    object each, since every file's identifiers are kept until the run publishes."""
+    return (frame[IDENTIFIER_COLUMNS].astype(ARROW_STR).drop_duplicates(["id_type", "value_hash"])
+            .reset_index(drop=True))
 
 
 def migrate_staging(ws: Workspace, cfg: PersonaConfig, manifest: dict, salt: str) -> pd.DataFrame:
@@ -251,9 +268,9 @@ def check_salt(identity_map: pd.DataFrame | None, salt: str) -> None:
 
 def known_values(previous: pd.DataFrame | None, staged: pd.DataFrame) -> pd.DataFrame:
     """Normalised raw values by (id_type, value_hash): the previous identity map's and this run's staged files'."""
-    parts = [staged[IDENTIFIER_COLUMNS].astype("string")]
+    parts = [staged[IDENTIFIER_COLUMNS].astype(ARROW_STR)]
     if previous is not None and "value" in previous.columns:
-        parts.append(previous.dropna(subset=["value"])[IDENTIFIER_COLUMNS].astype("string"))
+        parts.append(previous.dropna(subset=["value"])[IDENTIFIER_COLUMNS].astype(ARROW_STR))
     return pd.concat(parts, ignore_index=True).drop_duplicates(["id_type", "value_hash"])
 
 
@@ -280,8 +297,11 @@ def _drop_forgotten(mentions: pd.DataFrame, forgotten: Mapping[str, set[str]]) -
     return mentions[~mentions["mention_key"].isin(mentions["mention_key"][hit].unique())].reset_index(drop=True)
 
 
-def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progress | None = None) -> dict:
-    """Run the whole stage and publish its outputs; returns the report."""
+def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progress | None = None,
+              memory_limit: str = DUCKDB_MEMORY) -> dict:
+    """Run the whole stage and publish its outputs; returns the report.
+
+    `memory_limit`: DuckDB's (it spills to the workspace's SPILL folder beyond it); pandas frames come on top."""
     t0 = time.perf_counter()
     now = now or pd.Timestamp.now(tz="UTC")
     cfg = ws.config()
@@ -298,141 +318,192 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     if progress:
         progress("resolving identities", 0.6)
     t = time.perf_counter()
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC whatever the machine's zone
-    mention_files = _staged(ws, cfg, manifest, "mentions")
-    # Arrow-backed strings straight from DuckDB: resolution factorises them without a Python-object detour.
-    mentions = con.sql(
-        f"SELECT DISTINCT mention_key, id_type, value_hash FROM read_parquet({mention_files!r}, union_by_name=true)"
-    ).to_arrow_table().to_pandas(types_mapper={pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}.get)
-    if forgotten:
-        mentions = _drop_forgotten(mentions, forgotten)
-    prev_aliases = pd.read_parquet(current / "aliases.parquet") if current else None
-    prev_report = read_json(current / "report.json", {}) if current else {}
-    resolution = resolve(mentions, cfg.identity, blocked=blocked_hashes(cfg, salt), previous=previous,
-                         previous_aliases=prev_aliases, next_seq=int(prev_report.get("next_seq", 1)), on="value_hash")
-    timings["resolve"] = time.perf_counter() - t
+    with _duckdb(ws, memory_limit) as con:
+        mention_files = _staged(ws, cfg, manifest, "mentions")
+        # Arrow-backed strings straight from DuckDB: resolution factorises them without a Python-object detour.
+        mentions = con.sql(
+            f"SELECT DISTINCT mention_key, id_type, value_hash FROM read_parquet({mention_files!r}, union_by_name=true)"
+        ).to_arrow_table().to_pandas(types_mapper={pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}.get)
+        if forgotten:
+            mentions = _drop_forgotten(mentions, forgotten)
+        prev_aliases = pd.read_parquet(current / "aliases.parquet") if current else None
+        prev_report = read_json(current / "report.json", {}) if current else {}
+        resolution = resolve(mentions, cfg.identity, blocked=blocked_hashes(cfg, salt), previous=previous,
+                             previous_aliases=prev_aliases, next_seq=int(prev_report.get("next_seq", 1)),
+                             on="value_hash")
+        timings["resolve"] = time.perf_counter() - t
 
-    if progress:
-        progress("building profiles", 0.75)
-    t = time.perf_counter()
-    # The raw values, for the identity map (and enrichment's vendor keys): nodes keep their order.
-    nodes = resolution.nodes.merge(known_values(previous, staging.identifiers), on=["id_type", "value_hash"],
-                                   how="left")
-    resolution.stats["values_unknown"] = int(nodes["value"].isna().sum())
-    nodes["reachable"] = phone_reachability(nodes, cfg)
-    con.register("mp", resolution.mention_persona)
-    rows_files = _staged(ws, cfg, manifest, "rows")
-    channel_of = pd.DataFrame({"source": list(cfg.sources), "channel": [s.channel for s in cfg.sources.values()],
-                               "kind": [s.kind for s in cfg.sources.values()]})
-    con.register("src", channel_of)
-    candidates = _attribute_candidates(con, cfg, rows_files)
-    activity = con.execute(
-        f"""SELECT m.persona_id, s.channel, min(r.ts) AS first_ts, max(r.ts) AS last_ts, count(*) AS n
-            FROM read_parquet({rows_files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
-            JOIN src s ON s.source = r.source GROUP BY ALL"""
-    ).df()
-    mention_seen = con.execute(
-        f"""SELECT mention_key, max(ts) AS last_seen FROM read_parquet({rows_files!r}, union_by_name=true)
-            GROUP BY mention_key"""
-    ).df()
-    linked = nodes[nodes["persona_id"].notna()]
-    id_norm = {t: s.normalise for t, s in cfg.identity.identifiers.items()}
-    node_seen = (mentions.merge(mention_seen, on="mention_key")
-                 .groupby(["id_type", "value_hash"], as_index=False)["last_seen"].max())
-    identifiers = linked.merge(node_seen, on=["id_type", "value_hash"], how="left")
-    identifiers["normalise"] = identifiers["id_type"].map(id_norm)
+        if progress:
+            progress("building profiles", 0.75)
+        t = time.perf_counter()
+        # The raw values, for the identity map (and enrichment's vendor keys): nodes keep their order.
+        known = known_values(previous, staging.identifiers)
+        del staging, previous, prev_aliases  # the raw values now live in `known`, then in `nodes` only
+        # Keys as Python-backed strings, as the identity map has always been built (its published dtypes follow).
+        nodes = resolution.nodes.merge(known.astype({"id_type": "string", "value_hash": "string"}),
+                                       on=["id_type", "value_hash"], how="left")
+        del known
+        resolution.nodes = None
+        _release()
+        resolution.stats["values_unknown"] = int(nodes["value"].isna().sum())
+        nodes["reachable"] = phone_reachability(nodes, cfg)
+        con.register("mp", resolution.mention_persona)
+        rows_files = _staged(ws, cfg, manifest, "rows")
+        channel_of = pd.DataFrame({"source": list(cfg.sources), "channel": [s.channel for s in cfg.sources.values()],
+                                   "kind": [s.kind for s in cfg.sources.values()]})
+        con.register("src", channel_of)
+        activity = con.execute(
+            f"""SELECT m.persona_id, s.channel, min(r.ts) AS first_ts, max(r.ts) AS last_ts, count(*) AS n
+                FROM read_parquet({rows_files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
+                JOIN src s ON s.source = r.source GROUP BY ALL"""
+        ).df()
+        # When each identifier was last seen, in DuckDB: the mentions go there and are dropped here.
+        con.register("mentions", pa.Table.from_pandas(mentions, preserve_index=False))
+        del mentions
+        _release()
+        node_seen = con.execute(
+            f"""SELECT n.id_type, n.value_hash, max(s.last_seen) AS last_seen
+                FROM mentions n JOIN (SELECT mention_key, max(ts) AS last_seen
+                                      FROM read_parquet({rows_files!r}, union_by_name=true) GROUP BY mention_key) s
+                USING (mention_key) GROUP BY n.id_type, n.value_hash"""
+        ).df()
+        con.unregister("mentions")
+        linked = nodes[nodes["persona_id"].notna()]
+        id_norm = {t: s.normalise for t, s in cfg.identity.identifiers.items()}
+        identifiers = linked.merge(node_seen, on=["id_type", "value_hash"], how="left")
+        del node_seen
+        identifiers["normalise"] = identifiers["id_type"].map(id_norm)
 
-    winners = survive(candidates, cfg.profile.attributes, list(cfg.sources))
-    personas = linked["persona_id"].drop_duplicates()
-    profiles, lineage = build_profiles(personas, winners, activity, identifiers, cfg)
-    timings["profiles"] = time.perf_counter() - t
+        winners = _survivors(con, cfg, rows_files)
+        personas = linked["persona_id"].drop_duplicates()
+        profiles, lineage = build_profiles(personas, winners, activity, identifiers, cfg)
+        del winners, activity, personas
+        _release()
+        timings["profiles"] = time.perf_counter() - t
 
-    if progress:
-        progress("enriching", 0.85)
-    t = time.perf_counter()
-    enrichment_report = {}
-    lineage_parts = [lineage]
-    ext_quarantine = []
-    for name, spec in cfg.enrichment.items():
-        table = enrich_mod.read_external(ws.root / spec.path, spec, timezone=cfg.timezone)
-        profiles, lin, rep = enrich_mod.enrich(name, spec, table, profiles, identifiers)
-        lineage_parts.append(lin)
-        enrichment_report[name] = rep
-        ext_quarantine.append(table.quarantined.assign(source=f"enrichment:{name}", file_id=spec.path))
-    # Enrichment lineage comes last: where an external value replaced an internal one, it is the one kept.
-    lineage = pd.concat(lineage_parts, ignore_index=True).drop_duplicates(["persona_id", "attribute"], keep="last")
-    timings["enrich"] = time.perf_counter() - t
+        if progress:
+            progress("enriching", 0.85)
+        t = time.perf_counter()
+        enrichment_report = {}
+        lineage_parts = [lineage]
+        ext_quarantine = []
+        for name, spec in cfg.enrichment.items():
+            table = enrich_mod.read_external(ws.root / spec.path, spec, timezone=cfg.timezone)
+            profiles, lin, rep = enrich_mod.enrich(name, spec, table, profiles, identifiers)
+            lineage_parts.append(lin)
+            enrichment_report[name] = rep
+            ext_quarantine.append(table.quarantined.assign(source=f"enrichment:{name}", file_id=spec.path))
+            del table
+        del identifiers
+        # Enrichment lineage comes last: where an external value replaced an internal one, it is the one kept.
+        lineage = pd.concat(lineage_parts, ignore_index=True).drop_duplicates(["persona_id", "attribute"],
+                                                                              keep="last")
+        del lineage_parts
+        _release()
+        timings["enrich"] = time.perf_counter() - t
 
-    quality = _evaluate(ws, cfg, manifest, con) if cfg.truth else None
+        quality = _evaluate(ws, cfg, manifest, con) if cfg.truth else None
 
-    if progress:
-        progress("publishing", 0.92)
-    t = time.perf_counter()
-    # A sequence number first, so run folders sort in run order even when two runs share a clock second.
-    run_seq = int(prev_report.get("run_seq", 0)) + 1
-    run_id = f"{run_seq:06d}-{now:%Y%m%dT%H%M%SZ}"
-    audit = resolution.audit.assign(run_id=run_id, at=now)
-    audit = audit[[c for c in audit.columns if c != "value_hash"] + ["value_hash"]].astype({"value_hash": "string"})
-    if current and (current / "audit_log.parquet").exists():
-        earlier = pd.read_parquet(current / "audit_log.parquet")
-        if len(earlier):  # concatenating an empty frame is deprecated (its all-NA columns would decide dtypes)
-            audit = pd.concat(_same_columns(earlier, audit), ignore_index=True) if len(audit) else earlier
-    sources = _source_counts(manifest, cfg)
-    unattributed = con.execute(
-        f"""SELECT r.source, count(*) AS n FROM read_parquet({rows_files!r}, union_by_name=true) r
-            ANTI JOIN mp m USING (mention_key) GROUP BY r.source"""
-    ).df()
-    for name, n in zip(unattributed["source"], unattributed["n"]):
-        sources[name]["unattributed"] = int(n)
+        if progress:
+            progress("publishing", 0.92)
+        t = time.perf_counter()
+        # A sequence number first, so run folders sort in run order even when two runs share a clock second.
+        run_seq = int(prev_report.get("run_seq", 0)) + 1
+        run_id = f"{run_seq:06d}-{now:%Y%m%dT%H%M%SZ}"
+        audit = resolution.audit.assign(run_id=run_id, at=now)
+        audit = audit[[c for c in audit.columns if c != "value_hash"] + ["value_hash"]].astype({"value_hash": "string"})
+        if current and (current / "audit_log.parquet").exists():
+            earlier = pd.read_parquet(current / "audit_log.parquet")
+            if len(earlier):  # concatenating an empty frame is deprecated (its all-NA columns would decide dtypes)
+                audit = pd.concat(_same_columns(earlier, audit), ignore_index=True) if len(audit) else earlier
+        sources = _source_counts(manifest, cfg)
+        unattributed = con.execute(
+            f"""SELECT r.source, count(*) AS n FROM read_parquet({rows_files!r}, union_by_name=true) r
+                ANTI JOIN mp m USING (mention_key) GROUP BY r.source"""
+        ).df()
+        for name, n in zip(unattributed["source"], unattributed["n"]):
+            sources[name]["unattributed"] = int(n)
 
-    with publishing(ws, STAGE, run_id) as out:
-        write_parquet_atomic(out / "identity_map.parquet", nodes[["id_type", "value", "value_hash", "persona_id",
-                                                                   "status", "reachable"]])
-        write_parquet_atomic(out / "identity_hashed.parquet", linked[["id_type", "value_hash", "persona_id"]])
-        write_parquet_atomic(out / "aliases.parquet", resolution.aliases)
-        write_parquet_atomic(out / "profiles.parquet", profiles)
-        write_parquet_atomic(out / "lineage.parquet", lineage.astype({"record": "string"}))
-        write_parquet_atomic(out / "audit_log.parquet", audit)
-        # Published without the raw values (they may hold phones and emails); those stay in the staged
-        # quarantine/SOURCE/FILE_ID.parquet, next to the other restricted data.
-        quarantine_files = [str(ws.quarantine / n / f"{e['file_id']}.parquet")
-                            for n in cfg.sources for e in manifest.get(n, {}).values()]
-        q = con.execute(f"""SELECT source, file_id, row, reason FROM read_parquet({quarantine_files!r},
-                            union_by_name=true)""").df()
-        write_parquet_atomic(out / "quarantine.parquet", pd.concat([q, *ext_quarantine], ignore_index=True)
-                             .astype({"source": "string", "file_id": "string", "reason": "string"}))
-        for kind in ("transactions", "events", "interactions"):
-            names = [n for n, s in cfg.sources.items() if s.kind == kind]
-            files = [p for p in rows_files if Path(p).parent.name in names]
-            if not files:
-                continue
-            con.execute(
-                f"""COPY (SELECT m.persona_id, s.channel, r.* EXCLUDE (mention_key, row_key)
-                          FROM read_parquet({files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
-                          JOIN src s ON s.source = r.source ORDER BY m.persona_id, r.ts)
-                    TO '{out / f"{kind}.parquet"}' (FORMAT parquet, COMPRESSION zstd)""")
-        timings["publish"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
-        report = {
-            "run_id": run_id,
-            "sources": sources,
-            "personas": int(len(profiles)),
-            "identity": resolution.stats,
-            "enrichment": enrichment_report,
-            "run_seq": run_seq,
-            "next_seq": resolution.next_seq,
-            "seconds": {k: round(v, 2) for k, v in timings.items()},
-        }
-        if quality is not None:
-            report["resolution"] = quality
-        write_json_atomic(out / "report.json", report)
+        with publishing(ws, STAGE, run_id) as out:
+            write_parquet_atomic(out / "identity_map.parquet", nodes[["id_type", "value", "value_hash", "persona_id",
+                                                                       "status", "reachable"]])
+            write_parquet_atomic(out / "identity_hashed.parquet", linked[["id_type", "value_hash", "persona_id"]])
+            del nodes, linked
+            write_parquet_atomic(out / "aliases.parquet", resolution.aliases)
+            write_parquet_atomic(out / "profiles.parquet", profiles)
+            write_parquet_atomic(out / "lineage.parquet", lineage.astype({"record": "string"}))
+            del lineage
+            write_parquet_atomic(out / "audit_log.parquet", audit)
+            _release()
+            # Published without the raw values (they may hold phones and emails); those stay in the staged
+            # quarantine/SOURCE/FILE_ID.parquet, next to the other restricted data.
+            quarantine_files = [str(ws.quarantine / n / f"{e['file_id']}.parquet")
+                                for n in cfg.sources for e in manifest.get(n, {}).values()]
+            con.execute("SET preserve_insertion_order = true")  # the published quarantine keeps file and row order
+            q = con.execute(f"""SELECT source, file_id, row, reason FROM read_parquet({quarantine_files!r},
+                                union_by_name=true)""").df()
+            con.execute("SET preserve_insertion_order = false")
+            write_parquet_atomic(out / "quarantine.parquet", pd.concat([q, *ext_quarantine], ignore_index=True)
+                                 .astype({"source": "string", "file_id": "string", "reason": "string"}))
+            del q
+            for kind in ("transactions", "events", "interactions"):
+                names = [n for n, s in cfg.sources.items() if s.kind == kind]
+                files = [p for p in rows_files if Path(p).parent.name in names]
+                if not files:
+                    continue
+                con.execute(
+                    f"""COPY (SELECT m.persona_id, s.channel, r.* EXCLUDE (mention_key, row_key)
+                              FROM read_parquet({files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
+                              JOIN src s ON s.source = r.source ORDER BY m.persona_id, r.ts)
+                        TO '{out / f"{kind}.parquet"}' (FORMAT parquet, COMPRESSION zstd)""")
+            timings["publish"] = time.perf_counter() - t
+            timings["total"] = time.perf_counter() - t0
+            report = {
+                "run_id": run_id,
+                "sources": sources,
+                "personas": int(len(profiles)),
+                "identity": resolution.stats,
+                "enrichment": enrichment_report,
+                "run_seq": run_seq,
+                "next_seq": resolution.next_seq,
+                "seconds": {k: round(v, 2) for k, v in timings.items()},
+            }
+            if quality is not None:
+                report["resolution"] = quality
+            write_json_atomic(out / "report.json", report)
     retire_raw_values(ws)
     for files in manifest.values():
         for entry in files.values():
             entry.pop(PUBLISHED, None)
     write_json_atomic(ws.state / MANIFEST, manifest)
     return report
+
+
+@contextmanager
+def _duckdb(ws: Workspace, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection held to `memory_limit`, spilling to the workspace's SPILL folder; the folder goes when
+    the connection does (and, left by a killed run, when the next one starts)."""
+    spill = ws.root / SPILL
+    shutil.rmtree(spill, ignore_errors=True)
+    spill.mkdir(parents=True)
+    con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(spill),
+                                 "preserve_insertion_order": False})
+    try:
+        con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC whatever the machine's zone
+        yield con
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+        try:
+            spill.parent.rmdir()  # the workspace's .tmp, unless something else keeps files there
+        except OSError:
+            pass
+
+
+def _release() -> None:
+    """Hand freed memory back: Python's cycles, and what Arrow's allocator keeps for reuse."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
 
 
 def _same_columns(earlier: pd.DataFrame, new: pd.DataFrame) -> list[pd.DataFrame]:
@@ -465,6 +536,14 @@ def _attribute_candidates(con: duckdb.DuckDBPyConnection, cfg: PersonaConfig, ro
 
     Read only from the sources that map attributes, and unpivoted in DuckDB, so event logs never reach pandas.
     """
+    sql = _candidates_sql(cfg, rows_files)
+    if sql is None:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in CANDIDATE_COLUMNS})
+    return con.execute(sql).df()
+
+
+def _candidates_sql(cfg: PersonaConfig, rows_files: list[str]) -> str | None:
+    """The query behind `_attribute_candidates` (None when no source maps a profile attribute)."""
     parts = []
     for name, spec in cfg.sources.items():
         attrs = [a for a in spec.fields if a in PROFILE_ATTRIBUTES]
@@ -477,9 +556,22 @@ def _attribute_candidates(con: duckdb.DuckDBPyConnection, cfg: PersonaConfig, ro
                     SELECT m.persona_id, r.source, r.source || '/' || r.file_id || '#' || r.row AS record, r.ts, {cols}
                     FROM read_parquet({files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
                 ) UNPIVOT (value FOR attribute IN ({", ".join(attrs)}))""")
-    if not parts:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in CANDIDATE_COLUMNS})
-    return con.execute(" UNION ALL ".join(parts)).df()
+    return " UNION ALL ".join(parts) if parts else None
+
+
+def _survivors(con: duckdb.DuckDBPyConnection, cfg: PersonaConfig, rows_files: list[str]) -> pd.DataFrame:
+    """`survive(_attribute_candidates(...), ...)` computed in DuckDB: only the winners reach pandas, not every
+    candidate value of every record (tens of millions at a million customers)."""
+    sql = _candidates_sql(cfg, rows_files)
+    order = survive_order(cfg.profile.attributes, list(cfg.sources))
+    if sql is None or order.empty:
+        return pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    con.register("trust", order)
+    try:
+        winners = con.execute(survive_sql(sql, "trust")).df()
+    finally:
+        con.unregister("trust")
+    return winners if len(winners) else pd.DataFrame(columns=CANDIDATE_COLUMNS)
 
 
 def _evaluate(ws: Workspace, cfg: PersonaConfig, manifest: dict, con: duckdb.DuckDBPyConnection) -> dict | None:

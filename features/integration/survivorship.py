@@ -40,6 +40,41 @@ def survive(candidates: pd.DataFrame, rules: dict[str, AttributeRule], source_or
     return pd.concat(picked, ignore_index=True)
 
 
+def survive_order(rules: dict[str, AttributeRule], source_order: list[str]) -> pd.DataFrame:
+    """`survive`'s rules as a table for `survive_sql`: one row per (attribute, source) with the source's trust rank
+    (0 = most trusted), the attribute's place in `rules`, its rule, and the rank of a source not listed."""
+    parts = []
+    for position, (attribute, rule) in enumerate(rules.items()):
+        trust_order = rule.sources + [s for s in source_order if s not in rule.sources]
+        parts.append(pd.DataFrame({"attribute": attribute, "source": trust_order,
+                                   "trust": range(len(trust_order)), "position": position, "rule": rule.rule,
+                                   "fallback": len(trust_order)}))
+    columns = ["attribute", "source", "trust", "position", "rule", "fallback"]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+def survive_sql(candidates: str, order: str) -> str:
+    """The SQL form of `survive`, for candidates too many for pandas: `candidates` is a query giving
+    CANDIDATE_COLUMNS, `order` the name of a `survive_order` table. Same winners, in the same order (attributes
+    in rule order, then by persona_id); a change to the ordering rule belongs in both."""
+    # One window for all three rules: _freq is 0 unless most_frequent, the first trust term 0 unless most_trusted.
+    return f"""
+        WITH c AS ({candidates}),
+        a AS (SELECT DISTINCT attribute, position AS _position, rule AS _rule, fallback AS _fallback FROM {order}),
+        r AS (
+            SELECT c.*, a._position, a._rule, coalesce(t.trust, a._fallback) AS _trust,
+                   CASE WHEN a._rule = 'most_frequent'
+                        THEN count(*) OVER (PARTITION BY c.persona_id, c.attribute, c.value) ELSE 0 END AS _freq
+            FROM c JOIN a ON a.attribute = c.attribute
+            LEFT JOIN {order} t ON t.attribute = c.attribute AND t.source = c.source)
+        SELECT {", ".join(CANDIDATE_COLUMNS)} FROM r
+        QUALIFY row_number() OVER (
+            PARTITION BY persona_id, attribute
+            ORDER BY _freq DESC, CASE WHEN _rule = 'most_trusted' THEN _trust ELSE 0 END, ts DESC NULLS LAST,
+                     _trust, record) = 1
+        ORDER BY _position, persona_id"""
+
+
 def build_profiles(personas: pd.Series, winners: pd.DataFrame, activity: pd.DataFrame, identifiers: pd.DataFrame,
                    cfg: PersonaConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Assemble the profile table and its lineage.

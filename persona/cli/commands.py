@@ -58,13 +58,15 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _engine(ws: Workspace) -> None:
-    """`engine: spark`: Spark must be startable (else one error naming what is missing). The stages of this version
-    still run on the embedded engine (issue 13: the Spark stages land one by one), and the command says so."""
+def _engine(ws: Workspace, stage: str) -> None:
+    """`engine: spark`: Spark must be startable (else one error naming what is missing). `persona features` and
+    `persona rescore` run on Spark; integrate still runs on the embedded engine (its Spark steps land next), and
+    says so."""
     if ws.config().engine == "spark":
         check_spark()
-        err.print("[yellow]note:[/] engine: spark is set and Spark is available; this version runs integrate, "
-                  "features and rescore on the embedded engine (DuckDB) still", highlight=False, soft_wrap=True)
+        if stage == "integrate":
+            err.print("[yellow]note:[/] engine: spark is set; this version still runs integrate on the embedded "
+                      "engine (DuckDB); features and rescore run on Spark", highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -108,7 +110,7 @@ def integrate(workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> 
 
     with _errors(), _progress(not as_json) as progress:
         ws = Workspace.open(workspace)
-        _engine(ws)
+        _engine(ws, "integrate")
         report = run(ws, progress=progress)
     _emit(report, as_json, render.render_integrate)
 
@@ -153,7 +155,7 @@ def features(
     when = _as_of(as_of)
     ws = Workspace.open(workspace)
     with _errors(), _progress(not as_json) as progress:
-        _engine(ws)
+        _engine(ws, "features")
         report = build_features(ws, as_of=when, full=full, online=online and not reload_online, progress=progress)
         if reload_online:
             report["reloaded"] = recovery.rebuild_online(ws, force=True)
@@ -242,7 +244,7 @@ def rescore(
         raise typer.BadParameter("--nearest needs --as-of DATE")
     with _errors(), _progress(not as_json) as progress:
         ws = Workspace.open(workspace)
-        _engine(ws)
+        _engine(ws, "rescore")
         result = run(ws, as_of=when, nearest=nearest, push=push, progress=progress)
     _emit(result, as_json, render.render_rescore)
 

@@ -133,16 +133,54 @@ def test_a_failed_sqlite_write_leaves_nothing_of_itself(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = online_writer.encode_values
 
-    def failing(values, dtype):  # dies while encoding a later chunk of the write
+    def failing(values, dtype, **kw):  # dies while encoding a later chunk of the write
         calls["n"] += 1
         if calls["n"] > 3:
             raise RuntimeError("killed mid-write")
-        return real(values, dtype)
+        return real(values, dtype, **kw)
 
     monkeypatch.setattr(online_writer, "CHUNK_ROWS", 40)
     monkeypatch.setattr(online_writer, "encode_values", failing)
     with pytest.raises(RuntimeError, match="killed mid-write"):
         online_writer.write(applied.store, "transactions", _frame(100, D2, 2))
+    assert _sqlite_rows(applied.store, "transactions") == before
+
+
+def test_a_persona_repeated_in_a_frame_keeps_its_last_row_as_feasts_upserts_do(tmp_path, monkeypatch):
+    bulk, feast_ = build(tmp_path / "bulk", make_config()), build(tmp_path / "feast", make_config())
+    frame = pd.concat([_frame(60, D1, 1), _frame(30, D2, 2).iloc[::-1], _frame(45, D1, 3)], ignore_index=True)
+    monkeypatch.setattr(online_writer, "CHUNK_ROWS", 25)  # personas of one key order spread over several chunks
+    assert online_writer.write(bulk.store, "transactions", frame)["written"] == 60
+    with monkeypatch.context() as m:
+        _feast_path(m)
+        online_writer.write(feast_.store, "transactions", frame)
+    assert _sqlite_rows(bulk.store, "transactions") == _sqlite_rows(feast_.store, "transactions")
+
+
+def test_a_reader_sees_the_table_before_or_after_a_sqlite_write_never_part_of_it(tmp_path, monkeypatch):
+    applied = build(tmp_path, make_config())
+    online_writer.write(applied.store, "transactions", _frame(100, D1, 1))
+    before = _sqlite_rows(applied.store, "transactions")
+    seen = []
+    real = online_writer.encode_values
+
+    def reading(values, dtype, **kw):  # a reader on its own connection while chunks are being written
+        seen.append(_sqlite_rows(applied.store, "transactions"))
+        return real(values, dtype, **kw)
+
+    monkeypatch.setattr(online_writer, "CHUNK_ROWS", 20)
+    monkeypatch.setattr(online_writer, "encode_values", reading)
+    online_writer.write(applied.store, "transactions", _frame(100, D2, 2))
+    after = _sqlite_rows(applied.store, "transactions")
+    assert len(seen) == 10 and after != before
+    assert all(rows == before for rows in seen)
+
+
+def test_an_empty_frame_writes_nothing(tmp_path):
+    applied = build(tmp_path, make_config())
+    online_writer.write(applied.store, "transactions", _frame(50, D1, 1))
+    before = _sqlite_rows(applied.store, "transactions")
+    assert online_writer.write(applied.store, "transactions", _frame(0, D2, 2))["written"] == 0
     assert _sqlite_rows(applied.store, "transactions") == before
 
 
@@ -200,3 +238,79 @@ def test_redis_hashes_equal_feasts_including_what_is_not_newer(redis_pair, monke
         _feast_path(m)
         fs.push_tags(feast_.store, _tags(30), D2.to_pydatetime())
     assert _hashes(bulk, ids[:30]) == _hashes(feast_, ids[:30])
+
+
+@pytest.mark.production
+def test_a_redis_write_killed_part_way_leaves_each_persona_old_or_new(redis_pair, monkeypatch):
+    bulk, feast_ = redis_pair
+    ids = [f"p{i}" for i in range(200)]
+    first, newer = _frame(200, D1, 1), _frame(200, D2, 2)
+    with monkeypatch.context() as m:
+        _feast_path(m)
+        online_writer.write(feast_.store, "transactions", first)
+        old = _hashes(feast_, ids)
+        online_writer.write(feast_.store, "transactions", newer)
+        new = _hashes(feast_, ids)
+    online_writer.write(bulk.store, "transactions", first)
+    calls = {"n": 0}
+    real = online_writer.encode_values
+
+    def failing(values, dtype, **kw):  # dies encoding the fourth chunk: up to three were sent
+        calls["n"] += 1
+        if calls["n"] > 6:
+            raise RuntimeError("killed mid-write")
+        return real(values, dtype, **kw)
+
+    monkeypatch.setattr(online_writer, "CHUNK_ROWS", 30)
+    monkeypatch.setattr(online_writer, "encode_values", failing)
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        online_writer.write(bulk.store, "transactions", newer)
+    got = _hashes(bulk, ids)
+    assert all(h in (o, n) for h, o, n in zip(got, old, new))
+    assert sum(h == n for h, n in zip(got, new)) == 90  # the three chunks encoded before the failure
+    monkeypatch.undo()
+    # the rest: the 90 written hold a time as new as theirs, so Feast's rule skips them
+    assert online_writer.write(bulk.store, "transactions", newer)["written"] == 110
+    assert _hashes(bulk, ids) == new
+
+
+@pytest.mark.production
+def test_a_redis_error_reply_is_raised_and_the_connection_stays_usable(redis_pair):
+    bulk, _ = redis_pair
+    store = bulk.store
+    client = online_reader._redis(store, True)
+    client.set(online_writer.entity_keys(["p3"]).tolist()[0] + store.project.encode(), b"not a hash")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        online_writer.write(store, "transactions", _frame(10, D1, 1))
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):  # the check passes under skip_dedup; HSET refuses
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(store.config.online_store, "skip_dedup", True)
+            online_writer.write(store, "transactions", _frame(10, D1, 1))
+    assert len([h for h in _hashes(bulk, [f"p{i}" for i in range(10) if i != 3]) if h]) == 9  # the others written
+    assert online_writer.write(store, "transactions", _frame(10, D2, 1).iloc[4:])["written"] == 6
+
+
+class _Trickle:
+    """A connection whose socket hands over the given bytes a few at a time (replies split anywhere)."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._sock = self
+        self.parts = [data[i:i + step] for i in range(0, len(data), step)]
+
+    def recv(self, size: int) -> bytes:
+        return self.parts.pop(0) if self.parts else b""
+
+    def disconnect(self) -> None:
+        self.parts = []
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 1000])
+def test_replies_split_across_reads_are_read_whole(step):
+    online_writer._line_replies(_Trickle(b":1\r\n:0\r\n:12\r\n", step), 3)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE Operation"):
+        online_writer._line_replies(_Trickle(b":1\r\n-WRONGTYPE Operation\r\n:1\r\n", step), 3)
+    held = b"\x08\x80\r\n\x10\x01"  # a Timestamp whose bytes hold a line end
+    got = online_writer._bulk_replies(_Trickle(b"$-1\r\n$6\r\n" + held + b"\r\n$0\r\n\r\n", step), 3)
+    assert got == [None, held, b""]
+    with pytest.raises(redis.ConnectionError):
+        online_writer._bulk_replies(_Trickle(b"$-1\r\n", step), 2)

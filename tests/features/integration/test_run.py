@@ -291,6 +291,40 @@ def test_malformed_new_file_raises_and_leaves_published_run_untouched(tmp_path, 
 
 
 # --- survivorship --------------------------------------------------------------------------------------------
+def test_duckdb_is_held_to_a_memory_limit_and_spills_inside_the_workspace_then_cleans_up(tmp_path, salt,
+                                                                                          monkeypatch):
+    """DuckDB gets the memory limit and a spill folder in the workspace, gone after the run and after a failed one."""
+    import features.integration.run as run
+
+    ws = base_workspace(tmp_path)
+    spill = ws.root / ".tmp" / "integrate"
+    spill.mkdir(parents=True)
+    (spill / "left-by-a-killed-run.tmp").write_text("x")
+    connect, seen = run.duckdb.connect, []
+
+    def spy(*args, config=None, **kwargs):
+        con = connect(*args, config=config, **kwargs)
+        seen.append((config, con.execute("SELECT current_setting('temp_directory')").fetchone()[0],
+                     sorted(p.name for p in spill.iterdir())))
+        return con
+
+    monkeypatch.setattr(run.duckdb, "connect", spy)
+    integrate(ws, now=NOW, memory_limit="500MB")
+    [(config, temp_directory, files)] = seen
+    assert config["memory_limit"] == "500MB" and Path(temp_directory) == spill and files == []
+    assert not (ws.root / ".tmp").exists()
+
+    def broken(*args, **kwargs):
+        assert spill.is_dir()
+        raise RuntimeError("resolution failed")
+
+    monkeypatch.setattr(run, "resolve", broken)
+    write(ws.root / "raw/orders/2026-06.csv", ORDERS_MAY.replace("O", "P"))
+    with pytest.raises(RuntimeError, match="resolution failed"):
+        integrate(ws, now=NOW)
+    assert not (ws.root / ".tmp").exists()
+
+
 def test_survivorship_rules_with_lineage(tmp_path, salt):
     app_src = {"channel": "app", "kind": "profile", "path": "raw/app.csv", "key": ["user_id"],
                "timestamp": {"column": "updated_at"}, "identifiers": {"member_id": "member_id"},
