@@ -30,209 +30,36 @@ Published (integrated/current/):
 from __future__ import annotations
 
 import gc
-import glob
-import hashlib
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.integration import enrich as enrich_mod
+from features.integration import spark_run
 from features.integration import standardise as std
+from features.integration.ingest import ARROW_STR
 from features.integration.oneid import pairwise_scores, resolve
-from features.integration.ingest import (ARROW_STR, MENTION_COLUMNS, SeenKeys, SourceFileError, mention_keys, read_source_file,
-                             standardise_file)
-from features.integration.survivorship import CANDIDATE_COLUMNS, build_profiles, survive, survive_order, survive_sql
+from features.integration.staging import (FORGOTTEN, IDENTIFIER_COLUMNS, MANIFEST, PUBLISHED, Progress,
+                                          source_counts, staged_files, drop_forgotten, read_forgotten, stage_sources)
+from features.integration.survivorship import CANDIDATE_COLUMNS, build_profiles, survive_order, survive_sql
+from persona import engine
 from persona.config import PROFILE_ATTRIBUTES, PersonaConfig
-from persona.faults import kill_point
-from persona.workspace import (SecretError, Workspace, publishing, read_json, write_json_atomic,
-                               write_parquet_atomic)
+from persona.workspace import SecretError, Workspace, publishing, read_json, write_json_atomic, write_parquet_atomic
 
-Progress = Callable[[str, float], None]
-MANIFEST = "ingested.json"
-FORGOTTEN = "forgotten.parquet"  # state/: (id_type, value_hash) of erased persons, kept out of every later run
+__all__ = ["FORGOTTEN", "MANIFEST", "STAGE", "integrate", "check_salt", "retire_raw_values"]
 STAGE = "integrated"
-PUBLISHED = "published"  # a manifest entry's flag: False from staging until the run that staged it has published
-IDENTIFIER_COLUMNS = ["id_type", "value", "value_hash"]
 # DuckDB's share of the run's memory: above it, joins and sorts (publishing's ORDER BY of every event) spill to
 # SPILL in the workspace instead of holding everything at once. Well under half of the 7 GB integrate targets at
 # 1M customers, since pandas holds the identity map, profiles and lineage beside it.
 DUCKDB_MEMORY = "2GB"
 SPILL = ".tmp/integrate"  # under the workspace root: removed at the end, and at the start after a killed run
-
-
-@dataclass
-class Staging:
-    """What staging leaves for the rest of the run: the manifest, and the raw identifiers it read (memory only)."""
-
-    manifest: dict
-    identifiers: pd.DataFrame  # id_type, value, value_hash of the files staged (or migrated) in this run
-
-
-def _file_id(relpath: str) -> str:
-    return hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:16]
-
-
-def source_files(ws: Workspace, pattern: str) -> list[Path]:
-    return sorted(Path(p) for p in glob.glob(str(ws.root / pattern), recursive=True) if Path(p).is_file())
-
-
-def read_forgotten(ws: Workspace) -> dict[str, set[str]]:
-    """The salted hashes of erased persons' identifiers, per identifier type (empty when nobody was erased)."""
-    path = ws.state / FORGOTTEN
-    if not path.exists():
-        return {}
-    table = pd.read_parquet(path, columns=["id_type", "value_hash"])
-    return {str(t): set(g["value_hash"].astype(str)) for t, g in table.groupby("id_type")}
-
-
-def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, salt: str,
-                  forgotten: Mapping[str, set[str]] | None = None, progress: Progress | None = None) -> Staging:
-    """Stage every new or changed source file, and any file staged but never published; returns the manifest (per
-    source, per file counts) and the raw identifiers of the files staged here."""
-    manifest: dict = read_json(ws.state / MANIFEST, {}) or {}
-    identifiers = [_arrow_identifiers(migrate_staging(ws, cfg, manifest, salt))]
-    todo = []
-    for name, spec in cfg.sources.items():
-        files = source_files(ws, spec.path)
-        if not files:
-            raise SourceFileError(f"{ws.root / spec.path}: no file matches the path of source '{name}' in persona.yaml")
-        done = manifest.setdefault(name, {})
-        for f in files:
-            rel = f.relative_to(ws.root).as_posix()
-            st = f.stat()
-            entry = done.get(rel)
-            if (entry and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns
-                    and entry.get(PUBLISHED, True)):
-                continue
-            todo.append((name, spec, f, rel, st))
-    seen: dict[str, SeenKeys] = {}
-    for i, (name, spec, f, rel, st) in enumerate(todo):
-        if progress:
-            progress(f"staging {rel}", i / max(len(todo), 1))
-        file_id = _file_id(rel)
-        src_dir = ws.staging / name
-        if name not in seen:  # a source's staged keys are read once per run, then kept up to date in memory
-            seen[name] = SeenKeys()
-            for p in (src_dir.glob("*.rows.parquet") if src_dir.exists() else []):
-                seen[name].add(p.name.split(".")[0], pq.read_table(p, columns=["row_key"])["row_key"].to_numpy())
-        raw = read_source_file(f, spec)
-        staged = standardise_file(raw, spec, cfg, source=name, file_id=file_id, now=now, seen_row_keys=seen[name],
-                                  salt=salt, forgotten=forgotten)
-        seen[name].add(file_id, staged.accepted["row_key"].to_numpy())
-        write_parquet_atomic(src_dir / f"{file_id}.rows.parquet", staged.accepted)
-        write_parquet_atomic(src_dir / f"{file_id}.mentions.parquet", staged.mentions)
-        write_parquet_atomic(ws.quarantine / name / f"{file_id}.parquet", staged.quarantined)
-        identifiers.append(_arrow_identifiers(staged.identifiers))
-        reasons = staged.quarantined["reason"].str.split(":").str[0].value_counts().to_dict()
-        manifest[name][rel] = {
-            "file_id": file_id, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "read": staged.read, "accepted": len(staged.accepted), "quarantined": len(staged.quarantined),
-            "erased": staged.erased, "reasons": {k: int(v) for k, v in reasons.items()},
-            "invalid_identifiers": staged.invalid_identifiers, "unmapped_codes": staged.unmapped_codes,
-            "unreachable_identifiers": staged.unreachable_identifiers,
-            # Its raw values live only in this process until the run publishes: a crash before that re-stages it.
-            PUBLISHED: False,
-        }
-        # After each file, so a crash resumes where it stopped; staged files are deterministic per file.
-        write_json_atomic(ws.state / MANIFEST, manifest)
-        del raw, staged
-        kill_point("integrate.staged")
-    found = pd.concat(identifiers, ignore_index=True)
-    del identifiers
-    return Staging(manifest, found.drop_duplicates(["id_type", "value_hash"]).reset_index(drop=True))
-
-
-def _arrow_identifiers(frame: pd.DataFrame) -> pd.DataFrame:
-    """A file's distinct (id_type, value, value_hash) as Arrow strings: a few bytes a value instead of a Python
-    object each, since every file's identifiers are kept until the run publishes."""
-    return (frame[IDENTIFIER_COLUMNS].astype(ARROW_STR).drop_duplicates(["id_type", "value_hash"])
-            .reset_index(drop=True))
-
-
-def migrate_staging(ws: Workspace, cfg: PersonaConfig, manifest: dict, salt: str) -> pd.DataFrame:
-    """Bring files staged by an earlier version (mentions holding raw values, mention keys not keyed with the salt)
-    to the current layout, in place; returns their raw identifiers (id_type, value, value_hash) for this run.
-
-    Per file, the rows are re-keyed before the mentions are rewritten, and re-keying leaves a key it does not know
-    (one already re-keyed) alone: a crash between the two writes is completed by the next run. Migrated files are
-    marked unpublished, like freshly staged ones, since their raw values are now only in memory.
-    """
-    found = [pd.DataFrame({c: pd.Series(dtype="string") for c in IDENTIFIER_COLUMNS})]
-    changed = False
-    for name, files in manifest.items():
-        spec = cfg.sources.get(name)
-        for entry in files.values():
-            mentions_path = ws.staging / name / f"{entry['file_id']}.mentions.parquet"
-            if not mentions_path.exists() or "value" not in pq.read_schema(mentions_path).names:
-                continue
-            old = pd.read_parquet(mentions_path).dropna(subset=["value"])
-            wide = old.drop_duplicates(["mention_key", "id_type"]).pivot(index="mention_key", columns="id_type",
-                                                                         values="value")
-            order = [t for t in (spec.identifiers if spec else []) if t in wide.columns]
-            wide = wide.reindex(columns=order + sorted(set(wide.columns) - set(order))).astype(object)
-            wide = wide.where(wide.notna(), None)
-            old_keys = wide.index.to_numpy(dtype=np.uint64)
-            new_keys = mention_keys(wide.reset_index(drop=True), name, salt)
-            rows_path = ws.staging / name / f"{entry['file_id']}.rows.parquet"
-            if rows_path.exists():
-                rows = pd.read_parquet(rows_path)
-                rows["mention_key"] = _rekey(rows["mention_key"].to_numpy(dtype=np.uint64), old_keys, new_keys)
-                write_parquet_atomic(rows_path, rows)
-            old["value_hash"] = std.salted_hash(old["value"], salt)
-            old["mention_key"] = _rekey(old["mention_key"].to_numpy(dtype=np.uint64), old_keys, new_keys)
-            mentions = old.astype({"id_type": "string", "value": "string", "value_hash": "string"})
-            write_parquet_atomic(mentions_path, mentions.drop_duplicates(MENTION_COLUMNS)[MENTION_COLUMNS]
-                                 .reset_index(drop=True))
-            found.append(mentions[IDENTIFIER_COLUMNS])
-            entry.setdefault("erased", 0)
-            entry[PUBLISHED] = False
-            changed = True
-    if changed:
-        write_json_atomic(ws.state / MANIFEST, manifest)
-    return pd.concat(found, ignore_index=True).drop_duplicates(["id_type", "value_hash"]).reset_index(drop=True)
-
-
-def _rekey(keys: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """`keys` with each of `old` replaced by its `new` counterpart; other keys unchanged."""
-    order = np.argsort(old)
-    pos = np.minimum(np.searchsorted(old[order], keys), max(len(old) - 1, 0))
-    hit = old[order][pos] == keys if len(old) else np.zeros(len(keys), dtype=bool)
-    out = keys.copy()
-    out[hit] = new[order][pos[hit]]
-    return out
-
-
-def _source_counts(manifest: dict, cfg: PersonaConfig) -> dict:
-    out = {}
-    for name in cfg.sources:
-        files = manifest.get(name, {})
-        agg: dict = {"read": 0, "accepted": 0, "quarantined": 0, "erased": 0, "files": len(files), "reasons": {},
-                     "invalid_identifiers": {}, "unmapped_codes": {}, "unreachable_identifiers": {}}
-        for entry in files.values():
-            for k in ("read", "accepted", "quarantined", "erased"):
-                agg[k] += entry.get(k, 0)
-            for group in ("reasons", "invalid_identifiers", "unmapped_codes", "unreachable_identifiers"):
-                for k, v in entry.get(group, {}).items():  # files staged before a group existed have none
-                    agg[group][k] = agg[group].get(k, 0) + v
-        out[name] = agg
-    return out
-
-
-def _staged(ws: Workspace, cfg: PersonaConfig, manifest: dict, suffix: str) -> list[str]:
-    paths = []
-    for name in cfg.sources:
-        for entry in manifest.get(name, {}).values():
-            paths.append(str(ws.staging / name / f"{entry['file_id']}.{suffix}.parquet"))
-    return paths
 
 
 def blocked_values(cfg: PersonaConfig) -> dict[str, set[str]]:
@@ -285,18 +112,6 @@ def phone_reachability(nodes: pd.DataFrame, cfg: PersonaConfig) -> pd.Series:
     return out
 
 
-def _drop_forgotten(mentions: pd.DataFrame, forgotten: Mapping[str, set[str]]) -> pd.DataFrame:
-    """Mentions without any that carries a forgotten identifier: staging and `persona forget` already leave none;
-    this keeps an erased person out even if an erasure was interrupted before it rewrote every staged file."""
-    hit = np.zeros(len(mentions), dtype=bool)
-    for id_type, hashes in forgotten.items():
-        hit |= ((mentions["id_type"] == id_type) & mentions["value_hash"].isin(list(hashes))).to_numpy(
-            dtype=bool, na_value=False)
-    if not hit.any():
-        return mentions
-    return mentions[~mentions["mention_key"].isin(mentions["mention_key"][hit].unique())].reset_index(drop=True)
-
-
 def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progress | None = None,
               memory_limit: str = DUCKDB_MEMORY) -> dict:
     """Run the whole stage and publish its outputs; returns the report.
@@ -311,7 +126,8 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     previous = pd.read_parquet(current / "identity_map.parquet") if current else None
     check_salt(previous, salt)
     forgotten = read_forgotten(ws)
-    staging = stage_sources(ws, cfg, now=now, salt=salt, forgotten=forgotten, progress=progress)
+    spark = engine.spark_session(cfg) if cfg.engine == "spark" else None
+    staging = stage_sources(ws, cfg, now=now, salt=salt, forgotten=forgotten, progress=progress, spark=spark)
     manifest = staging.manifest
     timings["stage"] = time.perf_counter() - t0
 
@@ -319,18 +135,20 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         progress("resolving identities", 0.6)
     t = time.perf_counter()
     with _duckdb(ws, memory_limit) as con:
-        mention_files = _staged(ws, cfg, manifest, "mentions")
-        # Arrow-backed strings straight from DuckDB: resolution factorises them without a Python-object detour.
-        mentions = con.sql(
-            f"SELECT DISTINCT mention_key, id_type, value_hash FROM read_parquet({mention_files!r}, union_by_name=true)"
-        ).to_arrow_table().to_pandas(types_mapper={pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}.get)
-        if forgotten:
-            mentions = _drop_forgotten(mentions, forgotten)
+        mention_files = staged_files(ws, cfg, manifest, "mentions")
         prev_aliases = pd.read_parquet(current / "aliases.parquet") if current else None
         prev_report = read_json(current / "report.json", {}) if current else {}
-        resolution = resolve(mentions, cfg.identity, blocked=blocked_hashes(cfg, salt), previous=previous,
-                             previous_aliases=prev_aliases, next_seq=int(prev_report.get("next_seq", 1)),
-                             on="value_hash")
+        if spark is not None:
+            resolution = spark_run.resolve(
+                spark, ws, cfg, mention_files, forgotten=forgotten, blocked=blocked_hashes(cfg, salt),
+                previous_map=current / "identity_map.parquet" if current else None, previous_aliases=prev_aliases,
+                next_seq=int(prev_report.get("next_seq", 1)))
+            mentions = _mentions_read(con, mention_files, forgotten)
+        else:
+            mentions = _mentions_read(con, mention_files, forgotten)
+            resolution = resolve(mentions, cfg.identity, blocked=blocked_hashes(cfg, salt), previous=previous,
+                                 previous_aliases=prev_aliases, next_seq=int(prev_report.get("next_seq", 1)),
+                                 on="value_hash")
         timings["resolve"] = time.perf_counter() - t
 
         if progress:
@@ -348,7 +166,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         resolution.stats["values_unknown"] = int(nodes["value"].isna().sum())
         nodes["reachable"] = phone_reachability(nodes, cfg)
         con.register("mp", resolution.mention_persona)
-        rows_files = _staged(ws, cfg, manifest, "rows")
+        rows_files = staged_files(ws, cfg, manifest, "rows")
         channel_of = pd.DataFrame({"source": list(cfg.sources), "channel": [s.channel for s in cfg.sources.values()],
                                    "kind": [s.kind for s in cfg.sources.values()]})
         con.register("src", channel_of)
@@ -411,12 +229,13 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         run_seq = int(prev_report.get("run_seq", 0)) + 1
         run_id = f"{run_seq:06d}-{now:%Y%m%dT%H%M%SZ}"
         audit = resolution.audit.assign(run_id=run_id, at=now)
-        audit = audit[[c for c in audit.columns if c != "value_hash"] + ["value_hash"]].astype({"value_hash": "string"})
+        audit = audit[[c for c in audit.columns if c != "value_hash"] + ["value_hash"]]
+        audit = audit.astype({c: "string" for c in audit.columns if c != "at"})  # as `_same_columns` on later runs
         if current and (current / "audit_log.parquet").exists():
             earlier = pd.read_parquet(current / "audit_log.parquet")
             if len(earlier):  # concatenating an empty frame is deprecated (its all-NA columns would decide dtypes)
                 audit = pd.concat(_same_columns(earlier, audit), ignore_index=True) if len(audit) else earlier
-        sources = _source_counts(manifest, cfg)
+        sources = source_counts(manifest, cfg)
         unattributed = con.execute(
             f"""SELECT r.source, count(*) AS n FROM read_parquet({rows_files!r}, union_by_name=true) r
                 ANTI JOIN mp m USING (mention_key) GROUP BY r.source"""
@@ -479,6 +298,17 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     return report
 
 
+def _mentions_read(con: duckdb.DuckDBPyConnection, files: list[str],
+                   forgotten: Mapping[str, set[str]]) -> pd.DataFrame:
+    """The distinct staged mentions (mention_key, id_type, value_hash), without any that carries a forgotten
+    identifier. Arrow-backed strings straight from DuckDB: resolution factorises them without a Python-object
+    detour."""
+    mentions = con.sql(
+        f"SELECT DISTINCT mention_key, id_type, value_hash FROM read_parquet({files!r}, union_by_name=true)"
+    ).to_arrow_table().to_pandas(types_mapper={pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}.get)
+    return drop_forgotten(mentions, forgotten) if forgotten else mentions
+
+
 @contextmanager
 def _duckdb(ws: Workspace, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
     """A DuckDB connection held to `memory_limit`, spilling to the workspace's SPILL folder; the folder goes when
@@ -529,17 +359,6 @@ def retire_raw_values(ws: Workspace) -> list[Path]:
             write_parquet_atomic(path, pq.read_table(path).drop_columns(["value"]))
             touched.append(path)
     return touched
-
-
-def _attribute_candidates(con: duckdb.DuckDBPyConnection, cfg: PersonaConfig, rows_files: list[str]) -> pd.DataFrame:
-    """Long table of profile-attribute values (persona_id, attribute, value, source, record, ts), nulls dropped.
-
-    Read only from the sources that map attributes, and unpivoted in DuckDB, so event logs never reach pandas.
-    """
-    sql = _candidates_sql(cfg, rows_files)
-    if sql is None:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in CANDIDATE_COLUMNS})
-    return con.execute(sql).df()
 
 
 def _candidates_sql(cfg: PersonaConfig, rows_files: list[str]) -> str | None:

@@ -134,8 +134,10 @@ def _stage_one(cfg: PersonaConfig, name: str, path: Path, file_id: str, pos: int
     counts = {"pos": pos, "error": None}
     try:
         raw = read_source_file(path, spec)
-    except SourceFileError as exc:
-        return {**counts, "error": str(exc)}
+    except SourceFileError as exc:  # every column of the result schema, the counts left empty
+        return {**counts, "error": str(exc), "read": 0, "accepted": 0, "quarantined": 0, "erased": 0,
+                **dict.fromkeys(("reasons", "invalid_identifiers", "unmapped_codes", "unreachable_identifiers"),
+                                "{}")}
     seen = np.empty(0, dtype=np.uint64)
     if seen_root is not None:
         part = Path(seen_root) / f"pos={pos}"

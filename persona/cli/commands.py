@@ -59,14 +59,9 @@ def _errors() -> Iterator[None]:
 
 
 def _engine(ws: Workspace, stage: str) -> None:
-    """`engine: spark`: Spark must be startable (else one error naming what is missing). `persona features` and
-    `persona rescore` run on Spark; integrate still runs on the embedded engine (its Spark steps land next), and
-    says so."""
+    """`engine: spark`: Spark must be startable (else one error naming what is missing) before any work starts."""
     if ws.config().engine == "spark":
         check_spark()
-        if stage == "integrate":
-            err.print("[yellow]note:[/] engine: spark is set; this version still runs integrate on the embedded "
-                      "engine (DuckDB); features and rescore run on Spark", highlight=False, soft_wrap=True)
 
 
 @contextmanager

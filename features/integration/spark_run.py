@@ -1,0 +1,98 @@
+"""`persona integrate`'s identity resolution on Spark: the staged mentions read by the executors, OneID resolved by
+`spark_oneid.resolve`, and its outputs handed to the rest of the run as `oneid.Resolution` (what the embedded
+resolver returns), through Parquet files in a scratch folder of the workspace, never through the driver's memory
+as Spark rows.
+
+Mention keys are unsigned 64-bit hashes; Spark has no unsigned type and reads them as decimal(20,0), so they are
+carried as the signed long with the same 64 bits (joins and groupings on a long are cheap, on a decimal are not) and
+turned back into uint64 when the outputs are read.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from decimal import Decimal
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from features.integration import oneid, spark_oneid
+from features.integration.ingest import ARROW_STR
+from persona.config import PersonaConfig
+from persona.workspace import Workspace
+
+SCRATCH = ".tmp/spark_resolve"  # under the workspace root; removed at the end, and at the start after a killed run
+_MENTIONS = "mention_key decimal(20,0), id_type string, value_hash string"
+_PREVIOUS = "id_type string, value_hash string, persona_id string"
+_AUDIT = ["event", "persona_id", "other_persona_id", "reason", "id_type", "value_hash"]
+
+
+def signed(col):
+    """A decimal(20,0) column of unsigned 64-bit keys as the signed long with the same bits."""
+    from pyspark.sql import functions as F
+
+    half, whole = (F.lit(Decimal(2 ** n)).cast("decimal(20,0)") for n in (63, 64))
+    return F.when(col >= half, col - whole).otherwise(col).cast("long")
+
+
+def read_mentions(spark, files: list[str], forgotten: Mapping[str, set[str]] | None):
+    """The distinct (mention_key as long, id_type, value_hash) of the staged mention files, without any mention
+    that carries a forgotten identifier (as `staging.drop_forgotten`)."""
+    from pyspark.sql import functions as F
+
+    mentions = (spark.read.schema(_MENTIONS).parquet(*files)
+                .select(signed(F.col("mention_key")).alias("mention_key"), "id_type", "value_hash").distinct())
+    rows = [(t, h) for t, hashes in (forgotten or {}).items() for h in sorted(hashes)]
+    if rows:
+        gone = spark.createDataFrame(rows, "id_type string, value_hash string")
+        hit = mentions.join(F.broadcast(gone), ["id_type", "value_hash"], "left_semi").select("mention_key")
+        mentions = mentions.join(hit.distinct(), "mention_key", "left_anti")
+    return mentions
+
+
+def resolve(spark, ws: Workspace, cfg: PersonaConfig, mention_files: list[str], *,
+            forgotten: Mapping[str, set[str]] | None, blocked: dict[str, set[str]], previous_map: Path | None,
+            previous_aliases: pd.DataFrame | None, next_seq: int) -> oneid.Resolution:
+    """`oneid.resolve(mentions, ..., on="value_hash")` of the staged mentions, on Spark; the same Resolution (nodes
+    in identifier order, mention_persona by mention key, audit in the embedded order)."""
+    from pyspark.sql import functions as F
+
+    root = ws.root / SCRATCH
+    shutil.rmtree(root, ignore_errors=True)
+    scratch = root / uuid.uuid4().hex[:12]
+    try:
+        mentions = read_mentions(spark, mention_files, forgotten)
+        previous = (spark.read.schema(_PREVIOUS).parquet(str(previous_map)) if previous_map is not None else None)
+        found = spark_oneid.resolve(spark, mentions, cfg.identity, blocked=blocked, previous=previous,
+                                    previous_aliases=previous_aliases, next_seq=next_seq,
+                                    scratch=str(scratch / "work"))
+        found.nodes.select("node", "id_type", "value_hash", "persona_id", "status").write.parquet(
+            str(scratch / "nodes"))
+        found.mention_persona.write.parquet(str(scratch / "mention_persona"))
+        found.audit.select(*_AUDIT, *(F.col("order")[i].alias(f"_o{i}") for i in range(4))).write.parquet(
+            str(scratch / "audit"))
+        nodes = _read(scratch / "nodes").sort_values("node", kind="stable").drop(columns="node")
+        mp = pq.read_table(scratch / "mention_persona")
+        keys = mp["mention_key"].to_numpy(zero_copy_only=False).view(np.uint64)
+        order = np.argsort(keys, kind="stable")
+        mention_persona = pd.DataFrame({"mention_key": keys[order], "persona_id": pd.arrays.ArrowStringArray(
+            pc.take(mp["persona_id"], pa.array(order)).combine_chunks().cast(pa.string()))})
+        audit = (_read(scratch / "audit").sort_values([f"_o{i}" for i in range(4)], kind="stable")
+                 .drop(columns=[f"_o{i}" for i in range(4)]))
+        # The embedded resolver's dtypes: Arrow strings for what it factorises or formats, Python ones otherwise.
+        nodes = nodes.astype({"id_type": "string", "value_hash": ARROW_STR, "persona_id": ARROW_STR,
+                              "status": "string"}).reset_index(drop=True)
+        return oneid.Resolution(nodes, mention_persona, audit.astype("string").reset_index(drop=True),
+                                found.aliases, found.next_seq, found.stats)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _read(folder: Path) -> pd.DataFrame:
+    return pq.read_table(folder).to_pandas(types_mapper={pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}.get)
