@@ -273,7 +273,8 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
                 con.execute(
                     f"""COPY (SELECT m.persona_id, s.channel, r.* EXCLUDE (mention_key, row_key)
                               FROM read_parquet({files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
-                              JOIN src s ON s.source = r.source ORDER BY m.persona_id, r.ts)
+                              JOIN src s ON s.source = r.source
+                              ORDER BY m.persona_id, r.ts, r.source, r.file_id, r.row)
                         TO '{out / f"{kind}.parquet"}' (FORMAT parquet, COMPRESSION zstd)""")
             timings["publish"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t0

@@ -4,19 +4,27 @@ what the embedded engine gives: the same staged files, manifest counts and quara
 a person is erased; and a file that cannot be read stops both at the same place with the same error."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from features.integration import standardise as std
 from features.integration.ingest import SourceFileError
 from features.integration.run import integrate
-from persona.workspace import Workspace, write_parquet_atomic
-from tests.conftest import SPARK_TEST_CONF
+from persona.workspace import SALT_VAR, Workspace, write_parquet_atomic
+from tests.conftest import SPARK_TEST_CONF, spark_or_skip
 from tests.features.integration.test_run import CRM_CSV, VENDOR, VENDOR_CSV, make_workspace, write
 
 pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[3]
 
 NOW = pd.Timestamp("2026-07-01", tz="UTC")
 LATER = pd.Timestamp("2026-07-08", tz="UTC")
@@ -131,3 +139,37 @@ def test_an_unreadable_file_stops_both_engines_at_the_same_place(tmp_path, salt,
     assert errors["duckdb"] == errors["spark"]
     assert manifest(ws["duckdb"]) == manifest(ws["spark"])  # the files before it are staged, not published
     assert ws["spark"].current("integrated") is None
+
+
+def test_integrate_on_spark_collects_nothing_to_a_small_driver(tmp_path):
+    """`persona integrate` in its own process, on Spark with a 512 MB driver allowed 1 MB of results: 3,000
+    generated customers give ~70,000 mentions whose personas (mention_persona) alone are over 1 MB, so collecting
+    them, or the staged rows, would fail the run. The result equals the embedded engine's."""
+    from features.generate import generate
+
+    spark_or_skip()
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "secrets.env").write_text(f"{SALT_VAR}=00112233445566778899aabbccddeeff\n", encoding="utf-8")
+    generate(base, 3000, seed=5)
+    roots = {e: tmp_path / e for e in ("duckdb", "spark")}
+    for root in roots.values():
+        shutil.copytree(base, root, symlinks=True)
+    path = roots["spark"] / "persona.yaml"
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    cfg["engine"] = "spark"
+    cfg["spark"] = {"master": "local[2]", "conf": {**SPARK_TEST_CONF, "spark.driver.memory": "512m",
+                                                   "spark.driver.maxResultSize": "1m",
+                                                   "spark.sql.autoBroadcastJoinThreshold": "1m"}}
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    env["PYSPARK_PYTHON"] = sys.executable
+    for engine, root in roots.items():
+        done = subprocess.run([sys.executable, "-m", "persona.cli", "integrate", "-w", str(root), "--json"],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
+        problems = [line for line in done.stderr.splitlines() if "Exception" in line or "Error" in line]
+        assert done.returncode == 0, "\n".join(problems[:10]) or done.stderr[-3000:]
+    ws = {e: Workspace.open(r) for e, r in roots.items()}
+    mentions = sum(pq.read_metadata(p).num_rows for p in ws["spark"].staging.rglob("*.mentions.parquet"))
+    assert mentions > 50_000
+    assert_same(ws["duckdb"], ws["spark"])
