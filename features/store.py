@@ -34,6 +34,7 @@ from feast.infra.offline_stores.file_source import FileSource
 from feature_repo import definitions as defs
 from features import feature_log, model_tags, online_writer
 from features.online_reader import read_marker, write_marker
+from persona.engine import session_conf
 from persona.config import PersonaConfig
 from persona.workspace import Workspace, read_json, write_json_atomic, write_text_atomic
 
@@ -72,14 +73,11 @@ def _from_env_or_config(var: str, configured: str, key: str) -> str:
 def spark_conf(cfg: PersonaConfig) -> dict[str, str]:
     """The Spark settings of the workspace's session as Feast's Spark offline store is given them (`spark_conf`).
 
-    The same settings `persona.engine.spark_session` builds its session with, so that whichever of persona and Feast
-    starts Spark first in a process, the other's getOrCreate joins that one session. The UTC session time zone also
-    matters to Feast itself: its point-in-time SQL compares timestamps with UTC literals.
+    The settings `persona.engine.spark_session` builds its session with (`session_conf`), so that whichever of
+    persona and Feast starts Spark first in a process, the other's getOrCreate joins that one session. The UTC
+    session time zone also matters to Feast itself: its point-in-time SQL compares timestamps with UTC literals.
     """
-    spark = cfg.spark
-    # keep in step with persona.engine.spark_session (its defaults, then persona.yaml's spark.conf over them)
-    conf = {"spark.master": spark.master, "spark.app.name": spark.app_name,
-            "spark.sql.session.timeZone": "UTC", "spark.ui.showConsoleProgress": "false", **spark.conf}
+    conf = session_conf(cfg)
     dollars = sorted(k for k, v in conf.items() if "$" in v)
     if dollars:
         raise ValueError(f"persona.yaml spark: the values of {dollars} hold a '$', which Feast would expand as an "

@@ -57,14 +57,26 @@ def check_spark() -> None:
         raise EngineUnavailable(f"engine: spark needs Java {MIN_JAVA} or later; the java found is version {version}")
 
 
+# persona's defaults under persona.yaml's `spark.conf`: timestamps are compared and written in UTC (Feast's
+# point-in-time SQL uses UTC literals), and no progress bars in the command line's output.
+SESSION_DEFAULTS = {"spark.sql.session.timeZone": "UTC", "spark.ui.showConsoleProgress": "false"}
+
+
+def session_conf(spark: SparkConfig | PersonaConfig) -> dict[str, str]:
+    """Every setting of the workspace's session: master, name, persona's defaults, then persona.yaml's `conf`. The
+    one list both persona's session and Feast's Spark offline store are built from, so whichever starts Spark
+    first in a process, the other's getOrCreate joins that same session."""
+    settings = spark.spark if isinstance(spark, PersonaConfig) else spark
+    return {"spark.master": settings.master, "spark.app.name": settings.app_name, **SESSION_DEFAULTS,
+            **settings.conf}
+
+
 def spark_session(spark: SparkConfig | PersonaConfig):
     """The Spark session of the settings (`spark:` of persona.yaml), created once per process and reused."""
-    settings = spark.spark if isinstance(spark, PersonaConfig) else spark
     check_spark()
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.master(settings.master).appName(settings.app_name)
-    conf = {"spark.sql.session.timeZone": "UTC", "spark.ui.showConsoleProgress": "false", **settings.conf}
-    for key, value in conf.items():
+    builder = SparkSession.builder
+    for key, value in session_conf(spark).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
