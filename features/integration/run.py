@@ -41,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.integration import aggregates
 from features.integration import enrich as enrich_mod
 from features.integration import spark_run
 from features.integration import standardise as std
@@ -50,7 +51,7 @@ from features.integration.staging import (FORGOTTEN, IDENTIFIER_COLUMNS, MANIFES
                                           source_counts, staged_files, drop_forgotten, read_forgotten, stage_sources)
 from features.integration.survivorship import CANDIDATE_COLUMNS, build_profiles, survive_order, survive_sql
 from persona import engine
-from persona.config import PROFILE_ATTRIBUTES, PersonaConfig
+from persona.config import PersonaConfig
 from persona.workspace import SecretError, Workspace, publishing, read_json, write_json_atomic, write_parquet_atomic
 
 __all__ = ["FORGOTTEN", "MANIFEST", "STAGE", "integrate", "check_salt", "retire_raw_values"]
@@ -134,7 +135,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     if progress:
         progress("resolving identities", 0.6)
     t = time.perf_counter()
-    with _duckdb(ws, memory_limit) as con:
+    with _duckdb(ws, memory_limit) as con, spark_run.scratch_folder(ws, spark is not None) as scratch:
         mention_files = staged_files(ws, cfg, manifest, "mentions")
         prev_aliases = pd.read_parquet(current / "aliases.parquet") if current else None
         prev_report = read_json(current / "report.json", {}) if current else {}
@@ -142,8 +143,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
             resolution = spark_run.resolve(
                 spark, ws, cfg, mention_files, forgotten=forgotten, blocked=blocked_hashes(cfg, salt),
                 previous_map=current / "identity_map.parquet" if current else None, previous_aliases=prev_aliases,
-                next_seq=int(prev_report.get("next_seq", 1)))
-            mentions = _mentions_read(con, mention_files, forgotten)
+                next_seq=int(prev_report.get("next_seq", 1)), scratch=scratch)
         else:
             mentions = _mentions_read(con, mention_files, forgotten)
             resolution = resolve(mentions, cfg.identity, blocked=blocked_hashes(cfg, salt), previous=previous,
@@ -170,29 +170,24 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         channel_of = pd.DataFrame({"source": list(cfg.sources), "channel": [s.channel for s in cfg.sources.values()],
                                    "kind": [s.kind for s in cfg.sources.values()]})
         con.register("src", channel_of)
-        activity = con.execute(
-            f"""SELECT m.persona_id, s.channel, min(r.ts) AS first_ts, max(r.ts) AS last_ts, count(*) AS n
-                FROM read_parquet({rows_files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
-                JOIN src s ON s.source = r.source GROUP BY ALL"""
-        ).df()
-        # When each identifier was last seen, in DuckDB: the mentions go there and are dropped here.
-        con.register("mentions", pa.Table.from_pandas(mentions, preserve_index=False))
-        del mentions
-        _release()
-        node_seen = con.execute(
-            f"""SELECT n.id_type, n.value_hash, max(s.last_seen) AS last_seen
-                FROM mentions n JOIN (SELECT mention_key, max(ts) AS last_seen
-                                      FROM read_parquet({rows_files!r}, union_by_name=true) GROUP BY mention_key) s
-                USING (mention_key) GROUP BY n.id_type, n.value_hash"""
-        ).df()
-        con.unregister("mentions")
+        rows = f"read_parquet({rows_files!r}, union_by_name=true)"
+        if spark is not None:  # the scans of every row on Spark; what comes back is sized by personas
+            activity, node_seen, winners = spark_run.aggregates(spark, ws, cfg, rows_files, channel_of,
+                                                                mention_files, forgotten, scratch)
+        else:
+            activity = con.execute(aggregates.activity_sql(rows)).df()
+            # When each identifier was last seen, in DuckDB: the mentions go there and are dropped here.
+            con.register("mentions", pa.Table.from_pandas(mentions, preserve_index=False))
+            del mentions
+            _release()
+            node_seen = con.execute(aggregates.node_seen_sql("mentions", rows)).df()
+            con.unregister("mentions")
+            winners = _survivors(con, cfg, rows_files)
         linked = nodes[nodes["persona_id"].notna()]
         id_norm = {t: s.normalise for t, s in cfg.identity.identifiers.items()}
         identifiers = linked.merge(node_seen, on=["id_type", "value_hash"], how="left")
         del node_seen
         identifiers["normalise"] = identifiers["id_type"].map(id_norm)
-
-        winners = _survivors(con, cfg, rows_files)
         personas = linked["persona_id"].drop_duplicates()
         profiles, lineage = build_profiles(personas, winners, activity, identifiers, cfg)
         del winners, activity, personas
@@ -362,27 +357,14 @@ def retire_raw_values(ws: Workspace) -> list[Path]:
     return touched
 
 
-def _candidates_sql(cfg: PersonaConfig, rows_files: list[str]) -> str | None:
-    """The query behind `_attribute_candidates` (None when no source maps a profile attribute)."""
-    parts = []
-    for name, spec in cfg.sources.items():
-        attrs = [a for a in spec.fields if a in PROFILE_ATTRIBUTES]
-        files = [p for p in rows_files if Path(p).parent.name == name]
-        if not attrs or not files:
-            continue
-        cols = ", ".join(f"CAST(r.{a} AS VARCHAR) AS {a}" for a in attrs)
-        parts.append(
-            f"""SELECT persona_id, attribute, value, source, record, ts FROM (
-                    SELECT m.persona_id, r.source, r.source || '/' || r.file_id || '#' || r.row AS record, r.ts, {cols}
-                    FROM read_parquet({files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
-                ) UNPIVOT (value FOR attribute IN ({", ".join(attrs)}))""")
-    return " UNION ALL ".join(parts) if parts else None
-
-
 def _survivors(con: duckdb.DuckDBPyConnection, cfg: PersonaConfig, rows_files: list[str]) -> pd.DataFrame:
-    """`survive(_attribute_candidates(...), ...)` computed in DuckDB: only the winners reach pandas, not every
-    candidate value of every record (tens of millions at a million customers)."""
-    sql = _candidates_sql(cfg, rows_files)
+    """The survivorship winners (one value per persona and attribute, with its record) computed in DuckDB: only
+    the winners reach pandas, not every candidate value of every record (tens of millions at a million customers)."""
+    def rows_of(name: str) -> str | None:
+        files = [p for p in rows_files if Path(p).parent.name == name]
+        return f"read_parquet({files!r}, union_by_name=true)" if files else None
+
+    sql = aggregates.candidates_sql(cfg, rows_of)
     order = survive_order(cfg.profile.attributes, list(cfg.sources))
     if sql is None or order.empty:
         return pd.DataFrame(columns=CANDIDATE_COLUMNS)

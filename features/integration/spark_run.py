@@ -13,7 +13,8 @@ from __future__ import annotations
 import shutil
 import uuid
 from decimal import Decimal
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from features.integration import aggregates as aggregates_sql
 from features.integration import oneid, spark_oneid
 from features.integration.ingest import ARROW_STR
+from features.integration.survivorship import CANDIDATE_COLUMNS, survive_order, survive_sql
 from persona.config import PersonaConfig
 from persona.workspace import Workspace
 
-SCRATCH = ".tmp/spark_resolve"  # under the workspace root; removed at the end, and at the start after a killed run
+SCRATCH = ".tmp/spark_integrate"  # under the workspace root; removed at the end, and at the start after a killed run
 _MENTIONS = "mention_key decimal(20,0), id_type string, value_hash string"
 _PREVIOUS = "id_type string, value_hash string, persona_id string"
+_ROWS = "source string, mention_key decimal(20,0), ts long"
 _AUDIT = ["event", "persona_id", "other_persona_id", "reason", "id_type", "value_hash"]
 
 
@@ -56,42 +60,100 @@ def read_mentions(spark, files: list[str], forgotten: Mapping[str, set[str]] | N
     return mentions
 
 
-def resolve(spark, ws: Workspace, cfg: PersonaConfig, mention_files: list[str], *,
-            forgotten: Mapping[str, set[str]] | None, blocked: dict[str, set[str]], previous_map: Path | None,
-            previous_aliases: pd.DataFrame | None, next_seq: int) -> oneid.Resolution:
-    """`oneid.resolve(mentions, ..., on="value_hash")` of the staged mentions, on Spark; the same Resolution (nodes
-    in identifier order, mention_persona by mention key, audit in the embedded order)."""
-    from pyspark.sql import functions as F
-
+@contextmanager
+def scratch_folder(ws: Workspace, enabled: bool = True) -> Iterator[Path | None]:
+    """A fresh folder under the workspace for the Spark steps of one run (None when not `enabled`); removed at the
+    end, and at the start when a killed run left one."""
+    if not enabled:
+        yield None
+        return
     root = ws.root / SCRATCH
     shutil.rmtree(root, ignore_errors=True)
-    scratch = root / uuid.uuid4().hex[:12]
+    folder = root / uuid.uuid4().hex[:12]
     try:
-        mentions = read_mentions(spark, mention_files, forgotten)
-        previous = (spark.read.schema(_PREVIOUS).parquet(str(previous_map)) if previous_map is not None else None)
-        found = spark_oneid.resolve(spark, mentions, cfg.identity, blocked=blocked, previous=previous,
-                                    previous_aliases=previous_aliases, next_seq=next_seq,
-                                    scratch=str(scratch / "work"))
-        found.nodes.select("node", "id_type", "value_hash", "persona_id", "status").write.parquet(
-            str(scratch / "nodes"))
-        found.mention_persona.write.parquet(str(scratch / "mention_persona"))
-        found.audit.select(*_AUDIT, *(F.col("order")[i].alias(f"_o{i}") for i in range(4))).write.parquet(
-            str(scratch / "audit"))
-        nodes = _read(scratch / "nodes").sort_values("node", kind="stable").drop(columns="node")
-        mp = pq.read_table(scratch / "mention_persona")
-        keys = mp["mention_key"].to_numpy(zero_copy_only=False).view(np.uint64)
-        order = np.argsort(keys, kind="stable")
-        mention_persona = pd.DataFrame({"mention_key": keys[order], "persona_id": pd.arrays.ArrowStringArray(
-            pc.take(mp["persona_id"], pa.array(order)).combine_chunks().cast(pa.string()))})
-        audit = (_read(scratch / "audit").sort_values([f"_o{i}" for i in range(4)], kind="stable")
-                 .drop(columns=[f"_o{i}" for i in range(4)]))
-        # The embedded resolver's dtypes: Arrow strings for what it factorises or formats, Python ones otherwise.
-        nodes = nodes.astype({"id_type": "string", "value_hash": ARROW_STR, "persona_id": ARROW_STR,
-                              "status": "string"}).reset_index(drop=True)
-        return oneid.Resolution(nodes, mention_persona, audit.astype("string").reset_index(drop=True),
-                                found.aliases, found.next_seq, found.stats)
+        yield folder
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def resolve(spark, ws: Workspace, cfg: PersonaConfig, mention_files: list[str], *,
+            forgotten: Mapping[str, set[str]] | None, blocked: dict[str, set[str]], previous_map: Path | None,
+            previous_aliases: pd.DataFrame | None, next_seq: int, scratch: Path) -> oneid.Resolution:
+    """`oneid.resolve(mentions, ..., on="value_hash")` of the staged mentions, on Spark; the same Resolution (nodes
+    in identifier order, mention_persona by mention key, audit in the embedded order). The mention -> persona
+    table stays in `scratch` for `aggregates`."""
+    from pyspark.sql import functions as F
+
+    mentions = read_mentions(spark, mention_files, forgotten)
+    previous = (spark.read.schema(_PREVIOUS).parquet(str(previous_map)) if previous_map is not None else None)
+    found = spark_oneid.resolve(spark, mentions, cfg.identity, blocked=blocked, previous=previous,
+                                previous_aliases=previous_aliases, next_seq=next_seq, scratch=str(scratch / "work"))
+    found.nodes.select("node", "id_type", "value_hash", "persona_id", "status").write.parquet(str(scratch / "nodes"))
+    found.mention_persona.write.parquet(str(scratch / "mention_persona"))
+    found.audit.select(*_AUDIT, *(F.col("order")[i].alias(f"_o{i}") for i in range(4))).write.parquet(
+        str(scratch / "audit"))
+    nodes = _read(scratch / "nodes").sort_values("node", kind="stable").drop(columns="node")
+    mp = pq.read_table(scratch / "mention_persona")
+    keys = mp["mention_key"].to_numpy(zero_copy_only=False).view(np.uint64)
+    order = np.argsort(keys, kind="stable")
+    mention_persona = pd.DataFrame({"mention_key": keys[order], "persona_id": pd.arrays.ArrowStringArray(
+        pc.take(mp["persona_id"], pa.array(order)).combine_chunks().cast(pa.string()))})
+    audit = (_read(scratch / "audit").sort_values([f"_o{i}" for i in range(4)], kind="stable")
+             .drop(columns=[f"_o{i}" for i in range(4)]))
+    # The embedded resolver's dtypes: Arrow strings for what it factorises or formats, Python ones otherwise.
+    nodes = nodes.astype({"id_type": "string", "value_hash": ARROW_STR, "persona_id": ARROW_STR,
+                          "status": "string"}).reset_index(drop=True)
+    return oneid.Resolution(nodes, mention_persona, audit.astype("string").reset_index(drop=True),
+                            found.aliases, found.next_seq, found.stats)
+
+
+def aggregates(spark, ws: Workspace, cfg: PersonaConfig, rows_files: list[str], channel_of: pd.DataFrame,
+               mention_files: list[str], forgotten: Mapping[str, set[str]] | None,
+               scratch: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The row-scale steps of building profiles (`features.integration.aggregates`) on Spark: activity per persona
+    and channel, when each identifier was last seen, the survivorship winners; each written by the executors and
+    read back (sized by personas and identifiers), with timestamps as the embedded engine's (naive, UTC, ns)."""
+    from pyspark.sql import functions as F
+
+    # The staged rows hold nanosecond timestamps, which Spark reads only as longs (nanoseconds since the epoch).
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
+    views = {"rows": spark.read.schema(_ROWS).parquet(*rows_files)
+             .select("source", signed(F.col("mention_key")).alias("mention_key"), "ts"),
+             "mp": spark.read.parquet(str(scratch / "mention_persona")),
+             "mentions": read_mentions(spark, mention_files, forgotten),
+             "src": spark.createDataFrame(channel_of[["source", "channel"]])}
+    for name in cfg.sources:
+        files = [p for p in rows_files if Path(p).parent.name == name]
+        if files:  # keyed by ("source", name): a source may be called "rows"
+            frame = spark.read.option("mergeSchema", "true").parquet(*files)
+            views[("source", name)] = frame.withColumn("mention_key", signed(F.col("mention_key")))
+    names: dict = {}
+    for i, (key, frame) in enumerate(views.items()):
+        names[key] = f"persona_{i}_{uuid.uuid4().hex[:8]}"
+        frame.createOrReplaceTempView(names[key])
+    try:
+        out = {"activity": aggregates_sql.activity_sql(names["rows"], names["mp"], names["src"]),
+               "node_seen": aggregates_sql.node_seen_sql(names["mentions"], names["rows"])}
+        order = survive_order(cfg.profile.attributes, list(cfg.sources))
+        candidates = aggregates_sql.candidates_sql(cfg, lambda s: names.get(("source", s)), names["mp"])
+        if candidates is not None and not order.empty:
+            names["trust"] = f"persona_trust_{uuid.uuid4().hex[:8]}"
+            spark.createDataFrame(order).createOrReplaceTempView(names["trust"])
+            out["winners"] = survive_sql(candidates, names["trust"])
+        frames = {}
+        for key, sql in out.items():
+            spark.sql(sql).write.parquet(str(scratch / key))
+            frames[key] = pq.read_table(scratch / key).to_pandas()
+    finally:
+        for name in names.values():
+            spark.catalog.dropTempView(name)
+    for key, cols in (("activity", ["first_ts", "last_ts"]), ("node_seen", ["last_seen"]), ("winners", ["ts"])):
+        for col in cols if key in frames else []:
+            frames[key][col] = pd.to_datetime(frames[key][col], unit="ns")
+    winners = frames.get("winners")
+    if winners is None or not len(winners):
+        winners = pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    return frames["activity"], frames["node_seen"], winners
 
 
 def _read(folder: Path) -> pd.DataFrame:

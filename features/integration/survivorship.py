@@ -56,7 +56,8 @@ def survive_order(rules: dict[str, AttributeRule], source_order: list[str]) -> p
 def survive_sql(candidates: str, order: str) -> str:
     """The SQL form of `survive`, for candidates too many for pandas: `candidates` is a query giving
     CANDIDATE_COLUMNS, `order` the name of a `survive_order` table. Same winners, in the same order (attributes
-    in rule order, then by persona_id); a change to the ordering rule belongs in both."""
+    in rule order, then by persona_id); a change to the ordering rule belongs in both. SQL that DuckDB and Spark
+    both run (no QUALIFY), so the Spark engine picks the same winners."""
     # One window for all three rules: _freq is 0 unless most_frequent, the first trust term 0 unless most_trusted.
     return f"""
         WITH c AS ({candidates}),
@@ -67,11 +68,13 @@ def survive_sql(candidates: str, order: str) -> str:
                         THEN count(*) OVER (PARTITION BY c.persona_id, c.attribute, c.value) ELSE 0 END AS _freq
             FROM c JOIN a ON a.attribute = c.attribute
             LEFT JOIN {order} t ON t.attribute = c.attribute AND t.source = c.source)
-        SELECT {", ".join(CANDIDATE_COLUMNS)} FROM r
-        QUALIFY row_number() OVER (
-            PARTITION BY persona_id, attribute
-            ORDER BY _freq DESC, CASE WHEN _rule = 'most_trusted' THEN _trust ELSE 0 END, ts DESC NULLS LAST,
-                     _trust, record) = 1
+        SELECT {", ".join(CANDIDATE_COLUMNS)} FROM (
+            SELECT r.*, row_number() OVER (
+                PARTITION BY persona_id, attribute
+                ORDER BY _freq DESC, CASE WHEN _rule = 'most_trusted' THEN _trust ELSE 0 END, ts DESC NULLS LAST,
+                         _trust, record) AS _rank
+            FROM r) ranked
+        WHERE _rank = 1
         ORDER BY _position, persona_id"""
 
 
