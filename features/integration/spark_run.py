@@ -126,7 +126,8 @@ def aggregates(spark, ws: Workspace, cfg: PersonaConfig, rows_files: list[str], 
         files = [p for p in rows_files if Path(p).parent.name == name]
         if files:  # keyed by ("source", name): a source may be called "rows"
             frame = spark.read.option("mergeSchema", "true").parquet(*files)
-            views[("source", name)] = frame.withColumn("mention_key", signed(F.col("mention_key")))
+            views[("source", name)] = _timestamps(frame.withColumn("mention_key", signed(F.col("mention_key"))),
+                                                  files[0])
     names: dict = {}
     for i, (key, frame) in enumerate(views.items()):
         names[key] = f"persona_{i}_{uuid.uuid4().hex[:8]}"
@@ -154,6 +155,19 @@ def aggregates(spark, ws: Workspace, cfg: PersonaConfig, rows_files: list[str], 
     if winners is None or not len(winners):
         winners = pd.DataFrame(columns=CANDIDATE_COLUMNS)
     return frames["activity"], frames["node_seen"], winners
+
+
+def _timestamps(frame, sample: str):
+    """A source's nanosecond timestamp columns other than `ts` (a birth date parsed as a timestamp), read as longs
+    under nanosAsLong, back as Spark timestamps (microseconds, floored): survivorship casts them to text, which
+    the profile parses back to a date."""
+    from pyspark.sql import functions as F
+
+    for field in pq.read_schema(sample):
+        if field.name != "ts" and pa.types.is_timestamp(field.type) and field.type.unit == "ns":
+            micros = F.floor(F.col(field.name).cast("decimal(20,0)") / 1000).cast("long")
+            frame = frame.withColumn(field.name, F.timestamp_micros(micros))
+    return frame
 
 
 def _read(folder: Path) -> pd.DataFrame:
