@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from persona.config import PersonaConfig, SparkConfig
@@ -76,6 +77,9 @@ def spark_session(spark: SparkConfig | PersonaConfig):
     check_spark()
     from pyspark.sql import SparkSession
 
+    # pyspark starts its Python workers with $PYSPARK_PYTHON, else the PATH's python3, which need not have
+    # persona's packages: default to this interpreter (`spark.pyspark.python` in persona.yaml still wins).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder
     for key, value in session_conf(spark).items():
         builder = builder.config(key, value)

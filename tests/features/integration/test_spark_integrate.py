@@ -163,7 +163,6 @@ def test_integrate_on_spark_collects_nothing_to_a_small_driver(tmp_path):
                                                    "spark.sql.autoBroadcastJoinThreshold": "1m"}}
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
-    env["PYSPARK_PYTHON"] = sys.executable
     for engine, root in roots.items():
         done = subprocess.run([sys.executable, "-m", "persona.cli", "integrate", "-w", str(root), "--json"],
                               capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
