@@ -13,10 +13,11 @@ only counted: per file, read = accepted + quarantined + erased.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-from collections.abc import Callable, Collection, Mapping
+import os
+import uuid
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features.integration import standardise as std
+from features.integration.standardise import mention_keys  # also staging's
 from persona.config import CANONICAL_FIELDS, REQUIRED_FIELDS, PersonaConfig, SourceSpec
 
 EARLIEST = pd.Timestamp("1990-01-01", tz="UTC")
@@ -56,13 +58,20 @@ class SeenKeys:
         self._parts[file_id] = np.sort(np.asarray(keys, dtype=np.uint64))
 
     def contains(self, keys: np.ndarray, *, exclude: str | None = None) -> np.ndarray:
-        hit = np.zeros(len(keys), dtype=bool)
-        for file_id, sorted_keys in self._parts.items():
-            if file_id == exclude or not len(sorted_keys):
-                continue
-            pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-            hit |= sorted_keys[pos] == keys
-        return hit
+        return _in_sorted([k for file_id, k in self._parts.items() if file_id != exclude], keys)
+
+
+def _in_sorted(runs: list[np.ndarray], keys: np.ndarray) -> np.ndarray:
+    """Which keys are in one of the sorted uint64 `runs`. The keys are sorted once, so each run's binary searches walk
+    it in order: an order of magnitude faster than random probes into an array of millions."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    order = np.argsort(keys)
+    needles, found, hit = keys[order], np.zeros(len(keys), dtype=bool), np.empty(len(keys), dtype=bool)
+    for run in runs:
+        if len(run):
+            found |= run[np.minimum(np.searchsorted(run, needles), len(run) - 1)] == needles
+    hit[order] = found
+    return hit
 
 
 class SourceFileError(ValueError):
@@ -121,6 +130,22 @@ def read_source_file(path: Path, spec: SourceSpec) -> RawFile:
         frame = table.select(needed).to_pandas(types_mapper=_ARROW_STRINGS.get)
         return RawFile(frame, np.arange(1, len(frame) + 1, dtype=np.int64), _empty_malformed())
 
+    bad: list[tuple[int, str, str]] = []
+    try:
+        table = pacsv.read_csv(path, **_csv_options(path, spec, needed, bad))
+    except pa.ArrowInvalid as exc:
+        raise SourceFileError(f"{path}: cannot be parsed as CSV ({exc})") from None
+    frame = table.to_pandas(types_mapper=_ARROW_STRINGS.get)
+    bad_rows = np.array([b[0] for b in bad], dtype=np.int64)
+    total = len(frame) + len(bad_rows)
+    rows = np.setdiff1d(np.arange(1, total + 1, dtype=np.int64), bad_rows, assume_unique=True)
+    malformed = pd.DataFrame(bad, columns=["row", "reason", "raw"]) if bad else _empty_malformed()
+    return RawFile(frame, rows[: len(frame)], malformed)
+
+
+def _csv_options(path: Path, spec: SourceSpec, needed: list[str], bad: list[tuple[int, str, str]]) -> dict:
+    """The pyarrow CSV options of a source file, once its header is checked; malformed rows go to `bad`
+    (row number, reason, text) as the reader meets them, in file order."""
     try:
         with path.open("r", encoding=spec.csv.encoding, newline="") as fh:
             header_line = fh.readline()
@@ -128,7 +153,6 @@ def read_source_file(path: Path, spec: SourceSpec) -> RawFile:
         raise SourceFileError(f"{path}: not {spec.csv.encoding} text (set csv.encoding for this source)") from None
     if not header_line.strip():
         raise SourceFileError(f"{path}: empty file (expected a header row naming the columns)")
-    bad: list[tuple[int, str, str]] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         bad.append((row.number - 1, f"malformed_row: expected {row.expected_columns} fields, found {row.actual_columns}",
@@ -139,24 +163,14 @@ def read_source_file(path: Path, spec: SourceSpec) -> RawFile:
         names = pacsv.read_csv(
             pa.py_buffer(header_line.encode("utf-8")), parse_options=pacsv.ParseOptions(delimiter=spec.csv.delimiter)
         ).column_names
-        _check_columns(path, names, needed)
-        # Single-threaded parsing is what gives the invalid-row handler exact line numbers.
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(use_threads=False, encoding=spec.csv.encoding, block_size=1 << 24),
-            parse_options=pacsv.ParseOptions(delimiter=spec.csv.delimiter, invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in names}, include_columns=needed, strings_can_be_null=False,
-            ),
-        )
     except pa.ArrowInvalid as exc:
         raise SourceFileError(f"{path}: cannot be parsed as CSV ({exc})") from None
-    frame = table.to_pandas(types_mapper=_ARROW_STRINGS.get)
-    bad_rows = np.array([b[0] for b in bad], dtype=np.int64)
-    total = len(frame) + len(bad_rows)
-    rows = np.setdiff1d(np.arange(1, total + 1, dtype=np.int64), bad_rows, assume_unique=True)
-    malformed = pd.DataFrame(bad, columns=["row", "reason", "raw"]) if bad else _empty_malformed()
-    return RawFile(frame, rows[: len(frame)], malformed)
+    _check_columns(path, names, needed)
+    # Single-threaded parsing is what gives the invalid-row handler exact line numbers.
+    return {"read_options": pacsv.ReadOptions(use_threads=False, encoding=spec.csv.encoding, block_size=1 << 24),
+            "parse_options": pacsv.ParseOptions(delimiter=spec.csv.delimiter, invalid_row_handler=on_invalid),
+            "convert_options": pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                    include_columns=needed, strings_can_be_null=False)}
 
 
 def _empty_malformed() -> pd.DataFrame:
@@ -290,7 +304,8 @@ def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, sour
         key_frame["ts"] = out["ts"].to_numpy(dtype="datetime64[ns]", na_value=np.datetime64("NaT"))
     row_key = pd.util.hash_pandas_object(key_frame, index=False).to_numpy()
     valid_so_far = pd.isna(reason) & ~erased
-    first = ~pd.Series(row_key).where(valid_so_far).duplicated(keep="first").to_numpy() | ~valid_so_far
+    first = np.ones(n, dtype=bool)  # on the exact uint64 keys (a float64 detour would merge neighbouring keys)
+    first[valid_so_far] = ~pd.Series(row_key[valid_so_far]).duplicated(keep="first").to_numpy()
     seen = (seen_row_keys.contains(row_key, exclude=file_id) if isinstance(seen_row_keys, SeenKeys)
             else np.isin(row_key, seen_row_keys))
     dup = valid_so_far & (~first | seen)
@@ -315,20 +330,6 @@ def standardise_file(raw: RawFile, spec: SourceSpec, cfg: PersonaConfig, *, sour
     quarantined = _quarantine(frame.loc[rejected], raw.rows[rejected], reason[rejected], malformed, source, file_id)
     return StagedFile(accepted, mentions, quarantined, identifiers, int(erased.sum()) + erased_malformed,
                       invalid, unmapped, unreachable)
-
-
-def mention_keys(ids: pd.DataFrame, source: str, salt: str) -> np.ndarray:
-    """One key per row for its combination of normalised identifiers (one column per type, source order, None
-    where missing), keyed with the salt: without it, a key cannot be recomputed from guessed phones or e-mails."""
-    frame = ids.copy()
-    frame.insert(0, "_source", source)
-    return pd.util.hash_pandas_object(frame, index=False, hash_key=_mention_key_secret(salt)).to_numpy()
-
-
-def _mention_key_secret(salt: str) -> str:
-    # SipHash takes a 16-byte key: 16 base64 characters (96 bits) derived from the salt, never the salt itself.
-    digest = hashlib.sha256(("persona mention key|" + salt).encode("utf-8")).digest()
-    return base64.b64encode(digest).decode("ascii")[:16]
 
 
 def _hashes_in(values: pd.Series, salt: str, wanted: Collection[str]) -> np.ndarray:
@@ -399,3 +400,200 @@ def _quarantine(bad: pd.DataFrame, rows: np.ndarray, reasons: np.ndarray, malfor
     q.insert(0, "file_id", file_id)
     q.insert(0, "source", source)
     return q.astype(QUARANTINE_SCHEMA).reset_index(drop=True)
+
+
+# --- streaming: a file staged in bounded chunks, equal to standardise_file(read_source_file(...)) on the whole file
+@dataclass
+class StagedCounts:
+    """What `stage_file` keeps of a file: its manifest counts (`counts()`), the row keys it accepted (sorted uint64)
+    and the distinct raw identifiers of its mentions (id_type, value, value_hash; Arrow strings, never written)."""
+
+    read: int
+    accepted: int
+    quarantined: int
+    erased: int
+    reasons: dict[str, int]
+    invalid_identifiers: dict[str, int]
+    unmapped_codes: dict[str, int]
+    unreachable_identifiers: dict[str, int]
+    row_keys: np.ndarray
+    identifiers: pd.DataFrame
+
+    def counts(self) -> dict:
+        return {k: getattr(self, k) for k in ("read", "accepted", "quarantined", "erased", "reasons",
+                                              "invalid_identifiers", "unmapped_codes", "unreachable_identifiers")}
+
+
+class _KeySet(SeenKeys):
+    """uint64 keys added batch by batch: sorted runs, merged when of similar size (a check is a few binary searches),
+    with the keys of `outer` (the caller's seen keys) in every check too."""
+
+    def __init__(self, outer: np.ndarray | SeenKeys | None = None) -> None:
+        super().__init__()
+        self.outer, self.runs = outer, []
+
+    def add_keys(self, keys: np.ndarray) -> None:
+        self.runs.append(np.sort(np.asarray(keys, dtype=np.uint64)))
+        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+            last = self.runs.pop()
+            self.runs.append(np.sort(np.concatenate([self.runs.pop(), last]), kind="stable"))  # merges two runs
+
+    def contains(self, keys: np.ndarray, *, exclude: str | None = None) -> np.ndarray:
+        hit = (self.outer.contains(keys, exclude=exclude) if isinstance(self.outer, SeenKeys)
+               else np.isin(keys, self.outer) if self.outer is not None else np.zeros(len(keys), dtype=bool))
+        return hit | _in_sorted(self.runs, keys)
+
+    def sorted_keys(self) -> np.ndarray:
+        return np.sort(np.concatenate(self.runs), kind="stable") if self.runs else np.zeros(0, dtype=np.uint64)
+
+
+class _Sink:
+    """A Parquet file written batch by batch under a temporary name in its folder, renamed over `target` by `commit`;
+    its schema is the first batch's, with text for a column of nulls there (an empty frame's text column)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target, self.writer = target, None
+        self.tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+    def write(self, data: pd.DataFrame | pa.Table) -> None:
+        table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+        if self.writer is None:
+            schema = pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in table.schema],
+                               metadata=table.schema.metadata)
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")  # as write_parquet_atomic
+        if table.num_rows:
+            self.writer.write_table(table.cast(self.writer.schema))
+
+    def commit(self) -> None:
+        self.writer.close()
+        os.replace(self.tmp, self.target)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _rechunk(batches: Iterator[pa.RecordBatch], schema: pa.Schema, size: int, error: str) -> Iterator[pa.Table]:
+    """Tables of `size` rows (the last one shorter; one empty table when there is no row); a reader's error on the way
+    raised as read_source_file raises it for the whole file (`error`: its text before the reader's message)."""
+    held, count, emitted = [], 0, False
+    try:
+        for batch in batches:
+            held.append(batch)
+            count += batch.num_rows
+            while count >= size:
+                table = pa.Table.from_batches(held, schema=schema)
+                yield table.slice(0, size)
+                emitted, held, count = True, table.slice(size).to_batches(), count - size
+    except (pa.ArrowException, OSError) as exc:
+        raise SourceFileError(f"{error} ({exc})") from None
+    if count or not emitted:
+        yield pa.Table.from_batches(held, schema=schema)
+
+
+def _raw_chunks(path: Path, spec: SourceSpec, size: int) -> Iterator[RawFile]:
+    """The file as read_source_file reads it, in chunks of at most `size` parsed rows with their row numbers; each
+    malformed row comes with the chunk of the rows around it (after the last parsed row: in a chunk of its own)."""
+    needed = _needed_columns(spec)
+    if not path.is_file():
+        raise SourceFileError(f"{path}: file not found")
+    if spec.file_format == "parquet":
+        error = f"{path}: not a readable Parquet file"
+        try:
+            pf = pq.ParquetFile(path)
+            _check_columns(path, pf.schema_arrow.names, needed)
+            # With its pandas metadata, as read_table reads it; an integer (boolean) column with a null anywhere in
+            # the file (read alone) gets the dtype pandas then gives it, in every chunk (float64 / object / metadata).
+            schema = pa.schema([pf.schema_arrow.field(c) for c in needed], metadata=pf.schema_arrow.metadata)
+            nulls = pa.Table.from_arrays([pa.nulls(1, f.type) for f in schema], schema=schema).to_pandas(
+                types_mapper=_ARROW_STRINGS.get)
+            widen = {c: nulls[c].dtype for c in needed if (pa.types.is_integer(t := schema.field(c).type)
+                     or pa.types.is_boolean(t)) and any(b.column(0).null_count for b in pf.iter_batches(columns=[c]))}
+            batches = (b.select(needed) for b in pf.iter_batches(batch_size=size, columns=needed,
+                                                                  use_pandas_metadata=False))
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise exc if isinstance(exc, SourceFileError) else SourceFileError(f"{error} ({exc})") from None
+        start = 1
+        for table in _rechunk(batches, schema, size, error):
+            frame = table.to_pandas(types_mapper=_ARROW_STRINGS.get)
+            yield RawFile(frame.astype({c: t for c, t in widen.items() if frame[c].dtype != t}),
+                          np.arange(start, start + len(frame), dtype=np.int64), _empty_malformed())
+            start += len(frame)
+        return
+    bad: list[tuple[int, str, str]] = []
+    options = _csv_options(path, spec, needed, bad)
+    try:
+        reader = pacsv.open_csv(path, **options)
+    except pa.ArrowInvalid as exc:
+        raise SourceFileError(f"{path}: cannot be parsed as CSV ({exc})") from None
+    start, taken = 1, 0  # the first row number the next parsed row can have; malformed rows handed out so far
+    for table in _rechunk(reader, reader.schema, size, f"{path}: cannot be parsed as CSV"):
+        pending = bad[taken:]  # every malformed row before this chunk's last parsed row is known by now
+        skip = np.array([b[0] for b in pending], dtype=np.int64)
+        rows = np.setdiff1d(np.arange(start, start + table.num_rows + len(skip), dtype=np.int64), skip,
+                            assume_unique=True)[: table.num_rows]
+        start = int(rows[-1]) + 1 if len(rows) else start
+        mine = pending[: int((skip < start).sum())]
+        taken += len(mine)
+        yield RawFile(table.to_pandas(types_mapper=_ARROW_STRINGS.get), rows,
+                      pd.DataFrame(mine, columns=["row", "reason", "raw"]) if mine else _empty_malformed())
+    if taken < len(bad):
+        yield RawFile(reader.schema.empty_table().to_pandas(types_mapper=_ARROW_STRINGS.get),
+                      np.zeros(0, dtype=np.int64), pd.DataFrame(bad[taken:], columns=["row", "reason", "raw"]))
+
+
+def stage_file(path: Path, spec: SourceSpec, cfg: PersonaConfig, *, source: str, file_id: str, now: pd.Timestamp,
+               seen_row_keys: np.ndarray | SeenKeys, salt: str, forgotten: Mapping[str, Collection[str]] | None,
+               out_rows: Path, out_mentions: Path, out_quarantine: Path, chunk_rows: int = 1_000_000) -> StagedCounts:
+    """`standardise_file(read_source_file(path, spec), ...)` with its three outputs written to out_*, in chunks of at
+    most `chunk_rows` rows: the same Parquet rows in the same order and the same counts, in memory bounded by the
+    chunk. Each output appears complete or not at all; mentions are distinct by (identifier type, mention key) across
+    chunks. Raises SourceFileError as read_source_file does, also for a fault found past the first chunk."""
+    earlier, seen = _KeySet(seen_row_keys), {t: _KeySet() for t in spec.identifiers}  # row keys; mention keys by type
+    found: dict[str, list[pd.DataFrame]] = {t: [] for t in seen}
+    rows, mentions, quarantine = _Sink(out_rows), _Sink(out_mentions), _Sink(out_quarantine)
+    parts = {t: _Sink(out_mentions) for t in seen}  # per type: the file's mention order is type by type
+    n, groups = Counter(), {k: Counter() for k in ("reasons", "invalid_identifiers", "unmapped_codes",
+                                                   "unreachable_identifiers")}
+    try:
+        for raw in _raw_chunks(path, spec, max(int(chunk_rows), 1)):
+            staged = standardise_file(raw, spec, cfg, source=source, file_id=file_id, now=now, salt=salt,
+                                      seen_row_keys=earlier, forgotten=forgotten)
+            del raw  # before the next chunk is read
+            earlier.add_keys(staged.accepted["row_key"].to_numpy(dtype=np.uint64))
+            rows.write(staged.accepted)
+            quarantine.write(staged.quarantined)
+            mentions.write(staged.mentions.iloc[:0])  # the schema, should no mention come
+            for t in seen:
+                mine = staged.mentions[(staged.mentions["id_type"] == t).to_numpy(dtype=bool)]
+                mine = mine[~seen[t].contains(mine["mention_key"].to_numpy(dtype=np.uint64))]
+                seen[t].add_keys(mine["mention_key"].to_numpy(dtype=np.uint64))
+                parts[t].write(mine)
+                found[t].append(staged.identifiers[(staged.identifiers["id_type"] == t).to_numpy(dtype=bool)]
+                                .astype(ARROW_STR))
+                if sum(map(len, found[t])) > 2 * len(found[t][0]) + 100_000:  # keep the distinct ones only
+                    found[t] = [pd.concat(found[t], ignore_index=True).drop_duplicates("value_hash")]
+            n.update(read=staged.read, accepted=len(staged.accepted), quarantined=len(staged.quarantined),
+                     erased=staged.erased)
+            for k, counted in groups.items():
+                counted.update(staged.quarantined["reason"].str.split(":").str[0].value_counts().to_dict()
+                               if k == "reasons" else getattr(staged, k))
+            del staged
+        for part in parts.values():
+            part.writer.close()
+            for batch in pq.ParquetFile(part.tmp).iter_batches(use_pandas_metadata=False):
+                mentions.write(pa.Table.from_batches([batch]))
+            part.abort()
+        for sink in (rows, mentions, quarantine):
+            sink.commit()
+    except BaseException:
+        for sink in (rows, mentions, quarantine, *parts.values()):
+            sink.abort()
+        raise
+    identifiers = pd.concat([pd.concat(f, ignore_index=True).drop_duplicates("value_hash") for f in found.values()],
+                            ignore_index=True)  # every type has a frame: each chunk gives one, maybe empty
+    return StagedCounts(*(int(n[k]) for k in ("read", "accepted", "quarantined", "erased")),
+                        *({k: int(v) for k, v in g.most_common()} for g in groups.values()),
+                        earlier.sorted_keys(), identifiers.reset_index(drop=True))

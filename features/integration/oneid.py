@@ -47,10 +47,12 @@ def format_persona_ids(seq: np.ndarray) -> np.ndarray:
 def _id_strings(seq: np.ndarray) -> pd.Series:
     """Vectorised formatting of sequence numbers (-1 -> <NA>) as Arrow strings."""
     seq = np.asarray(seq, dtype=np.int64)
-    digits = (np.maximum(seq, 0)[:, None] // (10 ** np.arange(ID_WIDTH - 1, -1, -1, dtype=np.int64))) % 10
     text = np.empty((len(seq), ID_WIDTH + 1), dtype=np.uint8)
     text[:, 0] = ord(ID_PREFIX)
-    text[:, 1:] = digits + ord("0")
+    rest = np.maximum(seq, 0)
+    for i in range(ID_WIDTH, 0, -1):  # digit by digit from the last: no (rows x width) int64 temporaries
+        text[:, i] = rest % 10 + ord("0")
+        rest //= 10
     binary = pa.FixedSizeBinaryArray.from_buffers(pa.binary(ID_WIDTH + 1), len(seq),
                                                   [pa.py_buffer(np.packbits(seq >= 0, bitorder="little")),
                                                    pa.py_buffer(text.tobytes())])
@@ -104,9 +106,11 @@ class _Clock:
 def _code_nodes(type_rank: np.ndarray, values: pd.Series, n_types: int) -> tuple[np.ndarray, np.ndarray, pd.Series]:
     """Integer node codes for (type, value), ordered by type priority then value, so they are deterministic.
 
-    Factorised per type on Arrow strings, and only the distinct values are sorted.
+    Factorised per type on the Arrow strings where they lie (no combined copy of every value: one type's values at a
+    time are gathered and hashed), and only the distinct values are sorted.
     """
-    arr = _arrow_strings(values)
+    arr = pa.array(values.astype(_ARROW_STR).array)
+    arr = arr if arr.type == pa.string() else arr.cast(pa.string())
     node = np.empty(len(values), dtype=np.int64)
     node_type, node_values, offset = [], [], 0
     for t in range(n_types):
@@ -114,14 +118,16 @@ def _code_nodes(type_rank: np.ndarray, values: pd.Series, n_types: int) -> tuple
         if not len(idx):
             continue
         encoded = pc.dictionary_encode(arr.take(pa.array(idx)))
-        uniques = encoded.dictionary
+        chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
+        uniques = chunks[-1].dictionary  # the chunks of an encoded chunked array share the encoder's final dictionary
         order = pc.array_sort_indices(uniques).to_numpy()
         position = np.empty(len(order), dtype=np.int64)
         position[order] = np.arange(len(order))
-        node[idx] = offset + position[encoded.indices.to_numpy(zero_copy_only=False)]
-        node_values.append(uniques.take(pa.array(order)).cast(pa.string()))
+        node[idx] = offset + position[np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])]
+        node_values.append(uniques.take(pa.array(order)))
         node_type.append(np.full(len(order), t, dtype=np.int64))
         offset += len(order)
+        del encoded, chunks, idx
     values_out = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array(node_values, type=pa.string()))
                            if node_values else pd.array([], dtype=_ARROW_STR))
     return node, (np.concatenate(node_type) if node_type else np.zeros(0, dtype=np.int64)), values_out
@@ -133,6 +139,7 @@ def _star_edges(mention: np.ndarray, node: np.ndarray) -> tuple[np.ndarray, np.n
         return node, node
     order = np.lexsort((node, mention))
     m, n = mention[order], node[order]
+    del order
     starts = np.r_[True, m[1:] != m[:-1]]
     first = n[starts][np.cumsum(starts) - 1]
     keep = n != first
@@ -151,13 +158,19 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
     clock = _Clock()
     types = cfg.priority
     rank = {t: i for i, t in enumerate(types)}
-    type_rank = mentions["id_type"].map(rank).to_numpy(dtype=np.int64)
+    type_codes, type_names = pd.factorize(mentions["id_type"])  # Arrow's hashing: no Python string per row
+    if (type_codes < 0).any():
+        raise ValueError("a mention without an id_type")
+    type_rank = np.array([rank[t] for t in type_names], dtype=np.int64)[type_codes]
+    del type_codes
     node, node_type, node_values = _code_nodes(type_rank, mentions[on], len(types))
-    # One link per (mention, node): integer de-duplication is cheap, string de-duplication is not.
-    pairs = pd.DataFrame({"mention": mentions["mention_key"].to_numpy(), "node": node}).drop_duplicates()
-    mention = pairs["mention"].to_numpy()
-    node = pairs["node"].to_numpy()
-    type_rank = node_type[node]
+    del type_rank
+    pa.default_memory_pool().release_unused()  # the hash tables' memory, to the system (numpy does not reuse it)
+    # One link per (mention, node), first kept: integer de-duplication is cheap, string de-duplication is not.
+    mention = mentions["mention_key"].to_numpy()
+    keep = ~pd.DataFrame({"mention": mention, "node": node}, copy=False).duplicated().to_numpy()
+    mention, node = mention[keep], node[keep]
+    del keep
     n_nodes = len(node_type)
     nodes = pd.DataFrame({"id_type": pd.array(np.asarray(types, dtype=object)[node_type], dtype="string"),
                           on: node_values})
@@ -179,16 +192,7 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
     limited = {rank[t]: s.max_accounts for t, s in cfg.identifiers.items() if s.max_accounts}
     shared_counts: dict[str, int] = {}
     if limited and account_ranks:
-        is_acc = np.isin(type_rank, account_ranks)
-        acc = pd.DataFrame({"mention": mention[is_acc], "acc": node[is_acc], "acc_type": type_rank[is_acc]})
-        is_lim = np.isin(type_rank, list(limited))
-        lim = pd.DataFrame({"mention": mention[is_lim], "node": node[is_lim], "type": type_rank[is_lim]})
-        seen_with = lim.merge(acc, on="mention")
-        seen_with = seen_with[seen_with["node"] != seen_with["acc"]]
-        per_type = seen_with.drop_duplicates(["node", "acc"]).groupby(["node", "acc_type"]).size()
-        most = per_type.groupby(level="node").max()
-        limit = pd.Series(node_type[most.index.to_numpy()]).map(limited).to_numpy()
-        shared = most.index.to_numpy()[most.to_numpy() > limit]
+        shared = _shared(mention, node, node_type, account_ranks, limited)
         shared = shared[status[shared] == "linked"]
         status[shared] = "shared"
         for t in types:
@@ -245,7 +249,7 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
     mention_pid = pd.DataFrame({"mention_key": keys, "persona_id": _id_strings(mention_seq[ok][first])})
     stats = {
         "identifiers": int(n_nodes),
-        "links": int(len(pairs)),
+        "links": int(len(mention)),
         "edges": int(len(src)),
         "personas": int(len(np.unique(seq[seq >= 0]))),
         "shared_values": shared_counts,
@@ -256,6 +260,26 @@ def resolve(mentions: pd.DataFrame, cfg: IdentityConfig, *, blocked: dict[str, s
     clock.lap("outputs")
     stats["seconds"] = clock.laps
     return Resolution(nodes, mention_pid, audit, aliases, next_seq, stats)
+
+
+def _shared(mention: np.ndarray, node: np.ndarray, node_type: np.ndarray, account_ranks: list[int],
+            limited: dict[int, int]) -> np.ndarray:
+    """The nodes of a limited type seen (in one mention) with more than its limit of distinct accounts of one account
+    type. Its own function so that its frames go when it returns; node codes as int32, types as int8."""
+    type_rank, code = node_type[node].astype(np.int8), np.int32 if len(node_type) < 2**31 else np.int64
+    is_acc = np.isin(type_rank, account_ranks)
+    acc = pd.DataFrame({"mention": mention[is_acc], "acc": node[is_acc].astype(code), "acc_type": type_rank[is_acc]})
+    is_lim = np.isin(type_rank, list(limited))
+    lim = pd.DataFrame({"mention": mention[is_lim], "node": node[is_lim].astype(code), "type": type_rank[is_lim]})
+    del type_rank, is_acc, is_lim
+    seen_with = lim.merge(acc, on="mention")
+    del lim, acc
+    seen_with = seen_with[(seen_with["node"] != seen_with["acc"]).to_numpy()]
+    per_type = seen_with.drop_duplicates(["node", "acc"]).groupby(["node", "acc_type"]).size()
+    del seen_with
+    most = per_type.groupby(level="node").max()
+    limit = pd.Series(node_type[most.index.to_numpy()]).map(limited).to_numpy()
+    return most.index.to_numpy().astype(np.int64)[most.to_numpy() > limit]
 
 
 def _split_oversized(mention: np.ndarray, node: np.ndarray, node_type: np.ndarray, comp: np.ndarray,

@@ -29,6 +29,8 @@ Published (integrated/current/):
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import shutil
 import time
@@ -130,6 +132,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
     spark = engine.spark_session(cfg) if cfg.engine == "spark" else None
     staging = stage_sources(ws, cfg, now=now, salt=salt, forgotten=forgotten, progress=progress, spark=spark)
     manifest = staging.manifest
+    _release()  # staging's freed buffers (GBs at 1M customers) back to the system before resolution allocates
     timings["stage"] = time.perf_counter() - t0
 
     if progress:
@@ -327,9 +330,23 @@ def _duckdb(ws: Workspace, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnect
 
 
 def _release() -> None:
-    """Hand freed memory back: Python's cycles, and what Arrow's allocator keeps for reuse."""
+    """Hand freed memory back: Python's cycles, what Arrow's allocator keeps for reuse, and what glibc's heap keeps
+    (numpy and pandas allocate there; Arrow's allocator does not reuse it, nor the other way round)."""
     gc.collect()
     pa.default_memory_pool().release_unused()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None  # glibc only
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
 
 
 def _same_columns(earlier: pd.DataFrame, new: pd.DataFrame) -> list[pd.DataFrame]:

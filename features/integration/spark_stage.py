@@ -39,13 +39,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.integration.ingest import SourceFileError, read_source_file, standardise_file
+from features.integration.ingest import SourceFileError, stage_file
 from persona.config import PersonaConfig
 from persona.faults import kill_point
 from persona.workspace import Workspace, write_json_atomic
 
 SCRATCH = "_spark"  # under the staging folder: never a source's name (source names are identifiers)
-FILES = ("rows", "mentions", "quarantine", "identifiers")
 # The staged rows' columns the duplicate pass reads (row_key is a uint64, which Spark reads as a decimal; the
 # timestamps, nanoseconds in these files, are left unread: Spark refuses nanosecond Parquet timestamps).
 _KEYS = "source string, file_id string, row_key decimal(20,0)"
@@ -131,31 +130,26 @@ def _stage_one(cfg: PersonaConfig, name: str, path: Path, file_id: str, pos: int
                now: pd.Timestamp, salt: str, forgotten: Mapping[str, set[str]], seen_root: str | None) -> dict:
     """On an executor: stage one file with the embedded code; write its outputs; return its counts."""
     spec = cfg.sources[name]
-    counts = {"pos": pos, "error": None}
-    try:
-        raw = read_source_file(path, spec)
-    except SourceFileError as exc:  # every column of the result schema, the counts left empty
-        return {**counts, "error": str(exc), "read": 0, "accepted": 0, "quarantined": 0, "erased": 0,
-                **dict.fromkeys(("reasons", "invalid_identifiers", "unmapped_codes", "unreachable_identifiers"),
-                                "{}")}
     seen = np.empty(0, dtype=np.uint64)
     if seen_root is not None:
         part = Path(seen_root) / f"pos={pos}"
         if part.exists():
             keys = pq.read_table(part, columns=["row_key"])["row_key"]
             seen = pc.cast(keys, pa.uint64()).to_numpy(zero_copy_only=False)
-    staged = standardise_file(raw, spec, cfg, source=name, file_id=file_id, now=now, seen_row_keys=seen,
-                              salt=salt, forgotten=forgotten)
     where = root / str(pos)
     where.mkdir(parents=True, exist_ok=True)
-    for part, frame in zip(FILES, (staged.accepted, staged.mentions, staged.quarantined, staged.identifiers)):
-        frame.to_parquet(where / f"{part}.parquet", index=False, compression="zstd")
-    reasons = staged.quarantined["reason"].str.split(":").str[0].value_counts().to_dict()
-    return {**counts, "read": staged.read, "accepted": len(staged.accepted), "quarantined": len(staged.quarantined),
-            "erased": staged.erased, "reasons": json.dumps({k: int(v) for k, v in reasons.items()}),
-            "invalid_identifiers": json.dumps(staged.invalid_identifiers),
-            "unmapped_codes": json.dumps(staged.unmapped_codes),
-            "unreachable_identifiers": json.dumps(staged.unreachable_identifiers)}
+    try:  # in bounded chunks, as the embedded engine stages a file
+        staged = stage_file(path, spec, cfg, source=name, file_id=file_id, now=now, seen_row_keys=seen, salt=salt,
+                            forgotten=forgotten, out_rows=where / "rows.parquet",
+                            out_mentions=where / "mentions.parquet", out_quarantine=where / "quarantine.parquet")
+    except SourceFileError as exc:  # every column of the result schema, the counts left empty
+        return {"pos": pos, "error": str(exc), "read": 0, "accepted": 0, "quarantined": 0, "erased": 0,
+                **dict.fromkeys(("reasons", "invalid_identifiers", "unmapped_codes", "unreachable_identifiers"),
+                                "{}")}
+    staged.identifiers.to_parquet(where / "identifiers.parquet", index=False, compression="zstd")
+    counts = staged.counts()
+    return {"pos": pos, "error": None, **{k: (json.dumps(v) if isinstance(v, dict) else int(v))
+                                          for k, v in counts.items()}}
 
 
 def _duplicates(spark, ws: Workspace, todo: list[tuple], pass1: Path, out: Path) -> list[int]:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from features.integration import spark_stage
 from features.integration import standardise as std
 from features.integration.ingest import (ARROW_STR, MENTION_COLUMNS, SeenKeys, SourceFileError, mention_keys,
-                                         read_source_file, standardise_file)
+                                         stage_file)
 from persona.config import PersonaConfig
 from persona.faults import kill_point
 from persona.workspace import Workspace, read_json, write_json_atomic, write_parquet_atomic
@@ -99,27 +99,21 @@ def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, salt:
             seen[name] = SeenKeys()
             for p in (src_dir.glob("*.rows.parquet") if src_dir.exists() else []):
                 seen[name].add(p.name.split(".")[0], pq.read_table(p, columns=["row_key"])["row_key"].to_numpy())
-        raw = read_source_file(f, spec)
-        staged = standardise_file(raw, spec, cfg, source=name, file_id=file_id, now=now, seen_row_keys=seen[name],
-                                  salt=salt, forgotten=forgotten)
-        seen[name].add(file_id, staged.accepted["row_key"].to_numpy())
-        write_parquet_atomic(src_dir / f"{file_id}.rows.parquet", staged.accepted)
-        write_parquet_atomic(src_dir / f"{file_id}.mentions.parquet", staged.mentions)
-        write_parquet_atomic(ws.quarantine / name / f"{file_id}.parquet", staged.quarantined)
+        # Read and standardised in chunks of a million rows, the three outputs written as they come.
+        staged = stage_file(f, spec, cfg, source=name, file_id=file_id, now=now, seen_row_keys=seen[name], salt=salt,
+                            forgotten=forgotten, out_rows=src_dir / f"{file_id}.rows.parquet",
+                            out_mentions=src_dir / f"{file_id}.mentions.parquet",
+                            out_quarantine=ws.quarantine / name / f"{file_id}.parquet")
+        seen[name].add(file_id, staged.row_keys)
         identifiers.append(_arrow_identifiers(staged.identifiers))
-        reasons = staged.quarantined["reason"].str.split(":").str[0].value_counts().to_dict()
-        manifest[name][rel] = {
-            "file_id": file_id, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "read": staged.read, "accepted": len(staged.accepted), "quarantined": len(staged.quarantined),
-            "erased": staged.erased, "reasons": {k: int(v) for k, v in reasons.items()},
-            "invalid_identifiers": staged.invalid_identifiers, "unmapped_codes": staged.unmapped_codes,
-            "unreachable_identifiers": staged.unreachable_identifiers,
-            # Its raw values live only in this process until the run publishes: a crash before that re-stages it.
-            PUBLISHED: False,
-        }
+        if sum(map(len, identifiers)) > 2 * len(identifiers[0]) + 1_000_000:  # the distinct ones only, as files come
+            identifiers = [pd.concat(identifiers, ignore_index=True).drop_duplicates(["id_type", "value_hash"])]
+        # Its raw values live only in this process until the run publishes: a crash before that re-stages it.
+        manifest[name][rel] = {"file_id": file_id, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                               **staged.counts(), PUBLISHED: False}
         # After each file, so a crash resumes where it stopped; staged files are deterministic per file.
         write_json_atomic(ws.state / MANIFEST, manifest)
-        del raw, staged
+        del staged
         kill_point("integrate.staged")
     found = pd.concat(identifiers, ignore_index=True)
     del identifiers

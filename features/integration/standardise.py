@@ -16,6 +16,7 @@ highly repetitive and run to millions of rows.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ import pyarrow.compute as pc
 __all__ = [
     "STRING_DTYPE",
     "map_codes",
+    "mention_keys",
     "normalise_emails",
     "normalise_identifiers",
     "normalise_ids",
@@ -538,3 +540,17 @@ def salted_hash(values: pd.Series, salt: str) -> pd.Series:
 def sha256_hex(values: pd.Series) -> pd.Series:
     """Plain hex sha256 (UTF-8) per non-null value, to match vendors' hashed keys."""
     return _hash_each(values, "")
+
+
+def mention_keys(ids: pd.DataFrame, source: str, salt: str) -> np.ndarray:
+    """One key per row for its combination of normalised identifiers (one column per type, source order, None
+    where missing), keyed with the salt: without it, a key cannot be recomputed from guessed phones or e-mails."""
+    frame = ids.copy()
+    frame.insert(0, "_source", source)
+    return pd.util.hash_pandas_object(frame, index=False, hash_key=_mention_key_secret(salt)).to_numpy()
+
+
+def _mention_key_secret(salt: str) -> str:
+    # SipHash takes a 16-byte key: 16 base64 characters (96 bits) derived from the salt, never the salt itself.
+    digest = hashlib.sha256(("persona mention key|" + salt).encode("utf-8")).digest()
+    return base64.b64encode(digest).decode("ascii")[:16]

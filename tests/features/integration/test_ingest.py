@@ -6,10 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from features.integration.ingest import SourceFileError, StagedFile, carries, read_source_file, standardise_file
+from features.integration.ingest import (ARROW_STR, SeenKeys, SourceFileError, StagedCounts, StagedFile, carries,
+                                         read_source_file, stage_file, standardise_file)
 from persona.config import PersonaConfig, parse_config
+from persona.workspace import write_parquet_atomic
 
 NOW = pd.Timestamp("2026-07-01", tz="UTC")
 SALT = "test-salt"
@@ -356,3 +360,137 @@ def test_file_in_wrong_encoding_is_an_error(tmp_path):
 def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(SourceFileError, match="file not found"):
         ingest(tmp_path / "nope.csv", config())
+
+
+# --- streaming stager: stage_file in tiny chunks equals standardise_file on the whole file ------------------------
+def staged_both(tmp_path: Path, path: Path, cfg: PersonaConfig, *, source: str = "orders", chunk_rows: int = 3,
+                seen=None, forgotten=None) -> StagedCounts:
+    """Stage `path` both ways and assert the same Parquet rows and schema, counts, row keys and identifiers."""
+    spec, out = cfg.sources[source], tmp_path / f"out{chunk_rows}"
+    seen = np.zeros(0, dtype=np.uint64) if seen is None else seen
+    whole = standardise_file(read_source_file(path, spec), spec, cfg, source=source, file_id="f1", now=NOW,
+                             seen_row_keys=seen, salt=SALT, forgotten=forgotten)
+    for name, frame in (("rows", whole.accepted), ("mentions", whole.mentions), ("quarantine", whole.quarantined)):
+        write_parquet_atomic(out / f"whole.{name}.parquet", frame)
+    got = stage_file(path, spec, cfg, source=source, file_id="f1", now=NOW, seen_row_keys=seen, salt=SALT,
+                     forgotten=forgotten, out_rows=out / "rows.parquet", out_mentions=out / "mentions.parquet",
+                     out_quarantine=out / "quarantine.parquet", chunk_rows=chunk_rows)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("whole.")) == [
+        "mentions.parquet", "quarantine.parquet", "rows.parquet"]  # no temporary file left
+    for name in ("rows", "mentions", "quarantine"):
+        expected, actual = pq.read_table(out / f"whole.{name}.parquet"), pq.read_table(out / f"{name}.parquet")
+        if len(whole.accepted):  # an empty frame's text column is all-null in one pass, text in the stager
+            assert actual.schema.remove_metadata() == expected.schema.remove_metadata(), name
+        assert actual.to_pylist() == expected.to_pylist(), name
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"{name}.parquet"),
+                                      pd.read_parquet(out / f"whole.{name}.parquet"), check_dtype=False)
+    reasons = whole.quarantined["reason"].str.split(":").str[0].value_counts().to_dict()
+    assert got.counts() == {"read": whole.read, "accepted": len(whole.accepted), "quarantined": len(whole.quarantined),
+                            "erased": whole.erased, "reasons": reasons, "unmapped_codes": whole.unmapped_codes,
+                            "invalid_identifiers": whole.invalid_identifiers,
+                            "unreachable_identifiers": whole.unreachable_identifiers}
+    assert got.row_keys.dtype == np.uint64
+    assert got.row_keys.tolist() == sorted(whole.accepted["row_key"].tolist())
+    pd.testing.assert_frame_equal(got.identifiers, whole.identifiers.astype(ARROW_STR))
+    return got
+
+
+MESSY = (HEADER
+         + "O1,+8613800138001,,10,2026-05-01T10:00:00,extra\n"   # malformed first row
+         + "O1,13800138001,a@x.com,10,2026-05-01T10:00:00\n"
+         + "O2,13800138002,,N/A,2026-05-01T10:00:00\n"           # bad number
+         + "O3,13800138003,b@x.com,5,last tuesday\n"             # bad timestamp
+         + "O4,,,10,2026-05-02T10:00:00\n"                       # no identifier
+         + "O5,12345,not-an-email,10,2026-05-02T10:00:00\n"      # only invalid identifiers
+         + "O1,13800138001,a@x.com,10,2026-05-01T10:00:00\n"     # duplicate of row 2, chunks apart
+         + "O6,13800138001,a@x.com,7,2026-05-03T10:00:00\n"      # the same person again: one mention
+         + "O7,13800138007,,10,\n"                               # missing timestamp
+         + "O8,13800138008,gone@x.com,3,2026-05-04T10:00:00\n"   # forgotten e-mail
+         + "broken\n"                                            # malformed, mid-file
+         + "O6,13800138001,a@x.com,7,2026-05-03T10:00:00\n"      # duplicate of O6
+         + "O9,238 1234 5678,c@x.com,1,2026-05-05T10:00:00\n"    # possible but unassigned phone
+         + "O10,13800138010,,1,2099-01-01T00:00:00\n"            # out of range
+         + "O11,13800138011,d@x.com,1,2026-05-06T10:00:00\n"
+         + "O3,13800138003,b@x.com,5,2026-05-01T10:00:00\n"      # the valid O3: not a duplicate of a bad row
+         + "O12,+8613800138012,,1,2026-05-06T10:00:00,x,y\n"     # malformed, last row
+         + "O13,13800138001,,1,2026-05-06T10:00:00,x,y\n")       # malformed after the last parsed row
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 5, 100])
+def test_stage_file_in_chunks_equals_the_whole_file(tmp_path, chunk_rows):
+    path = write(tmp_path / "raw/orders/a.csv", MESSY)
+    got = staged_both(tmp_path, path, config(), chunk_rows=chunk_rows,
+                      forgotten={"email": {salted("gone@x.com")}, "phone": {salted("+8613800138012")}})
+    assert (got.read, got.accepted, got.quarantined, got.erased) == (18, 5, 11, 2)
+    assert got.reasons["duplicate"] == 2 and got.reasons["malformed_row"] == 3
+    assert got.invalid_identifiers == {"phone": 1, "email": 1} and got.unreachable_identifiers == {"phone": 1}
+
+
+@pytest.mark.parametrize("as_seen_keys", [False, True])
+def test_stage_file_checks_the_callers_seen_keys(tmp_path, as_seen_keys):
+    cfg = config()
+    earlier = ingest(write(tmp_path / "raw/orders/a.csv", HEADER + "O11,13800138011,d@x.com,1,2026-05-06T10:00:00\n"),
+                     cfg).accepted["row_key"].to_numpy()
+    seen = earlier
+    if as_seen_keys:
+        seen = SeenKeys()
+        seen.add("a", earlier)
+        seen.add("f1", np.array([1, 2], dtype=np.uint64))  # this file's own earlier version: not a duplicate source
+    got = staged_both(tmp_path, write(tmp_path / "raw/orders/b.csv", MESSY), cfg, seen=seen)
+    assert got.reasons["duplicate"] == 3
+
+
+def test_stage_file_without_key_header_only_and_no_parsed_row(tmp_path):
+    cfg = config(key=[])
+    staged_both(tmp_path, write(tmp_path / "a.csv", HEADER + "O1,13800138001,,1,2026-05-06T10:00:00\n" * 4
+                                + "O2,13800138002,,1,2026-05-06T10:00:00\n"), cfg, chunk_rows=2)
+    got = staged_both(tmp_path, write(tmp_path / "b.csv", HEADER), cfg)
+    assert got.read == 0 and len(got.identifiers) == 0
+    assert pq.read_table(tmp_path / "out3/rows.parquet").num_rows == 0
+    got = staged_both(tmp_path, write(tmp_path / "c.csv", HEADER + "x\ny,z\n"), cfg, chunk_rows=1)
+    assert got.quarantined == 2 and got.reasons == {"malformed_row": 2}
+
+
+def test_stage_file_parquet_source(tmp_path):
+    path = tmp_path / "raw/orders/a.parquet"
+    path.parent.mkdir(parents=True)
+    pd.DataFrame({
+        "amount": [10.5, None, 3.0, 4.0, 5.0, 4.0, 6.0],  # columns in another order than the mapping's
+        "order_id": ["O1", "O2", "O3", "O4", "O5", "O4", "O1"],
+        "phone": pd.array([13800138001, 13800138002, 13800138003, 13800138004, None, 13800138004, 13800138001],
+                          dtype="Int64"),  # a null in one chunk only: pandas makes the whole column float
+        "email": [None, "B@x.com", None, None, "e@x.com", None, None],
+        "order_time": pd.to_datetime(["2026-05-01 10:00", "2026-05-02 10:00", None, "2026-05-03 10:00",
+                                      "2026-05-03 10:00", "2026-05-03 10:00", "2026-05-01 10:00"]),
+    }).to_parquet(path, row_group_size=3)
+    cfg = config(path="raw/orders/*.parquet")
+    got = staged_both(tmp_path, path, cfg, chunk_rows=2)
+    assert (got.accepted, got.reasons) == (3, {"duplicate": 2, "missing_field": 1, "missing_timestamp": 1})
+    # Without pandas metadata (another writer): an integer column with a null is float in one pass, so in every chunk.
+    table = pq.read_table(path).replace_schema_metadata(None)
+    pq.write_table(table.append_column("flag", pa.array([True, None, False, True, True, True, False])), path,
+                   row_group_size=2)
+    cfg = config(path="*.parquet", key=[], fields={"order_id": "order_id", "amount": "amount", "is_return": "flag"})
+    assert staged_both(tmp_path, path, cfg, chunk_rows=3).accepted == 4
+
+
+def test_stage_file_unreadable_files_raise_as_read_source_file_and_leave_nothing(tmp_path):
+    cfg, out = config(), tmp_path / "out"
+    corrupt = tmp_path / "c.parquet"
+    corrupt.write_bytes(b"PAR1 not really")
+    cases = [(write(tmp_path / "e.csv", ""), cfg), (tmp_path / "nope.csv", cfg),
+             (write(tmp_path / "m.csv", "order_id,phone\nO1,1\n"), cfg),
+             (corrupt, config(path="*.parquet"))]
+    bytes_ = (HEADER + "O1,13800138001,a@x.com,10,2026-05-01\n" * 3).encode() + b"O2,\xff\xfe,,1,2026-05-01\n"
+    (tmp_path / "u.csv").write_bytes(bytes_ * 2000)  # invalid UTF-8 past the first chunk
+    cases.append((tmp_path / "u.csv", cfg))
+    for path, c in cases:
+        spec = c.sources["orders"]
+        with pytest.raises(SourceFileError) as whole:
+            read_source_file(path, spec)
+        with pytest.raises(SourceFileError) as chunked:
+            stage_file(path, spec, c, source="orders", file_id="f", now=NOW, seen_row_keys=np.zeros(0, np.uint64),
+                       salt=SALT, forgotten=None, out_rows=out / "r.parquet", out_mentions=out / "m.parquet",
+                       out_quarantine=out / "q.parquet", chunk_rows=2)
+        assert str(chunked.value).split(" (")[0] == str(whole.value).split(" (")[0]
+        assert not out.exists() or not list(out.iterdir())
