@@ -7,7 +7,6 @@ persona.yaml points at that copy's MLflow store), so the comparison is of the en
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import yaml
 
 from persona.workspace import SALT_VAR, Workspace
 from tests.conftest import SPARK_TEST_CONF
-from tests.features.integration.test_spark_integrate import assert_same
+from tests.features.integration.test_spark_integrate import assert_same, report
 from tests.features.test_spark_snapshots import assert_same_snapshots
 
 pytestmark = pytest.mark.slow
@@ -32,13 +31,6 @@ def _edit(root: Path, **changes) -> None:
     cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     cfg.update(changes)
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
-
-
-def _report(ws: Workspace) -> dict:
-    data = json.loads((ws.current("integrated") / "report.json").read_text())
-    data.pop("seconds")
-    data["identity"].pop("seconds", None)
-    return data
 
 
 def test_the_loop_gives_the_same_results_on_both_engines(tmp_path, spark, monkeypatch):
@@ -70,7 +62,7 @@ def test_the_loop_gives_the_same_results_on_both_engines(tmp_path, spark, monkey
     assert reports["duckdb"]["personas"] > CUSTOMERS * 0.8
     assert sum(s["quarantined"] for s in reports["duckdb"]["sources"].values()) > 0
     assert_same(ws["duckdb"], ws["spark"])
-    assert _report(ws["duckdb"]) == _report(ws["spark"])
+    assert report(ws["duckdb"]) == report(ws["spark"])
 
     # features: the same snapshot files
     built = {e: build_features(w, online=False) for e, w in ws.items()}

@@ -173,11 +173,10 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         channel_of = pd.DataFrame({"source": list(cfg.sources), "channel": [s.channel for s in cfg.sources.values()],
                                    "kind": [s.kind for s in cfg.sources.values()]})
         con.register("src", channel_of)
-        rows = f"read_parquet({rows_files!r}, union_by_name=true)"
         if spark is not None:  # the scans of every row on Spark; what comes back is sized by personas
-            activity, node_seen, winners = spark_run.aggregates(spark, ws, cfg, rows_files, channel_of,
-                                                                mention_files, forgotten, scratch)
+            activity, node_seen, winners = spark_run.aggregates(spark, ws, cfg, rows_files, channel_of, scratch)
         else:
+            rows = f"read_parquet({rows_files!r}, union_by_name=true)"
             activity = con.execute(aggregates.activity_sql(rows)).df()
             # When each identifier was last seen, in DuckDB: the mentions go there and are dropped here.
             con.register("mentions", pa.Table.from_pandas(mentions, preserve_index=False))

@@ -80,11 +80,12 @@ def resolve(spark, ws: Workspace, cfg: PersonaConfig, mention_files: list[str], 
             forgotten: Mapping[str, set[str]] | None, blocked: dict[str, set[str]], previous_map: Path | None,
             previous_aliases: pd.DataFrame | None, next_seq: int, scratch: Path) -> oneid.Resolution:
     """`oneid.resolve(mentions, ..., on="value_hash")` of the staged mentions, on Spark; the same Resolution (nodes
-    in identifier order, mention_persona by mention key, audit in the embedded order). The mention -> persona
-    table stays in `scratch` for `aggregates`."""
+    in identifier order, mention_persona by mention key, audit in the embedded order). The mentions and the
+    mention -> persona table stay in `scratch` for `aggregates`."""
     from pyspark.sql import functions as F
 
-    mentions = read_mentions(spark, mention_files, forgotten)
+    read_mentions(spark, mention_files, forgotten).write.parquet(str(scratch / "mentions"))  # read once per run
+    mentions = spark.read.parquet(str(scratch / "mentions"))
     previous = (spark.read.schema(_PREVIOUS).parquet(str(previous_map)) if previous_map is not None else None)
     found = spark_oneid.resolve(spark, mentions, cfg.identity, blocked=blocked, previous=previous,
                                 previous_aliases=previous_aliases, next_seq=next_seq, scratch=str(scratch / "work"))
@@ -108,9 +109,9 @@ def resolve(spark, ws: Workspace, cfg: PersonaConfig, mention_files: list[str], 
 
 
 def aggregates(spark, ws: Workspace, cfg: PersonaConfig, rows_files: list[str], channel_of: pd.DataFrame,
-               mention_files: list[str], forgotten: Mapping[str, set[str]] | None,
                scratch: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The row-scale steps of building profiles (`features.integration.aggregates`) on Spark: activity per persona
+    """The row-scale steps of building profiles (`features.integration.aggregates`) on Spark, after `resolve` in the
+    same `scratch`: activity per persona
     and channel, when each identifier was last seen, the survivorship winners; each written by the executors and
     read back (sized by personas and identifiers), with timestamps as the embedded engine's (naive, UTC, ns)."""
     from pyspark.sql import functions as F
@@ -120,7 +121,7 @@ def aggregates(spark, ws: Workspace, cfg: PersonaConfig, rows_files: list[str], 
     views = {"rows": spark.read.schema(_ROWS).parquet(*rows_files)
              .select("source", signed(F.col("mention_key")).alias("mention_key"), "ts"),
              "mp": spark.read.parquet(str(scratch / "mention_persona")),
-             "mentions": read_mentions(spark, mention_files, forgotten),
+             "mentions": spark.read.parquet(str(scratch / "mentions")),  # as `resolve` left them
              "src": spark.createDataFrame(channel_of[["source", "channel"]])}
     for name in cfg.sources:
         files = [p for p in rows_files if Path(p).parent.name == name]
