@@ -134,7 +134,7 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
         "grid_dates": [str(d) for d in dates[:-1]], "computed": [d for d in plan],
         "recomputed": {d: p for d, p in plan.items() if p["why"] not in (NEW, SCORING)},
         "rows": rows, "services": services,
-        "store": cfg.store.profile, "materialized": materialised,
+        "engine": cfg.engine, "store": cfg.store.profile, "materialized": materialised,
         "fingerprint_method": snapshots.FINGERPRINT_METHOD,
         "fingerprints": {**recorded, **fingerprints},
         "seconds": {"snapshots": round(compute_s, 1), "materialize": round(time.perf_counter() - t, 1),

@@ -109,7 +109,7 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool =
     return {
         "date": meta["date"], "data_through": str(snapshots.data_through(date).date()),
         "requested": None if as_of is None else str(pd.Timestamp(as_of).date()),
-        "personas": int(n), "models": models.versions(), "tags": len(tag_ids),
+        "engine": cfg.engine, "personas": int(n), "models": models.versions(), "tags": len(tag_ids),
         "unavailable": meta["unavailable"], "coverage": meta["coverage"], "snapshot": str(folder),
         "pushed": pushed, "push_skipped": skipped, "pruned": pruned, "cleaned": removed,
         "seconds": {k: round(v, 2) for k, v in {**timings, "total": seconds}.items()},

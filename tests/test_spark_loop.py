@@ -67,6 +67,7 @@ def test_the_loop_gives_the_same_results_on_both_engines(tmp_path, spark, monkey
     # features: the same snapshot files
     built = {e: build_features(w, online=False) for e, w in ws.items()}
     assert built["duckdb"]["dates"] == built["spark"]["dates"]
+    assert {e: r["engine"] for e, r in built.items()} == {"duckdb": "duckdb", "spark": "spark"}
     assert_same_snapshots(feature_store.offline_dir(ws["duckdb"]), feature_store.offline_dir(ws["spark"]))
 
     # rescore with the same champions: the same tag snapshot
@@ -75,6 +76,7 @@ def test_the_loop_gives_the_same_results_on_both_engines(tmp_path, spark, monkey
     scored = {e: rescore(w, push=False) for e, w in ws.items()}
     assert scored["spark"]["personas"] == scored["duckdb"]["personas"] > CUSTOMERS * 0.8
     assert scored["spark"]["models"] == scored["duckdb"]["models"] and scored["duckdb"]["models"]
+    assert {e: r["engine"] for e, r in scored.items()} == {"duckdb": "duckdb", "spark": "spark"}
     assert scored["spark"]["coverage"] == scored["duckdb"]["coverage"]
     a, b = history.read(ws["duckdb"]), history.read(ws["spark"])
     assert list(b.columns) == list(a.columns) and b["persona_id"].tolist() == a["persona_id"].tolist()

@@ -13,7 +13,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pandas as pd
+import pyarrow as pa
+
 from persona.config import PROFILE_ATTRIBUTES, PersonaConfig
+
+
+ARROW_STR = pd.StringDtype("pyarrow")
+STRINGS = {pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}  # Arrow -> pandas text, for `types_mapper`
+
+
+def compact(table: pa.Table) -> pd.DataFrame:
+    """A query's result as pandas with its text in Arrow-backed strings, as both engines hand them over: one buffer
+    per column rather than a Python object per value (winners and activity are tens of millions of values at a
+    million customers)."""
+    return table.to_pandas(types_mapper=STRINGS.get)
+
+
+def arrow_strings(values: pd.Series) -> pa.Array:
+    """A text column as one contiguous Arrow string array (no copy when it is Arrow-backed already)."""
+    arr = pa.array(values.astype(ARROW_STR).array)
+    return (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).cast(pa.string())
+
+
+def compact_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its object and string columns as Arrow-backed strings (lineage rows from pandas steps)."""
+    text = [c for c in frame.columns if frame[c].dtype == object or isinstance(frame[c].dtype, pd.StringDtype)]
+    return frame.astype({c: ARROW_STR for c in text}) if text else frame
 
 
 def activity_sql(rows: str, mp: str = "mp", src: str = "src") -> str:

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from features.integration.aggregates import arrow_strings
 from persona.config import IdentityConfig
 
 _ARROW_STR = pd.StringDtype("pyarrow")
@@ -80,14 +81,6 @@ class Resolution:
 def _components(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
     graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n)).tocsr()
     return connected_components(graph, directed=False)[1]
-
-
-def _arrow_strings(values: pd.Series) -> pa.StringArray:
-    """One contiguous Arrow string array (DuckDB and Parquet hand over chunked, sometimes large_string, columns)."""
-    arr = pa.array(values.astype(_ARROW_STR).array)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    return arr.cast(pa.string())
 
 
 class _Clock:
@@ -318,8 +311,8 @@ def _previous_seq(nodes: pd.DataFrame, previous: pd.DataFrame | None, on: str) -
     prev_types = prev["id_type"].to_numpy(dtype=object)
     node_types = nodes["id_type"].to_numpy(dtype=object)
     prev_seq = parse_persona_ids(prev["persona_id"])
-    current = _arrow_strings(nodes[on])
-    before = _arrow_strings(prev[on])
+    current = arrow_strings(nodes[on])
+    before = arrow_strings(prev[on])
     for t in pd.unique(node_types):
         here = np.flatnonzero(node_types == t)
         there = np.flatnonzero(prev_types == t)

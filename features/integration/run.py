@@ -39,8 +39,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.integration import aggregates
@@ -104,6 +106,25 @@ def known_values(previous: pd.DataFrame | None, staged: pd.DataFrame) -> pd.Data
     return pd.concat(parts, ignore_index=True).drop_duplicates(["id_type", "value_hash"])
 
 
+def with_values(nodes: pd.DataFrame, known: pd.DataFrame) -> pd.DataFrame:
+    """`nodes` (id_type, value_hash, ...) with the raw `value` of each from `known` (<NA> where unknown), in the
+    nodes' order. Joined in Arrow on Arrow strings: a pandas merge would turn millions of keys into Python strings
+    and hash them (the run's peak at a million customers)."""
+    keys = pa.table({"id_type": aggregates.arrow_strings(nodes["id_type"]),
+                     "value_hash": aggregates.arrow_strings(nodes["value_hash"]),
+                     "_row": pa.array(np.arange(len(nodes), dtype=np.int64))})
+    values = pa.Table.from_pandas(known[IDENTIFIER_COLUMNS].astype(ARROW_STR), preserve_index=False)  # no copy
+    values = values.cast(pa.schema([(c, pa.string()) for c in IDENTIFIER_COLUMNS]))  # large_string where pandas made it
+    joined = keys.join(values, keys=["id_type", "value_hash"], join_type="left outer", use_threads=False)
+    del keys, values
+    value = joined["value"].take(pc.sort_indices(joined["_row"]))
+    del joined
+    out = nodes.copy(deep=False)
+    out["value_hash"] = out["value_hash"].astype(object)  # as the identity map has always been published
+    out["value"] = value.to_pandas(types_mapper=aggregates.STRINGS.get)
+    return out
+
+
 def phone_reachability(nodes: pd.DataFrame, cfg: PersonaConfig) -> pd.Series:
     """Per identity-map row (id_type, value): whether a phone can be reached (`std.phone_reachable`); <NA> for other
     identifier types and for a value not known in this run."""
@@ -148,7 +169,8 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
                 previous_map=current / "identity_map.parquet" if current else None, previous_aliases=prev_aliases,
                 next_seq=int(prev_report.get("next_seq", 1)), scratch=scratch)
         else:
-            mentions = _mentions_read(con, mention_files, forgotten)
+            with _connect(ws.root / SPILL / "scan", memory_limit) as scan:
+                mentions = _mentions_read(scan, mention_files, forgotten)
             resolution = resolve(mentions, cfg.identity, blocked=blocked_hashes(cfg, salt), previous=previous,
                                  previous_aliases=prev_aliases, next_seq=int(prev_report.get("next_seq", 1)),
                                  on="value_hash")
@@ -157,17 +179,6 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         if progress:
             progress("building profiles", 0.75)
         t = time.perf_counter()
-        # The raw values, for the identity map (and enrichment's vendor keys): nodes keep their order.
-        known = known_values(previous, staging.identifiers)
-        del staging, previous, prev_aliases  # the raw values now live in `known`, then in `nodes` only
-        # Keys as Python-backed strings, as the identity map has always been built (its published dtypes follow).
-        nodes = resolution.nodes.merge(known.astype({"id_type": "string", "value_hash": "string"}),
-                                       on=["id_type", "value_hash"], how="left")
-        del known
-        resolution.nodes = None
-        _release()
-        resolution.stats["values_unknown"] = int(nodes["value"].isna().sum())
-        nodes["reachable"] = phone_reachability(nodes, cfg)
         con.register("mp", resolution.mention_persona)
         rows_files = staged_files(ws, cfg, manifest, "rows")
         channel_of = pd.DataFrame({"source": list(cfg.sources), "channel": [s.channel for s in cfg.sources.values()],
@@ -176,15 +187,26 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         if spark is not None:  # the scans of every row on Spark; what comes back is sized by personas
             activity, node_seen, winners = spark_run.aggregates(spark, ws, cfg, rows_files, channel_of, scratch)
         else:
-            rows = f"read_parquet({rows_files!r}, union_by_name=true)"
-            activity = con.execute(aggregates.activity_sql(rows)).df()
-            # When each identifier was last seen, in DuckDB: the mentions go there and are dropped here.
-            con.register("mentions", pa.Table.from_pandas(mentions, preserve_index=False))
-            del mentions
-            _release()
-            node_seen = con.execute(aggregates.node_seen_sql("mentions", rows)).df()
-            con.unregister("mentions")
-            winners = _survivors(con, cfg, rows_files)
+            with _connect(ws.root / SPILL / "scan", memory_limit) as scan:
+                scan.register("mp", resolution.mention_persona)
+                scan.register("src", channel_of)
+                rows = f"read_parquet({rows_files!r}, union_by_name=true)"
+                activity = aggregates.compact(scan.sql(aggregates.activity_sql(rows)).to_arrow_table())
+                # When each identifier was last seen, in DuckDB: the mentions go there and are dropped here.
+                scan.register("mentions", pa.Table.from_pandas(mentions, preserve_index=False))
+                del mentions
+                node_seen = scan.execute(aggregates.node_seen_sql("mentions", rows)).df()
+                scan.unregister("mentions")
+                winners = _survivors(scan, cfg, rows_files)
+        # The raw values, for the identity map (and enrichment's vendor keys), once the mentions are gone.
+        known = known_values(previous, staging.identifiers)
+        del staging, previous, prev_aliases  # the raw values now live in `known`, then in `nodes` only
+        nodes = with_values(resolution.nodes, known)
+        del known
+        resolution.nodes = None
+        _release()
+        resolution.stats["values_unknown"] = int(nodes["value"].isna().sum())
+        nodes["reachable"] = phone_reachability(nodes, cfg)
         linked = nodes[nodes["persona_id"].notna()]
         id_norm = {t: s.normalise for t, s in cfg.identity.identifiers.items()}
         identifiers = linked.merge(node_seen, on=["id_type", "value_hash"], how="left")
@@ -200,12 +222,13 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
             progress("enriching", 0.85)
         t = time.perf_counter()
         enrichment_report = {}
-        lineage_parts = [lineage]
+        lineage_parts = [aggregates.compact_strings(lineage)]
         ext_quarantine = []
         for name, spec in cfg.enrichment.items():
             table = enrich_mod.read_external(ws.root / spec.path, spec, timezone=cfg.timezone)
             profiles, lin, rep = enrich_mod.enrich(name, spec, table, profiles, identifiers)
-            lineage_parts.append(lin)
+            lineage_parts.append(aggregates.compact_strings(lin))
+            del lin
             enrichment_report[name] = rep
             ext_quarantine.append(table.quarantined.assign(source=f"enrichment:{name}", file_id=spec.path))
             del table
@@ -217,7 +240,11 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         _release()
         timings["enrich"] = time.perf_counter() - t
 
-        quality = _evaluate(ws, cfg, manifest, con) if cfg.truth else None
+        quality = None
+        if cfg.truth:
+            with _connect(ws.root / SPILL / "scan", memory_limit) as scan:
+                scan.register("mp", resolution.mention_persona)
+                quality = _evaluate(ws, cfg, manifest, scan)
 
         if progress:
             progress("publishing", 0.92)
@@ -247,7 +274,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
             del nodes, linked
             write_parquet_atomic(out / "aliases.parquet", resolution.aliases)
             write_parquet_atomic(out / "profiles.parquet", profiles)
-            write_parquet_atomic(out / "lineage.parquet", lineage.astype({"record": "string"}))
+            write_parquet_atomic(out / "lineage.parquet", aggregates.compact_strings(lineage))
             del lineage
             write_parquet_atomic(out / "audit_log.parquet", audit)
             _release()
@@ -277,6 +304,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
             timings["total"] = time.perf_counter() - t0
             report = {
                 "run_id": run_id,
+                "engine": cfg.engine,
                 "sources": sources,
                 "personas": int(len(profiles)),
                 "identity": resolution.stats,
@@ -313,7 +341,23 @@ def _duckdb(ws: Workspace, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnect
     the connection does (and, left by a killed run, when the next one starts)."""
     spill = ws.root / SPILL
     shutil.rmtree(spill, ignore_errors=True)
-    spill.mkdir(parents=True)
+    try:
+        with _connect(spill / "main", memory_limit) as con:
+            yield con
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+        try:
+            spill.parent.rmdir()  # the workspace's .tmp, unless something else keeps files there
+        except OSError:
+            pass
+
+
+@contextmanager
+def _connect(spill: Path, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB database of its own, spilling to `spill`. The scans of every staged row run in one that is closed
+    when they are done: DuckDB keeps the memory a query used (a GB at a million customers) until its database
+    closes, and the run goes on with millions of identifiers in pandas."""
+    spill.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(spill),
                                  "preserve_insertion_order": False})
     try:
@@ -322,10 +366,7 @@ def _duckdb(ws: Workspace, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnect
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
-        try:
-            spill.parent.rmdir()  # the workspace's .tmp, unless something else keeps files there
-        except OSError:
-            pass
+        _release()
 
 
 def _release() -> None:
@@ -386,7 +427,7 @@ def _survivors(con: duckdb.DuckDBPyConnection, cfg: PersonaConfig, rows_files: l
         return pd.DataFrame(columns=CANDIDATE_COLUMNS)
     con.register("trust", order)
     try:
-        winners = con.execute(survive_sql(sql, "trust")).df()
+        winners = aggregates.compact(con.sql(survive_sql(sql, "trust")).to_arrow_table())
     finally:
         con.unregister("trust")
     return winners if len(winners) else pd.DataFrame(columns=CANDIDATE_COLUMNS)

@@ -145,7 +145,8 @@ def aggregates(spark, ws: Workspace, cfg: PersonaConfig, rows_files: list[str], 
         frames = {}
         for key, sql in out.items():
             spark.sql(sql).write.parquet(str(scratch / key))
-            frames[key] = pq.read_table(scratch / key).to_pandas()
+            table = pq.read_table(scratch / key)
+            frames[key] = table.to_pandas() if key == "node_seen" else aggregates_sql.compact(table)
     finally:
         for name in names.values():
             spark.catalog.dropTempView(name)

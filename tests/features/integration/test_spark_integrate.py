@@ -97,6 +97,7 @@ def assert_same(a: Workspace, b: Workspace) -> None:
 
 def report(ws: Workspace) -> dict:
     data = json.loads((ws.current("integrated") / "report.json").read_text())
+    assert data.pop("engine") == ws.config().engine  # the report says which engine ran
     data.pop("seconds")
     data["identity"].pop("seconds", None)
     return data
