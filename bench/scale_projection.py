@@ -223,11 +223,11 @@ def report(results: dict) -> None:
     # the single-machine memory goal
     one_m = results["sizes"].get("1000000", {}).get("runs", {}).get("duckdb", {}).get("integrate")
     if one_m and ok(one_m):
-        gb = one_m["peak_rss_mb"] / 1024
+        gb = one_m["peak_rss_mb"] * 2**20 / 1e9  # GB of 10^9 bytes: the stricter reading of the goal's "7 GB"
         results["goal_integrate_1m"] = {"peak_gb": round(gb, 2), "goal_gb": GOALS["integrate_1m_duckdb_gb"],
                                         "met": gb <= GOALS["integrate_1m_duckdb_gb"]}
         say(f"\nissue 13 goal: persona integrate (DuckDB) on 1M customers <= {GOALS['integrate_1m_duckdb_gb']} GB peak: "
-            f"{gb:.2f} GB, {'met' if gb <= GOALS['integrate_1m_duckdb_gb'] else 'MISSED'}")
+            f"{gb:.2f} GB ({one_m['peak_rss_mb'] / 1024:.2f} GiB), {'met' if gb <= GOALS['integrate_1m_duckdb_gb'] else 'MISSED'}")
     proj = results.get("projection")
     if not proj:
         say("\nprojection: no successful Spark run to project from")
