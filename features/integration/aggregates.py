@@ -16,18 +16,15 @@ from collections.abc import Callable
 import pandas as pd
 import pyarrow as pa
 
+from features.integration.ingest import ARROW_STR, ARROW_STRINGS
 from persona.config import PROFILE_ATTRIBUTES, PersonaConfig
-
-
-ARROW_STR = pd.StringDtype("pyarrow")
-STRINGS = {pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}  # Arrow -> pandas text, for `types_mapper`
 
 
 def compact(table: pa.Table) -> pd.DataFrame:
     """A query's result as pandas with its text in Arrow-backed strings, as both engines hand them over: one buffer
     per column rather than a Python object per value (winners and activity are tens of millions of values at a
     million customers)."""
-    return table.to_pandas(types_mapper=STRINGS.get)
+    return table.to_pandas(types_mapper=ARROW_STRINGS.get)
 
 
 def arrow_strings(values: pd.Series) -> pa.Array:

@@ -38,7 +38,7 @@ _PARSERS = {"number": std.parse_numbers, "bool": std.parse_bools}
 
 # Arrow-backed strings: trimming and comparing millions of values stays in Arrow's C++ kernels.
 ARROW_STR = pd.StringDtype("pyarrow")
-_ARROW_STRINGS = {pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}
+ARROW_STRINGS = {pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}
 
 
 QUARANTINE_SCHEMA = {"source": ARROW_STR, "file_id": ARROW_STR, "row": "int64", "reason": ARROW_STR, "raw": ARROW_STR}
@@ -127,7 +127,7 @@ def read_source_file(path: Path, spec: SourceSpec) -> RawFile:
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise SourceFileError(f"{path}: not a readable Parquet file ({exc})") from None
         _check_columns(path, table.column_names, needed)
-        frame = table.select(needed).to_pandas(types_mapper=_ARROW_STRINGS.get)
+        frame = table.select(needed).to_pandas(types_mapper=ARROW_STRINGS.get)
         return RawFile(frame, np.arange(1, len(frame) + 1, dtype=np.int64), _empty_malformed())
 
     bad: list[tuple[int, str, str]] = []
@@ -135,7 +135,7 @@ def read_source_file(path: Path, spec: SourceSpec) -> RawFile:
         table = pacsv.read_csv(path, **_csv_options(path, spec, needed, bad))
     except pa.ArrowInvalid as exc:
         raise SourceFileError(f"{path}: cannot be parsed as CSV ({exc})") from None
-    frame = table.to_pandas(types_mapper=_ARROW_STRINGS.get)
+    frame = table.to_pandas(types_mapper=ARROW_STRINGS.get)
     bad_rows = np.array([b[0] for b in bad], dtype=np.int64)
     total = len(frame) + len(bad_rows)
     rows = np.setdiff1d(np.arange(1, total + 1, dtype=np.int64), bad_rows, assume_unique=True)
@@ -508,7 +508,7 @@ def _raw_chunks(path: Path, spec: SourceSpec, size: int) -> Iterator[RawFile]:
             # the file (read alone) gets the dtype pandas then gives it, in every chunk (float64 / object / metadata).
             schema = pa.schema([pf.schema_arrow.field(c) for c in needed], metadata=pf.schema_arrow.metadata)
             nulls = pa.Table.from_arrays([pa.nulls(1, f.type) for f in schema], schema=schema).to_pandas(
-                types_mapper=_ARROW_STRINGS.get)
+                types_mapper=ARROW_STRINGS.get)
             widen = {c: nulls[c].dtype for c in needed if (pa.types.is_integer(t := schema.field(c).type)
                      or pa.types.is_boolean(t)) and any(b.column(0).null_count for b in pf.iter_batches(columns=[c]))}
             batches = (b.select(needed) for b in pf.iter_batches(batch_size=size, columns=needed,
@@ -517,7 +517,7 @@ def _raw_chunks(path: Path, spec: SourceSpec, size: int) -> Iterator[RawFile]:
             raise exc if isinstance(exc, SourceFileError) else SourceFileError(f"{error} ({exc})") from None
         start = 1
         for table in _rechunk(batches, schema, size, error):
-            frame = table.to_pandas(types_mapper=_ARROW_STRINGS.get)
+            frame = table.to_pandas(types_mapper=ARROW_STRINGS.get)
             yield RawFile(frame.astype({c: t for c, t in widen.items() if frame[c].dtype != t}),
                           np.arange(start, start + len(frame), dtype=np.int64), _empty_malformed())
             start += len(frame)
@@ -537,10 +537,10 @@ def _raw_chunks(path: Path, spec: SourceSpec, size: int) -> Iterator[RawFile]:
         start = int(rows[-1]) + 1 if len(rows) else start
         mine = pending[: int((skip < start).sum())]
         taken += len(mine)
-        yield RawFile(table.to_pandas(types_mapper=_ARROW_STRINGS.get), rows,
+        yield RawFile(table.to_pandas(types_mapper=ARROW_STRINGS.get), rows,
                       pd.DataFrame(mine, columns=["row", "reason", "raw"]) if mine else _empty_malformed())
     if taken < len(bad):
-        yield RawFile(reader.schema.empty_table().to_pandas(types_mapper=_ARROW_STRINGS.get),
+        yield RawFile(reader.schema.empty_table().to_pandas(types_mapper=ARROW_STRINGS.get),
                       np.zeros(0, dtype=np.int64), pd.DataFrame(bad[taken:], columns=["row", "reason", "raw"]))
 
 

@@ -33,9 +33,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from features.integration.aggregates import arrow_strings
+from features.integration.ingest import ARROW_STR
 from persona.config import IdentityConfig
 
-_ARROW_STR = pd.StringDtype("pyarrow")
 ID_PREFIX = "P"
 ID_WIDTH = 10
 
@@ -62,7 +62,7 @@ def _id_strings(seq: np.ndarray) -> pd.Series:
 
 def parse_persona_ids(ids: pd.Series) -> np.ndarray:
     """persona ids -> sequence numbers (the inverse of format_persona_ids)."""
-    arr = pa.array(ids.astype(_ARROW_STR).array)
+    arr = pa.array(ids.astype(ARROW_STR).array)
     return pc.cast(pc.utf8_slice_codeunits(arr, len(ID_PREFIX)), pa.int64()).to_numpy(zero_copy_only=False)
 
 
@@ -102,7 +102,7 @@ def _code_nodes(type_rank: np.ndarray, values: pd.Series, n_types: int) -> tuple
     Factorised per type on the Arrow strings where they lie (no combined copy of every value: one type's values at a
     time are gathered and hashed), and only the distinct values are sorted.
     """
-    arr = pa.array(values.astype(_ARROW_STR).array)
+    arr = pa.array(values.astype(ARROW_STR).array)
     arr = arr if arr.type == pa.string() else arr.cast(pa.string())
     node = np.empty(len(values), dtype=np.int64)
     node_type, node_values, offset = [], [], 0
@@ -122,7 +122,7 @@ def _code_nodes(type_rank: np.ndarray, values: pd.Series, n_types: int) -> tuple
         offset += len(order)
         del encoded, chunks, idx
     values_out = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array(node_values, type=pa.string()))
-                           if node_values else pd.array([], dtype=_ARROW_STR))
+                           if node_values else pd.array([], dtype=ARROW_STR))
     return node, (np.concatenate(node_type) if node_type else np.zeros(0, dtype=np.int64)), values_out
 
 

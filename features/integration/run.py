@@ -49,7 +49,7 @@ from features.integration import aggregates
 from features.integration import enrich as enrich_mod
 from features.integration import spark_run
 from features.integration import standardise as std
-from features.integration.ingest import ARROW_STR
+from features.integration.ingest import ARROW_STR, ARROW_STRINGS
 from features.integration.oneid import pairwise_scores, resolve
 from features.integration.staging import (FORGOTTEN, IDENTIFIER_COLUMNS, MANIFEST, PUBLISHED, Progress,
                                           source_counts, staged_files, drop_forgotten, read_forgotten, stage_sources)
@@ -121,7 +121,7 @@ def with_values(nodes: pd.DataFrame, known: pd.DataFrame) -> pd.DataFrame:
     del joined
     out = nodes.copy(deep=False)
     out["value_hash"] = out["value_hash"].astype(object)  # as the identity map has always been published
-    out["value"] = value.to_pandas(types_mapper=aggregates.STRINGS.get)
+    out["value"] = value.to_pandas(types_mapper=ARROW_STRINGS.get)
     return out
 
 
@@ -274,7 +274,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
             del nodes, linked
             write_parquet_atomic(out / "aliases.parquet", resolution.aliases)
             write_parquet_atomic(out / "profiles.parquet", profiles)
-            write_parquet_atomic(out / "lineage.parquet", aggregates.compact_strings(lineage))
+            write_parquet_atomic(out / "lineage.parquet", lineage)  # Arrow strings already, as its parts
             del lineage
             write_parquet_atomic(out / "audit_log.parquet", audit)
             _release()
@@ -331,7 +331,7 @@ def _mentions_read(con: duckdb.DuckDBPyConnection, files: list[str],
     detour."""
     mentions = con.sql(
         f"SELECT DISTINCT mention_key, id_type, value_hash FROM read_parquet({files!r}, union_by_name=true)"
-    ).to_arrow_table().to_pandas(types_mapper={pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}.get)
+    ).to_arrow_table().to_pandas(types_mapper=ARROW_STRINGS.get)
     return drop_forgotten(mentions, forgotten) if forgotten else mentions
 
 

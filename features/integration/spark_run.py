@@ -173,4 +173,4 @@ def _timestamps(frame, sample: str):
 
 
 def _read(folder: Path) -> pd.DataFrame:
-    return pq.read_table(folder).to_pandas(types_mapper={pa.string(): ARROW_STR, pa.large_string(): ARROW_STR}.get)
+    return aggregates_sql.compact(pq.read_table(folder))
