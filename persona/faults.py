@@ -21,6 +21,9 @@ The points, named `<stage>.<step>` after the step just done, in the order a run 
     tags.written                rescore (rules.history.write): the new version folder complete, before the link swap
     tags.linked                 rescore (rules.history.write): `tags/date=D` swapped to it, before pruning
     rescore.written             rescore: the snapshot written and old snapshots pruned, before the online push
+
+    campaign.built              campaign create: campaigns/.tmp-NAME-PID complete, before it is renamed in
+    campaign.set_aside          campaign create --replace: the old record renamed aside, before the new one is in
 """
 
 from __future__ import annotations

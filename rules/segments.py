@@ -319,17 +319,22 @@ def count(aud: Audience, target: str, *, include_opted_out: bool = False) -> dic
 
 def export(aud: Audience, target: str, out: Path, *, include_opted_out: bool = False) -> dict:
     """Write persona_id and the salted-hashed channel identifiers of the members to CSV or Parquet (atomically)."""
+    m = aud.select(target, include_opted_out=include_opted_out)
+    return write_members(aud, aud.persona_ids[m].astype(str), target if target in aud.segments else "expression", out)
+
+
+def write_members(aud: Audience, members: pd.Series, label: str, out: Path) -> dict:
+    """The export of `members` (persona ids): their salted-hashed identifiers, to CSV or Parquet (atomically).
+    Campaigns write their treatment list through this too."""
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise SegmentError(f"{out}: the export must end in .csv or .parquet")
-    m = aud.select(target, include_opted_out=include_opted_out)
-    members = aud.persona_ids[m].astype(str)
     current = aud.ws.require_current("integrated", "run `persona integrate`")
     prof = pq.read_table(current / "profiles.parquet")
     hashes = [c for c in prof.column_names if c.endswith("_hash")]
     table = prof.select(["persona_id", *hashes]).to_pandas().set_index("persona_id")
     frame = table.reindex(members.to_numpy()).reset_index().rename(columns={"index": "persona_id"})
-    frame.insert(1, "segment", target if target in aud.segments else "expression")
+    frame.insert(1, "segment", label)
     frame.insert(2, "snapshot_date", aud.date)
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".parquet":
@@ -338,11 +343,11 @@ def export(aud: Audience, target: str, out: Path, *, include_opted_out: bool = F
         tmp = out.with_name(f".{out.name}.tmp")
         frame.to_csv(tmp, index=False)
         tmp.replace(out)
-    return {"segment": target, "date": aud.date, "rows": int(len(frame)), "path": str(out),
+    return {"segment": label, "date": aud.date, "rows": int(len(frame)), "path": str(out),
             "columns": list(frame.columns)}
 
 
-def _category_columns(frame: pd.DataFrame) -> list[str]:
+def category_columns(frame: pd.DataFrame) -> list[str]:
     out = []
     for c, col in frame.items():
         if isinstance(col.dtype, pd.CategoricalDtype) or str(col.dtype) in ("boolean", "bool") or col.dtype == object:
@@ -363,7 +368,7 @@ def profile(aud: Audience, target: str, *, top: int = 12, include_opted_out: boo
         return result
     snap = history.read(aud.ws, aud.date)
     rows = []
-    for c in _category_columns(snap.drop(columns=["persona_id", OPT_OUT_COLUMN], errors="ignore")):
+    for c in category_columns(snap.drop(columns=["persona_id", OPT_OUT_COLUMN], errors="ignore")):
         col = snap[c]
         if col.dtype == object and col.map(lambda v: isinstance(v, tuple)).any():
             exploded = pd.DataFrame({"v": col, "m": m}).explode("v").dropna(subset=["v"])

@@ -1,7 +1,11 @@
 """The top floor: what a person or a scheduler runs. The `persona` command (`commands`), its printed reports
-(`render`), the demo, the nightly schedule and the erasure of a person (`forget`). Nothing below imports from here.
+(`render`), the demo, the nightly schedule, the erasure of a person (`forget`) and campaigns (`campaign`). Nothing
+below imports from here.
 """
 
+from persona.cli.campaign import campaign_app
 from persona.cli.commands import app, commented_section
+
+app.add_typer(campaign_app, name="campaign")
 
 __all__ = ["app", "commented_section"]
