@@ -5,7 +5,7 @@ UV   := .tools/bin/uv
 VENV := .venv
 WS   ?= demo_workspace
 
-.PHONY: setup bench-setup demo test bench clean
+.PHONY: setup bench-setup browser demo test bench clean
 
 $(UV):
 	$(PY) -m venv .tools
@@ -26,10 +26,20 @@ $(VENV)/.bench-synced: $(VENV)/.synced
 
 bench-setup: $(VENV)/.bench-synced
 
+# The console's browser tests drive Debian's chromium through Playwright (`playwright install` cannot download
+# browsers here). Installed when missing and this is root on Debian; elsewhere the browser tests skip and say why
+# (CI sets PERSONA_REQUIRE_BROWSER=1, which makes them mandatory).
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the browser tests ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: no chromium and no root to install it: the console's browser tests will skip"; fi
+
 demo: setup
 	$(VENV)/bin/persona demo --workspace $(WS)
 
-test: setup
+test: setup browser
 	$(VENV)/bin/pytest
 
 bench: setup

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from persona.config import ServingConfig
 from serving.online import EVENT_TYPES, Customer
+from training.explain import DEFAULT_FACTORS, MAX_FACTORS
 
 CATEGORY_PATTERN = r"^[a-z0-9_\-]{1,64}$"
 MAX_TYPE_CHARS = 64  # an identifier type is a key of persona.yaml
@@ -112,6 +113,23 @@ class CustomerRef(_Body):
             return Customer(persona_id=self.persona_id)
         ident = self.identifier
         return Customer(id_type=ident.type, value=ident.value, hashed=ident.hashed)
+
+
+class ProfileRequest(CustomerRef):
+    """/v1/profile: a customer, and whether to explain each model score."""
+
+    # Strict: `"explain": "no"` or `1` is a 422, not a guess at what was meant.
+    explain: bool = Field(False, strict=True,
+                          description="add `explanations`: each model output's top factors (feature, value, signed "
+                                      "contribution, and the scale they are in)")
+    factors: int = Field(DEFAULT_FACTORS, ge=1, le=MAX_FACTORS, description="factors per output, with explain")
+
+    @model_validator(mode="after")
+    def _factors_need_explain(self) -> ProfileRequest:
+        if "factors" in self.model_fields_set and not self.explain:
+            raise ValueError("'factors' is the number of factors to explain each score by: send it with "
+                             "'explain': true")
+        return self
 
 
 class ScoreRequest(_Body):

@@ -7,6 +7,10 @@ everyone first, then every chunk is tagged with them and they are saved in the s
 online service reads them. Re-running on the same data writes the same snapshot; a run that crashes leaves the
 previous snapshot in place and the next run writes the whole date again.
 
+With `explain`, the snapshot also holds one `<output>_reasons` column per model output: each persona's top factors
+of that score as JSON (`serving.explaining`); they stay offline (the service explains on request). Embedded engine
+only for now: on Spark the reference values would need a pass over the features before scoring.
+
 `as_of` is a calendar date: score the data up to and including it, i.e. the feature snapshot at the midnight after
 it (`features.snapshots.snapshot_for`). No snapshot at exactly that date is an error naming the dates there are,
 unless `nearest` allows the latest one before. Tags go online only when an online store was loaded for this
@@ -31,10 +35,12 @@ from persona.errors import InsufficientDataError
 from persona.faults import kill_point
 from persona.workspace import Workspace, read_json
 from rules import catalog, history, segments
-from serving import scoring
+from serving import explaining, scoring
 from training import tracking
 
 Progress = Callable[[str, float], None]
+EXPLAIN_EMBEDDED_ONLY = ("explanations in the tag snapshot (--explain) are computed by the embedded engine only for "
+                         "now: rescore without --explain, or set `engine: duckdb` in persona.yaml for that run")
 
 
 def resolve_snapshot(dates: list[pd.Timestamp], as_of: pd.Timestamp | None, *, nearest: bool = False) -> pd.Timestamp:
@@ -65,13 +71,15 @@ def online_loaded(ws: Workspace) -> bool:
 
 
 def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool = False, push: bool = True,
-            progress: Progress | None = None) -> dict:
+            explain: bool = False, progress: Progress | None = None) -> dict:
     """Score every persona at the latest feature snapshot, or with the data up to and including the day `as_of`
     (see `resolve_snapshot`); see the module. With `engine: spark` the steps run on Spark (`serving.spark_batch`)
-    and write the same snapshot."""
+    and write the same snapshot. `explain`: add the `<output>_reasons` columns (embedded engine only)."""
     t0 = time.perf_counter()
     say = progress or (lambda stage, frac: None)
     cfg = ws.config()
+    if explain and cfg.engine == "spark":
+        raise ValueError(EXPLAIN_EMBEDDED_ONLY)
     timings: dict[str, float] = {}
     date = resolve_snapshot(offline.feature_dates(ws), as_of, nearest=nearest)
     removed = history.clean_partial(ws)
@@ -88,8 +96,9 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool =
         n, meta, folder = spark_batch.run(ws, cfg, date, models, say, timings, snapshot_meta=snapshot_meta)
         frames = lambda: spark_batch.read_chunks(ws, meta["date"], scoring.SCORE_CHUNK)  # noqa: E731
     else:
-        n, meta, folder, out = _embedded(ws, cfg, date, models, say, timings)
-        frames = lambda: [out]  # noqa: E731
+        n, meta, folder, out = _embedded(ws, cfg, date, models, say, timings, explain=explain)
+        reasons = meta.get("reasons", [])
+        frames = lambda: [out.drop(columns=reasons) if reasons else out]  # noqa: E731 (reasons stay offline)
     t = time.perf_counter()
     pruned = history.prune(ws, cfg.tags.keep_snapshots)
     timings["write"] += time.perf_counter() - t
@@ -115,13 +124,14 @@ def rescore(ws: Workspace, *, as_of: pd.Timestamp | None = None, nearest: bool =
         "seconds": {k: round(v, 2) for k, v in {**timings, "total": seconds}.items()},
         "personas_per_second": round(n / max(timings["read_features"] + timings["models"] + timings["rules"]
                                              + timings["write"], 1e-9)),
+        **({"reasons": meta["reasons"]} if explain else {}),
     }
 
 
 def _embedded(ws: Workspace, cfg, date: pd.Timestamp, models: scoring.ModelSet, say: Progress,
-              timings: dict[str, float]) -> tuple[int, dict, Path, pd.DataFrame]:
+              timings: dict[str, float], *, explain: bool = False) -> tuple[int, dict, Path, pd.DataFrame]:
     """The steps of `rescore` in this process (`engine: duckdb`): the snapshot's personas, its metadata, its folder
-    and its frame (what is pushed online)."""
+    and its frame (what is pushed online, but for the reasons columns of `explain`)."""
     say("reading features", 0.05)
     t = time.perf_counter()
     frame = offline.offline_frame(ws, date)
@@ -140,6 +150,17 @@ def _embedded(ws: Workspace, cfg, date: pd.Timestamp, models: scoring.ModelSet, 
     scores = {name: np.concatenate([p[name] for p in parts]) for name in models.outputs()}
     del parts
     timings["models"] = time.perf_counter() - t
+    reasons: dict[str, list[str]] = {}
+    if explain:
+        say("explaining model scores", 0.55)
+        t = time.perf_counter()
+        refs = (explaining.reference_values(frame, models.features()) if explaining.needs_reference(models)
+                else None)
+        for start in range(0, n, explaining.EXPLAIN_CHUNK):
+            chunk = frame.iloc[start:start + explaining.EXPLAIN_CHUNK]
+            for name, values in explaining.reasons(chunk, len(chunk), models, refs).items():
+                reasons.setdefault(name, []).extend(values)
+        timings["explain"] = time.perf_counter() - t
 
     say("fitting and evaluating rule tags", 0.6)
     t = time.perf_counter()
@@ -155,9 +176,13 @@ def _embedded(ws: Workspace, cfg, date: pd.Timestamp, models: scoring.ModelSet, 
     # Consent as of this rescoring travels with the tags, so counting a segment never joins the profiles again.
     out[segments.OPT_OUT_COLUMN] = segments.opted_out_of(ws, pa.array(out[defs.JOIN_KEY].astype(str).to_numpy(),
                                                                       type=pa.string()))
+    for name, values in reasons.items():
+        out[name] = pd.Series(values, index=out.index, dtype=object)
     tag_ids = [c["id"] for c in tagset.catalog() if c["id"] in out.columns]
     meta = snapshot_meta(date, n, models, list(scores), stats, tagset, list(out.columns),
                          history.coverage(out, tag_ids))
+    if explain:
+        meta["reasons"] = list(reasons)
     kill_point("rescore.tagged")
     folder = history.write(ws, meta["date"], history.to_arrow(out), meta)
     timings["write"] = time.perf_counter() - t

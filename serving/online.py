@@ -50,7 +50,7 @@ from features import store as feature_store
 from features import online_reader
 from persona.workspace import Workspace
 from rules import catalog, history
-from serving import scoring
+from serving import explaining, scoring
 from serving.identity import IdentityIndex, UnknownIdentifierType
 from training import tracking
 
@@ -96,6 +96,7 @@ class Live:
     catalog: dict[str, dict]
     reader: online_reader.OnlineReader  # the views registered when the scorer was built
     batch: scoring.Batch = scoring.Batch(None, None)
+    references: explaining.References | None = None  # what explanations occlude features with (explain: true)
 
     @functools.cached_property
     def shape(self) -> tuple:
@@ -268,7 +269,9 @@ class OnlineEngine:
             scorer = scoring.Scorer(models, tagset, meta.get("stats", {}), as_of=date)
             catalog_ = {c["id"]: c for c in tagset.catalog()}
             # One assignment: a request reads either the old (scorer, catalog, reader) or the new, never a mix.
-            self._live = Live(scorer, catalog_, reader, scoring.Batch.of(meta, scorer, catalog_))
+            refs = explaining.References(self.ws, meta.get("as_of"), models.features(),
+                                         explaining.needs_reference(models))
+            self._live = Live(scorer, catalog_, reader, scoring.Batch.of(meta, scorer, catalog_), refs)
             return True
 
     def _identity_source(self) -> tuple:
@@ -426,6 +429,21 @@ class OnlineEngine:
                 realtime = dict(zip(rt, matrix[j]))
                 found[pid] = self._profile_of(pid, realtime, scored.values[j], scored.computed[j], scored.live)
         return [found.get(p) if p is not None else None for p in pids]
+
+    def explain(self, persona_ids: Sequence[str], k: int = explaining.DEFAULT_FACTORS) -> list[dict | None]:
+        """Per persona {output: its top `k` factors} of every champion output (`serving.explaining`), from the
+        features the online store holds now (those its profile is scored from); None for a persona it lacks."""
+        live = self._live
+        if live is None:
+            raise Unavailable("not ready: no scorer loaded")
+        columns, found = self.features(live.reader, persona_ids)
+        try:
+            refs = live.references.get() if live.references is not None else None
+        except FileNotFoundError as exc:
+            raise Unavailable(f"feature store: the offline snapshot explanations take reference values from cannot "
+                              f"be read: {exc}") from None
+        factors = explaining.explain_columns(columns, len(persona_ids), live.scorer.models, refs, k)
+        return [row if ok else None for row, ok in zip(explaining.per_row(factors, len(persona_ids)), found.tolist())]
 
     def recommend(self, customer: Customer, *, n: int = 5, exclude_days: int | None = None) -> dict:
         """Top-n categories by propensity, leaving out those bought in the last `exclude_days` days."""

@@ -71,6 +71,10 @@ class ModelSet:
     def features(self) -> list[str]:
         return self._plan[0]
 
+    def positions(self) -> dict[str, np.ndarray]:
+        """Per model tag, the positions of its features in `features()`."""
+        return self._plan[1]
+
     @functools.cached_property
     def _plan(self) -> tuple[list[str], dict[str, np.ndarray]]:
         """The union of the models' features, and per model the positions of its features in that union."""
@@ -128,21 +132,28 @@ def model_outputs(columns: Mapping[str, np.ndarray], n: int, models: ModelSet) -
     of it (`TagModel.predict_matrix`, the path its held-out evaluation took). A feature `columns` lacks is unknown
     (NaN) for every row, as LightGBM treats a missing value.
     """
-    names, positions = models._plan
     if not models.models:
         return {}
-    if isinstance(columns, MatrixColumns):  # online: one gather from the matrix the store was read into
-        x = columns.take(names)
-    else:
-        x = np.empty((n, len(names)), dtype=np.float32)
-        for j, name in enumerate(names):
-            values = columns[name] if name in columns else None
-            x[:, j] = np.nan if values is None else _numbers(values)
+    x = feature_matrix(columns, n, models)
+    positions = models.positions()
     out: dict[str, np.ndarray] = {}
     for tag, m in models.models.items():
         for name, score in m.model.predict_matrix(x[:, positions[tag]]).items():
             out[name] = np.asarray(score, dtype=np.float64)
     return out
+
+
+def feature_matrix(columns: Mapping[str, np.ndarray], n: int, models: ModelSet) -> np.ndarray:
+    """The float32 matrix of `models.features()` for `n` rows given by column (NaN where `columns` lacks one): what
+    `model_outputs` scores and `serving.explaining` explains (model `tag` reads columns `models.positions()[tag]`)."""
+    names = models._plan[0]
+    if isinstance(columns, MatrixColumns):  # online: one gather from the matrix the store was read into
+        return columns.take(names)
+    x = np.empty((n, len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        values = columns[name] if name in columns else None
+        x[:, j] = np.nan if values is None else _numbers(values)
+    return x
 
 
 class MatrixColumns(Mapping):

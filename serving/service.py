@@ -1,6 +1,7 @@
 """The online service of persona: BentoML 1.4 serving the engine of `serving.online` over HTTP.
 
     POST /v1/profile    {"persona_id": ...} | {"identifier": {"type", "value", "hashed"?}}  -> one profile
+                        (+ "explain": true, "factors"?: each model score's top factors, in `explanations`)
     POST /v1/score      {"customers": [...]}                      -> a profile (or {"error": "not found"}) each
     POST /v1/recommend  {customer, "n"?, "exclude_days"?}         -> top-n categories not bought recently
     POST /v1/events     {"events": [{customer, "event_type", "category"?, "timestamp"?}]} -> real-time features
@@ -47,7 +48,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from persona.workspace import Workspace
-from serving.api_models import CustomerRef, Event, EventsRequest, RecommendRequest, ScoreRequest, responses, as_utc
+from serving.api_models import (CustomerRef, Event, EventsRequest, ProfileRequest, RecommendRequest, ScoreRequest,
+                                as_utc, responses)
 from serving.coalescer import COALESCE_MAX, COALESCE_WINDOW_S, Coalescer
 from serving.middleware import (STATIC, ApiKeyAuth, CatchAll, KnownPaths, RequestLimits, UnknownPaths, describe,
                                 http_error, invalid, json_answer, log_api_key, public_message, scrub, serving_config,
@@ -126,7 +128,13 @@ app.add_middleware(CatchAll)
 def _openapi() -> dict:
     """FastAPI's schema plus the API key schemes (declared always; enforced only when the server sets a key)."""
     schema = FastAPI.openapi(app)
-    schema.setdefault("components", {})["securitySchemes"] = {
+    # /v1/profile reads its body itself (see `profile`), so FastAPI does not list its model among the schemas
+    profile_body = ProfileRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name, sub in profile_body.pop("$defs", {}).items():
+        schemas.setdefault(name, sub)
+    schemas["ProfileRequest"] = profile_body
+    schema["components"]["securitySchemes"] = {
         "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
         "Bearer": {"type": "http", "scheme": "bearer"}}
     schema["security"] = [{"ApiKey": []}, {"Bearer": []}]
@@ -293,16 +301,22 @@ class PersonaService:
         logger.warning("answering 503: %s", message)
 
     # --- what the routes do (the routes: module functions below) -------------------------------------------------
-    async def profile(self, body: CustomerRef) -> Response:
-        """Rule tags, model tags with scores and bands, top interests and model versions of one customer."""
+    async def profile(self, body: ProfileRequest) -> Response:
+        """Rule tags, model tags with scores and bands, top interests and model versions of one customer; with
+        `explain`, each model score's top factors."""
         return await self._answer(self._profile(body))
 
-    async def _profile(self, body: CustomerRef) -> Response:
+    async def _profile(self, body: ProfileRequest) -> Response:
         if bad := self._check_types([("", body)]):
             return bad
         (found,) = await self._profiles([body.customer()])
         if found is None:
             raise self._missing(body)
+        if body.explain:  # on the engine thread, apart from the coalesced profiles: without it nothing changes
+            engine = self._engine()
+            pid = found["persona_id"]
+            (why,) = await self._call("explain", lambda: engine.explain([pid], body.factors))
+            found = {**found, "explanations": why}
         return json_answer(200, found)
 
     async def score(self, body: ScoreRequest) -> Response:
@@ -417,14 +431,17 @@ def _service() -> PersonaService:
 # the bytes in one pass (FastAPI would decode the JSON to Python objects, solve the route's dependencies, then
 # validate those), with the same errors, answered by the same handler; the schema documents the same body.
 _PROFILE_BODY = {"required": True, "content": {"application/json": {
-    "schema": {"$ref": "#/components/schemas/CustomerRef"}}}}
+    "schema": {"$ref": "#/components/schemas/ProfileRequest"}}}}
 
 
 @app.post("/profile", responses=responses(404, 410, 413, 422, 503), openapi_extra={"requestBody": _PROFILE_BODY})
 async def profile(request: Request) -> Response:
-    """Rule tags, model tags with scores and bands, top interests and model versions of one customer."""
+    """Rule tags, model tags with scores and bands, top interests and model versions of one customer; with
+    `"explain": true`, `explanations`: per model output its top factors (feature, value, signed contribution) and the
+    scale they are in (log-odds or log for LightGBM's own contributions; score for the occlusion of a classical
+    champion)."""
     try:
-        body = CustomerRef.model_validate_json(await request.body())
+        body = ProfileRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
     return await _service().profile(body)

@@ -141,6 +141,11 @@ class Calibrated:
     def family(self) -> str:
         return self.model.family
 
+    @property
+    def reads(self) -> frozenset[int] | None:
+        """The matrix columns the model reads (None: any); what explaining by occlusion skips the others by."""
+        return getattr(self.model, "reads", None)
+
     def raw(self, x: np.ndarray) -> np.ndarray:
         return self.model.score(x)
 
@@ -188,6 +193,10 @@ class Linear:
         self.pipeline = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
                                       last)
 
+    @property
+    def reads(self) -> frozenset[int]:
+        return frozenset(self.columns.tolist())
+
     def fit(self, x: np.ndarray, y: np.ndarray) -> Linear:
         x = _f64(x[:, self.columns])
         self.pipeline.fit(x, y if self.kind == "probability" else np.log1p(np.maximum(_f64(y), 0)))
@@ -221,6 +230,14 @@ class _Btyd:
     def _xtT(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         f, r, t = (np.nan_to_num(_f64(x[:, self.at[c]]), nan=0.0) for c in BTYD_INPUTS)
         return f, r, np.maximum(t, r)
+
+    def _also(self) -> list[str | None]:
+        return []  # the columns a family reads besides the BG/NBD inputs
+
+    @property
+    def reads(self) -> frozenset[int]:
+        """The matrix columns `score` reads (see Calibrated.reads)."""
+        return frozenset(self.at[c] for c in [*BTYD_INPUTS, *self._also()] if c is not None and c in self.at)
 
 
 class BtydChurn(_Btyd):
@@ -274,6 +291,9 @@ class BtydCovariates(_Btyd):
             raise ValueError("BG/NBD's churn odds get a non-positive weight on the training rows")
         return self
 
+    def _also(self) -> list[str | None]:
+        return list(self.covariates)
+
     def refitted(self, bg: BetaGeoModel, at: dict[str, int], x: np.ndarray, y: np.ndarray) -> BtydCovariates:
         """The same covariates, fitted again on (x, y) over another BG/NBD fit (training.refit)."""
         return BtydCovariates(bg, at, self.horizon_days, self.covariates, self.seed).fit(x, y)
@@ -299,6 +319,9 @@ class BtydInterest(_Btyd):
         super().__init__(bg, at, horizon_days)
         self.buys, self.total, self.prior = buys, total, 1.0 / max(categories, 1)
 
+    def _also(self) -> list[str | None]:
+        return [self.buys, self.total]
+
     def score(self, x: np.ndarray) -> np.ndarray:
         p_buy = 1 - self.bg.probability_no_purchase(self.horizon_days, *self._xtT(x))
         n = len(x)
@@ -321,6 +344,9 @@ class BtydValue(_Btyd):
                  aov: str | None) -> None:
         super().__init__(bg, at, horizon_days)
         self.gg, self.aov = gg, aov
+
+    def _also(self) -> list[str | None]:
+        return [MONETARY if self.gg is not None else None, self.aov]
 
     def score(self, x: np.ndarray) -> np.ndarray:
         f, r, t = self._xtT(x)
@@ -378,14 +404,14 @@ class Blend:
         self.model = (LogisticRegression(C=1.0, max_iter=500, random_state=seed) if kind == "probability"
                       else Ridge(1.0))
 
+    def member_input(self, est, x: np.ndarray) -> np.ndarray:
+        """What the blend reads of one member: the logit of its probability, or its log spend."""
+        if self.kind == "probability":
+            return _logit(est.predict_proba(x)[:, 1])
+        return np.log1p(np.maximum(_f64(est.predict(x)), 0))
+
     def _inputs(self, x: np.ndarray) -> np.ndarray:
-        cols = []
-        for est in self.members.values():
-            if self.kind == "probability":
-                cols.append(_logit(est.predict_proba(x)[:, 1]))
-            else:
-                cols.append(np.log1p(np.maximum(_f64(est.predict(x)), 0)))
-        return np.column_stack(cols)
+        return np.column_stack([self.member_input(est, x) for est in self.members.values()])
 
     def fit(self, x_val: np.ndarray, y_val: np.ndarray) -> Blend:
         target = y_val if self.kind == "probability" else np.log1p(np.maximum(_f64(y_val), 0))

@@ -91,6 +91,11 @@ class TagModel(mlflow.pyfunc.PythonModel):
         extra += list(PARETO_FEATURES) if self.pareto is not None and has_inputs else []
         return [*self.features, *extra]
 
+    @property
+    def derived_from(self) -> tuple[str, ...]:
+        """The features the BG/NBD and Pareto/NBD columns of `columns` are computed from (none without them)."""
+        return tuple(BTYD_INPUTS) if len(self.columns) > len(self.features) else ()
+
     def model_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         missing = [f for f in self.features if f not in frame.columns]
         if missing:
@@ -112,6 +117,13 @@ class TagModel(mlflow.pyfunc.PythonModel):
         The one prediction path: `predict` (evaluation, the MLflow pyfunc) and serving both end here, and the
         BG/NBD columns it appends are those `model_frame` adds for training.
         """
+        x = self.full_matrix(x)
+        return {name: self.score_output(est, x) for name, est in self.estimators.items()}  # one matrix for all
+
+    def full_matrix(self, x: np.ndarray) -> np.ndarray:
+        """The matrix the estimators read (its columns: `columns`): `x`, a float32 matrix of `features` in order,
+        then the BG/NBD and Pareto/NBD columns computed from it (what `predict_matrix` scores and
+        `training.explain` attributes)."""
         x = matrix(x)
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(f"{self.tag}: expected a matrix of {len(self.features)} feature columns, got {x.shape}")
@@ -122,10 +134,11 @@ class TagModel(mlflow.pyfunc.PythonModel):
         if self.pareto is not None and set(BTYD_INPUTS) <= set(self.features):  # same order as model_frame
             p, e = pareto_outputs(self.pareto, *(x[:, self.features.index(c)] for c in BTYD_INPUTS), self.horizon_days)
             x = np.ascontiguousarray(np.column_stack([x, p.astype(np.float32), e.astype(np.float32)]))
-        out = {}
-        for name, est in self.estimators.items():  # one matrix for every output
-            out[name] = est.predict_proba(x)[:, 1] if self.kind == "probability" else est.predict(x)
-        return out
+        return x
+
+    def score_output(self, estimator, x: np.ndarray) -> np.ndarray:
+        """One estimator's scores on a `full_matrix`: P(positive) for a probability tag, the amount for value."""
+        return estimator.predict_proba(x)[:, 1] if self.kind == "probability" else estimator.predict(x)
 
 
 class CalibratedClassifier:

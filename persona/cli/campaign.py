@@ -10,7 +10,9 @@ from typing import Annotated, Iterator
 
 import typer
 
-from persona.cli.commands import JsonOpt, WorkspaceOpt, _emit, _errors
+from persona.cli.options import JsonOpt, WorkspaceOpt
+from persona.cli.options import emit as _emit
+from persona.cli.options import errors as _errors
 from persona.cli.render import console
 from persona.workspace import Workspace, write_json_atomic
 
@@ -105,30 +107,38 @@ def plant(
 ) -> None:
     """Demo and tests: write the window's purchases of a created campaign with a known effect into a generated
     workspace's raw sources (then `persona integrate` and `persona campaign report`)."""
-    import pandas as pd
-
-    from features.generate.campaign import campaign_orders, write_orders
-    from rules import campaigns
-
     with _campaign_errors():
-        ws = Workspace.open(workspace)
-        spec = campaigns.load(ws, name)
-        members = pd.read_parquet(campaigns.folder(ws, name) / campaigns.ASSIGNMENT, columns=["persona_id", "group"])
-        current = ws.require_current("integrated", "run `persona integrate`")
-        ids = pd.read_parquet(current / "identity_map.parquet", columns=["id_type", "value", "persona_id"])
-        ids = ids[ids["id_type"].isin(PLANT_IDS)].drop_duplicates(["persona_id", "id_type"])
-        raw = ids.pivot(index="persona_id", columns="id_type", values="value").reindex(columns=list(PLANT_IDS))
-        contacts = members.join(raw, on="persona_id")
-        orders, till, truth = campaign_orders(contacts, name=name, start=spec.start, end=spec.end,
-                                              base_rate=base_rate, lift=lift, order_value=order_value, seed=seed)
-        paths = write_orders(ws.root, name, orders, till)
-        truth["files"] = [str(p.relative_to(ws.root)) for p in paths]
-        write_json_atomic(ws.root / "truth" / f"campaign_{name}.json", truth)
+        truth = plant_campaign(Workspace.open(workspace), name, lift=lift, base_rate=base_rate,
+                               order_value=order_value, seed=seed)
     _emit(truth, as_json, lambda t: console.print(
         f"planted {t['orders']:,} purchases for campaign {name} ({t['treatment']:,} treated at "
         f"{base_rate + lift:.1%}, {t['holdout']:,} held out at {base_rate:.1%}; expected lift "
         f"{t['expected_conversion_lift']:+.2%}) in {', '.join(t['files'])}; now run `persona integrate`",
         highlight=False, soft_wrap=True))
+
+
+def plant_campaign(ws: Workspace, name: str, *, lift: float, base_rate: float, order_value: float = 250.0,
+                   seed: int = 7) -> dict:
+    """The purchases of a recorded campaign's window, planted with a known effect (features/generate/campaign.py)
+    under each member's raw shop or till identifiers; returns the truth, also kept in truth/campaign_NAME.json."""
+    import pandas as pd
+
+    from features.generate.campaign import campaign_orders, write_orders
+    from rules import campaigns
+
+    spec = campaigns.load(ws, name)
+    members = pd.read_parquet(campaigns.folder(ws, name) / campaigns.ASSIGNMENT, columns=["persona_id", "group"])
+    current = ws.require_current("integrated", "run `persona integrate`")
+    ids = pd.read_parquet(current / "identity_map.parquet", columns=["id_type", "value", "persona_id"])
+    ids = ids[ids["id_type"].isin(PLANT_IDS)].drop_duplicates(["persona_id", "id_type"])
+    raw = ids.pivot(index="persona_id", columns="id_type", values="value").reindex(columns=list(PLANT_IDS))
+    orders, till, truth = campaign_orders(members.join(raw, on="persona_id"), name=name, start=spec.start,
+                                          end=spec.end, base_rate=base_rate, lift=lift, order_value=order_value,
+                                          seed=seed)
+    paths = write_orders(ws.root, name, orders, till)
+    truth["files"] = [str(p.relative_to(ws.root)) for p in paths]
+    write_json_atomic(ws.root / "truth" / f"campaign_{name}.json", truth)
+    return truth
 
 
 def _interval(iv: dict | None, fmt: str) -> str:

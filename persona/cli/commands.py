@@ -5,7 +5,6 @@ Every command but `build` takes --workspace (default: the current folder); every
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,12 +15,14 @@ import typer
 import yaml
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from persona.config import CONFIG_NAME, ConfigError, parse_config
-from persona.engine import EngineUnavailable, check_spark
-from persona.errors import InsufficientDataError
+from persona.config import CONFIG_NAME, parse_config
+from persona.engine import check_spark
 from persona.cli import render
+from persona.cli.options import JsonOpt, WorkspaceOpt
+from persona.cli.options import emit as _emit
+from persona.cli.options import errors as _errors
 from persona.cli.render import console, err
-from persona.workspace import SecretError, Workspace, write_text_atomic
+from persona.workspace import Workspace, write_text_atomic
 
 app = typer.Typer(help="persona: predictive customer tagging (OneID, features, rule and model tags, serving).",
                   no_args_is_help=True, add_completion=False)
@@ -39,25 +40,6 @@ def _main(ctx: typer.Context, verbose: Annotated[bool, typer.Option(
         ctx.with_resource(quiet(verbose))
 
 
-WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="workspace folder holding persona.yaml")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON (for automation)")]
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Known failures print what is wrong (a line per problem) and exit 2; no stack trace for bad input."""
-    from features.integration.ingest import SourceFileError
-    from persona.quiet import settle
-
-    settle()  # the command's libraries are imported by now: their loggers get the command's quiet levels
-    try:
-        yield
-    except (ConfigError, SourceFileError, SecretError, InsufficientDataError, EngineUnavailable, FileNotFoundError,
-            FileExistsError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
 def _engine(ws: Workspace, stage: str) -> None:
     """`engine: spark`: Spark must be startable (else one error naming what is missing) before any work starts."""
     if ws.config().engine == "spark":
@@ -73,13 +55,6 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, float], None] | None]:
                   transient=True) as bar:
         task = bar.add_task("starting", total=1.0)
         yield lambda stage, frac: bar.update(task, description=stage, completed=frac)
-
-
-def _emit(data: dict, as_json: bool, render: Callable[[dict], None]) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
-    else:
-        render(data)
 
 
 @app.command()
@@ -229,18 +204,23 @@ def rescore(
     ] = False,
     push: Annotated[bool, typer.Option(
         help="write the latest tags to the online store (only where `persona features` loaded one)")] = True,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="add <output>_reasons columns to the snapshot: each model score's top factors as JSON "
+                          "(embedded engine)")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Score every persona with the champion models and the rules; write a dated tag snapshot; push tags online."""
-    from serving.batch import rescore as run
+    from serving.batch import EXPLAIN_EMBEDDED_ONLY, rescore as run
 
     when = _as_of(as_of)
     if nearest and when is None:
         raise typer.BadParameter("--nearest needs --as-of DATE")
     with _errors(), _progress(not as_json) as progress:
         ws = Workspace.open(workspace)
+        if explain and ws.config().engine == "spark":
+            raise typer.BadParameter(EXPLAIN_EMBEDDED_ONLY, param_hint="--explain")
         _engine(ws, "rescore")
-        result = run(ws, as_of=when, nearest=nearest, push=push, progress=progress)
+        result = run(ws, as_of=when, nearest=nearest, push=push, explain=explain, progress=progress)
     _emit(result, as_json, render.render_rescore)
 
 

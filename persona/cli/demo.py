@@ -15,6 +15,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from persona.cli.console import address
 from persona.config import CONFIG_NAME
 from persona.workspace import Workspace
 
@@ -148,6 +149,46 @@ def run_demo(workspace, customers: int, *, console: Console, progress: Progress)
         churn_b, churn_a = (before.get("scores") or {}).get("churn_risk"), (after.get("scores") or {}).get("churn_risk")
         if churn_b is not None and churn_a is not None:
             console.print(f"churn risk {churn_b:.3f} -> {churn_a:.3f} with the fresh behaviour")
+    _campaign(ws, console, progress)
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s; workspace: {ws.root}\n"
-                  f"next: persona tags -w {workspace} | persona segment profile valuable_at_risk -w {workspace} | "
+                  f"next: persona tags -w {workspace} | persona segment profile win_back -w {workspace} | "
                   f"persona serve -w {workspace}")
+    console.print(f"the console (started on request): persona console -w {workspace}  ->  {address()}",
+                  highlight=False, soft_wrap=True)
+
+
+DEMO_CAMPAIGN = "demo_winback"
+DEMO_SEGMENT = "churn_risk >= 0.3"
+
+
+def _campaign(ws: Workspace, console: Console, progress) -> None:
+    """Step 7: a win-back campaign to everyone at some risk of churning (churn_risk >= 0.3) with a 20% holdout, its
+    window's purchases planted with a known +5 point effect, integrated like any other data, and its report. On a
+    second run the recorded campaign is reported again."""
+    import datetime as dt
+
+    from features.integration.run import integrate
+    from persona.cli import render
+    from persona.cli.campaign import plant_campaign
+    from rules import campaigns
+    from rules.catalog import rule_paths
+    from rules.segments import load_segments
+
+    console.rule("7. a win-back campaign (churn_risk >= 0.3) with a 20% holdout: did it pay off?")
+    if not (campaigns.folder(ws, DEMO_CAMPAIGN) / campaigns.DEFINITION).exists():
+        made = campaigns.create(ws, load_segments(rule_paths(ws, ws.config())), DEMO_CAMPAIGN, DEMO_SEGMENT,
+                                holdout=0.2, start=dt.date(2026, 10, 8), end=dt.date(2026, 10, 21),
+                                cost_per_contact=2.0)
+        console.print(f"persona campaign create {DEMO_CAMPAIGN} --segment '{DEMO_SEGMENT}' --holdout 0.2: "
+                      f"{made['treatment']:,} to contact, {made['held_out']:,} held out", highlight=False)
+        truth = plant_campaign(ws, DEMO_CAMPAIGN, lift=0.05, base_rate=0.08)
+        console.print(f"its window's purchases arrive (planted: +{truth['expected_conversion_lift']:.1%} "
+                      f"conversion for those contacted); persona integrate:", highlight=False)
+        with progress() as p:
+            render.render_integrate(integrate(ws, progress=p))
+    r = campaigns.report(ws, DEMO_CAMPAIGN)
+    lift, roi = r["lift"]["conversion_rate"], r["roi"]
+    console.print(f"persona campaign report {DEMO_CAMPAIGN}: conversion {r['groups']['treatment']['conversion_rate']:.1%}"
+                  f" contacted vs {r['groups']['holdout']['conversion_rate']:.1%} held out: lift {lift['estimate']:+.1%}"
+                  f" (95% {lift['low']:+.1%} to {lift['high']:+.1%}); ROI {roi['roi']['estimate']:+.0%} at "
+                  f"{roi['cost']:,.0f} cost", highlight=False, soft_wrap=True)

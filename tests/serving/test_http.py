@@ -18,6 +18,7 @@ from serving.online import BadRequest, NotFound, Unavailable
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "persona.example.yaml"
 KNOWN = {"P1": {"persona_id": "P1", "scores": {"churn_risk": 0.25}, "tags": {"basic": {"gender": "female"}}}}
+FACTORS = [{"feature": f"f{i}", "value": float(i), "contribution": 0.5 / (i + 1)} for i in range(20)]
 
 
 class FakeEngine:
@@ -25,6 +26,7 @@ class FakeEngine:
 
     fail_with: Exception | None = None
     calls: list[int] = []
+    explained: list[tuple[list[str], int]] = []
 
     def __init__(self, ws) -> None:
         self.identity = type("Index", (), {"types": ["email", "phone"], "retirement": lambda self, pid: None})()
@@ -43,6 +45,11 @@ class FakeEngine:
             raise self.fail_with
         time.sleep(0.02)  # long enough for concurrent requests to queue behind a batch
         return [KNOWN.get(c.persona_id) for c in customers]
+
+    def explain(self, persona_ids, k):
+        FakeEngine.explained.append((list(persona_ids), k))
+        return [{"churn_risk": {"scale": "log-odds", "method": "lightgbm", "base": -1.5,
+                                "factors": FACTORS[:k]}} for _ in persona_ids]
 
     def recommend(self, customer, *, n, exclude_days):
         if customer.persona_id not in KNOWN:
@@ -71,6 +78,7 @@ def client(tmp_path, monkeypatch):
     monkeypatch.setattr(service, "OnlineEngine", FakeEngine)
     monkeypatch.setattr(FakeEngine, "fail_with", None)
     monkeypatch.setattr(FakeEngine, "calls", [])
+    monkeypatch.setattr(FakeEngine, "explained", [])
     yield from _serve()
 
 
@@ -100,6 +108,23 @@ def test_profile_found_and_unknown(client):
     assert "email" in body["detail"] and "x@y.cn" not in body["detail"]  # an identifier value is never echoed
 
 
+def test_explain_adds_each_scores_factors_and_without_it_the_profile_is_as_before(client):
+    for body in ({"persona_id": "P1"}, {"persona_id": "P1", "explain": False}):
+        assert client.post("/v1/profile", json=body).json() == KNOWN["P1"]
+    assert FakeEngine.explained == []  # nothing explained unless asked
+    got = client.post("/v1/profile", json={"persona_id": "P1", "explain": True}).json()
+    assert {k: v for k, v in got.items() if k != "explanations"} == KNOWN["P1"]
+    assert got["explanations"]["churn_risk"]["factors"] == FACTORS[:5] and FakeEngine.explained == [(["P1"], 5)]
+    got = client.post("/v1/profile", json={"persona_id": "P1", "explain": True, "factors": 2}).json()
+    assert len(got["explanations"]["churn_risk"]["factors"]) == 2 and FakeEngine.explained[-1] == (["P1"], 2)
+    _error(client.post("/v1/profile", json={"persona_id": "P404", "explain": True}), 404)
+    spec = client.get("/v1/openapi.json").json()
+    body = spec["paths"]["/profile"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema = spec["components"]["schemas"][body.rsplit("/", 1)[1]]
+    assert {"explain", "factors", "persona_id", "identifier"} <= set(schema["properties"])
+    assert "Identifier" in spec["components"]["schemas"]
+
+
 def test_score_answers_each_customer_in_order(client):
     r = client.post("/v1/score", json={"customers": [{"persona_id": "P404"}, {"persona_id": "P1"}]})
     assert r.status_code == 200
@@ -127,6 +152,11 @@ def test_recommend_and_events(client):
     ("/v1/profile", {"identifier": {"type": "email"}}, "identifier.value"),
     ("/v1/profile", {"identifier": {"type": "fax", "value": "1"}}, "identifier.type"),
     ("/v1/profile", {"persona_id": 7}, "persona_id"),
+    ("/v1/profile", {"persona_id": "P1", "explain": "yes"}, "explain"),
+    ("/v1/profile", {"persona_id": "P1", "explain": 1}, "explain"),
+    ("/v1/profile", {"persona_id": "P1", "explain": True, "factors": 0}, "factors"),
+    ("/v1/profile", {"persona_id": "P1", "explain": True, "factors": 21}, "factors"),
+    ("/v1/profile", {"persona_id": "P1", "factors": 3}, "(body)"),
     ("/v1/score", {"customers": []}, "customers"),
     ("/v1/score", {"customers": [{"persona_id": "P1"}, {"identifier": {"type": "fax", "value": "1"}}]},
      "customers.1.identifier.type"),
