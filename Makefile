@@ -29,11 +29,12 @@ bench-setup: $(VENV)/.bench-synced
 # The console's browser tests drive Debian's chromium through Playwright (`playwright install` cannot download
 # browsers here). Installed when missing and this is root on Debian; elsewhere the browser tests skip and say why
 # (CI sets PERSONA_REQUIRE_BROWSER=1, which makes them mandatory).
+# fonts-noto-cjk: the console's Chinese pages (and the test run's screenshots of them) need a CJK font.
 browser:
-	@if command -v chromium >/dev/null 2>&1; then :; \
+	@if command -v chromium >/dev/null 2>&1 && [ -d /usr/share/fonts/opentype/noto ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing Debian's chromium for the browser tests ..."; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		echo "installing Debian's chromium and a CJK font for the browser tests ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; \
 	else echo "note: no chromium and no root to install it: the console's browser tests will skip"; fi
 
 demo: setup

@@ -27,9 +27,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from persona.workspace import Workspace
+from rules.catalog import CATEGORY_ZH
 from rules.segments import SegmentError
 from serving.console import i18n
-from serving.console.data import ConsoleData, NotFoundError, jsonable, plotly_js
+from serving.console.data import ConsoleData, NotFoundError, display, jsonable, plotly_js
 
 HERE = Path(__file__).parent
 LANG_COOKIE = "persona_lang"
@@ -51,6 +52,13 @@ def create_app(ws: Workspace, *, warm: bool = False) -> FastAPI:
     app.state.data = data
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["tojson_safe"] = lambda v: json.dumps(jsonable(v), ensure_ascii=False)
+    templates.env.filters["show"] = display
+
+    # before the mount of /static, which would otherwise answer this path (with a 404: the file is not in static/)
+    @app.get("/static/plotly.min.js", include_in_schema=False)
+    def _plotly() -> FileResponse:
+        return FileResponse(plotly_js(), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     @app.middleware("http")
@@ -72,10 +80,6 @@ def create_app(ws: Workspace, *, warm: bool = False) -> FastAPI:
         return templates.TemplateResponse(request, template, {
             "t": i18n.translator(lang), "lang": lang, "name_of": i18n.name_of(lang), "path": request.url.path,
             "workspace": str(ws.root), **context}, status_code=status)
-
-    @app.get("/static/plotly.min.js", include_in_schema=False)
-    def _plotly() -> FileResponse:
-        return FileResponse(plotly_js(), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/", response_class=HTMLResponse)
     def overview(request: Request):
@@ -100,7 +104,8 @@ def create_app(ws: Workspace, *, warm: bool = False) -> FastAPI:
             return page(request, "profile.html", 404, p=None, q=persona_id, id_type="persona_id",
                         types=data.id_types(), error=str(exc))
         return page(request, "profile.html", p=data.profile(pid), q=persona_id, id_type="persona_id",
-                    types=data.id_types(), error=None, catalog={t["id"]: t for t in data.catalog()["tags"]})
+                    types=data.id_types(), error=None, catalog={t["id"]: t for t in data.catalog()["tags"]},
+                    categories=CATEGORY_ZH)
 
     @app.get("/api/profile/{persona_id}")
     def profile_json(persona_id: str):
@@ -222,7 +227,7 @@ def _model_charts(o: dict) -> dict:
     c = o.get("curves")
     if not c:
         return {}
-    small = {"height": 320, "margin": {"t": 10, "l": 50, "r": 10}}
+    small = {"height": 320, "margin": {"t": 10, "l": 50, "r": 50}}
     diag = {"type": "scatter", "mode": "lines", "x": [0, 1], "y": [0, 1], "line": {"dash": "dot", "color": "#999"},
             "showlegend": False}
     out = {}
@@ -230,8 +235,8 @@ def _model_charts(o: dict) -> dict:
         r = c["roc"]
         out["roc"] = {"data": [{"type": "scatter", "mode": "lines", "x": r["fpr"], "y": r["tpr"],
                                 "name": f"AUC {r['auc']:.3f}" if r.get("auc") is not None else "ROC"}, diag],
-                      "layout": {**small, "xaxis": {"title": "false positive rate"},
-                                 "yaxis": {"title": "true positive rate"}, "legend": {"x": 0.55, "y": 0.1}}}
+                      "layout": {**small, "xaxis": {"title": {"text": "false positive rate"}},
+                                 "yaxis": {"title": {"text": "true positive rate"}}, "legend": {"x": 0.55, "y": 0.1}}}
     d = c.get("deciles")
     if d:
         out["lift"] = {"data": [{"type": "bar", "x": [round(100 * s) for s in d["share_customers"]], "y": d["lift"],
@@ -239,15 +244,16 @@ def _model_charts(o: dict) -> dict:
                                 {"type": "scatter", "mode": "lines+markers", "x": [round(100 * s) for s in
                                                                                     d["share_customers"]],
                                  "y": d["share_captured"], "yaxis": "y2", "name": "captured"}],
-                       "layout": {**small, "xaxis": {"title": "top % of customers by score"},
-                                  "yaxis": {"title": "lift"}, "yaxis2": {"overlaying": "y", "side": "right",
+                       "layout": {**small, "xaxis": {"title": {"text": "top % of customers by score"}},
+                                  "yaxis": {"title": {"text": "lift"}}, "yaxis2": {"overlaying": "y", "side": "right",
                                                                          "tickformat": ".0%", "range": [0, 1]},
                                   "legend": {"x": 0.6, "y": 0.9}}}
     cal = c.get("calibration")
     if cal and cal.get("predicted"):
         out["calibration"] = {"data": [{"type": "scatter", "mode": "lines+markers", "x": cal["predicted"],
                                         "y": cal["observed"], "name": "observed"}, diag],
-                              "layout": {**small, "xaxis": {"title": "predicted"}, "yaxis": {"title": "observed"}}}
+                              "layout": {**small, "xaxis": {"title": {"text": "predicted"}},
+                                         "yaxis": {"title": {"text": "observed"}}}}
     imp = (c.get("importance") or [])[:20][::-1]
     if imp:
         out["importance"] = {"data": [{"type": "bar", "orientation": "h", "x": [i["gain"] for i in imp],

@@ -108,9 +108,9 @@ class ConsoleData:
                             "quarantined": s.get("quarantined"), "latest": fresh.get(name)})
         stages = [
             {"stage": "integrate", "run": report.get("run_id"), "engine": report.get("engine"),
-             "seconds": report.get("seconds"), "detail": f"{report.get('personas', 0):,} personas" if report else None},
+             "seconds": _total(report.get("seconds")), "detail": f"{report.get('personas', 0):,} personas" if report else None},
             {"stage": "features", "run": (features.get("dates") or [None])[-1], "engine": features.get("engine"),
-             "seconds": (features.get("seconds") or {}).get("total"),
+             "seconds": _total(features.get("seconds")),
              "detail": f"data to {features.get('data_end')}" if features else None},
             {"stage": "rescore", "run": date, "engine": None, "seconds": None,
              "detail": f"{meta.get('personas', 0):,} scored, created {meta.get('created', '')[:19]}" if meta else None},
@@ -384,6 +384,30 @@ class ConsoleData:
                 pass
             took[name] = round(time.perf_counter() - t0, 3)
         return took
+
+
+def _total(seconds: object) -> float | None:
+    """A stage's seconds as its report gives them: a number, or per phase with a "total"."""
+    if isinstance(seconds, Mapping):
+        seconds = seconds.get("total")
+    return round(float(seconds), 1) if isinstance(seconds, (int, float)) else None
+
+
+def display(value: object) -> str:
+    """A tag or score value as the pages print it: "-" for none, a tick or a cross for yes / no, numbers rounded
+    for reading (two decimals from 100 up, four significant digits below), lists joined by ", "."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, (bool, np.bool_)):
+        return "✓" if value else "✗"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return f"{v:,.2f}" if abs(v) >= 100 else f"{v:.4g}"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ", ".join(display(v) for v in value)
+    return str(value)
 
 
 def _quality_line(m: Mapping) -> str:

@@ -17,9 +17,13 @@ function debounce(fn, ms) {
 }
 
 async function getJSON(url) {
-  const r = await fetch(url, { headers: { Accept: "application/json" } });
-  const body = await r.json();
-  return { ok: r.ok, body };
+  try {
+    const r = await fetch(url, { headers: { Accept: "application/json" } });
+    const body = await r.json();
+    return { ok: r.ok, body };
+  } catch (e) { // a reply that is not JSON (a proxy's error page, a dropped connection): say so, keep going
+    return { ok: false, body: { error: "the console did not answer (" + e + ")" } };
+  }
 }
 
 function segmentBuilder() {
@@ -33,7 +37,7 @@ function segmentBuilder() {
 
   const update = debounce(async () => {
     const text = expr.value.trim();
-    exportLink.href = "/segments/export?expr=" + encodeURIComponent(text);
+    exportLink.href = text ? "/segments/export?expr=" + encodeURIComponent(text) : "#";
     if (!text) { count.textContent = "-"; detail.textContent = ""; error.textContent = ""; return; }
     const mine = ++seq;
     const { ok, body } = await getJSON("/api/segments/count?expr=" + encodeURIComponent(text));
@@ -54,7 +58,7 @@ function segmentBuilder() {
       data: [{ type: "bar", orientation: "h", x: rows.map((r) => r.index - 100), base: 100,
                y: rows.map((r) => r.tag + " = " + r.value),
                marker: { color: rows.map((r) => (r.index >= 100 ? "#c0392b" : "#27ae60")) } }],
-      layout: { height: 60 + 24 * rows.length, margin: { l: 260, t: 10 }, xaxis: { title: "index (100 = like everyone)" } },
+      layout: { height: 60 + 24 * rows.length, margin: { l: 260, t: 10 }, xaxis: { title: { text: "index (100 = like everyone)" } } },
     });
     drawCharts(el.parentNode);
   }, 400);
@@ -97,4 +101,12 @@ function segmentBuilder() {
   update();
 }
 
-document.addEventListener("DOMContentLoaded", () => { drawCharts(); segmentBuilder(); });
+function keepQueryOnLanguageSwitch() {
+  const a = document.getElementById("lang-switch");
+  if (!a) return;
+  const params = new URLSearchParams(window.location.search);
+  params.set("lang", new URLSearchParams(a.getAttribute("href").slice(1)).get("lang"));
+  a.setAttribute("href", "?" + params.toString());
+}
+
+document.addEventListener("DOMContentLoaded", () => { keepQueryOnLanguageSwitch(); drawCharts(); segmentBuilder(); });

@@ -171,7 +171,8 @@ class Watched:
             self.problems.append(f"console.error: {message.text} (at {message.location.get('url')})")
 
     def clean(self) -> None:
-        assert not self.problems, "\n".join(self.problems)
+        if self.problems:
+            pytest.fail(f"on {self.page.url}:\n" + "\n".join(self.problems))
 
 
 @pytest.fixture
@@ -231,10 +232,10 @@ def cli_count(console_workspace) -> int:
 
 
 def _shown(value: object) -> str:
-    """A tag value as the profile page prints it (Jinja's str of the value; a list joined by ", ")."""
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    return str(value)
+    """A tag value as the profile page prints it (the console's one formatting of values)."""
+    from serving.console.data import display
+
+    return display(value)
 
 
 def _flat(tags: dict[str, dict]) -> dict[str, object]:
