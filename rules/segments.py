@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -171,6 +172,8 @@ class Audience:
     _columns: dict[str, object] = field(default_factory=dict)
     _masks: dict[str, np.ndarray] = field(default_factory=dict)
     _ids: pd.Series | None = None
+    _tag_codes: list | None = None
+    _numeric: dict | None = None
 
     @classmethod
     def open(cls, ws: Workspace, segments: Mapping[str, SegmentDef], date: str | None = None) -> Audience:
@@ -220,6 +223,29 @@ class Audience:
     def columns(self, names: Sequence[str]) -> dict[str, object]:
         self._load(names)
         return {n: self._columns[n] for n in names}
+
+    def tag_codes(self) -> list[TagCodes]:
+        """The snapshot's category-like tags, factorised on first use (what `profile` counts)."""
+        if self._tag_codes is None:
+            self._tag_codes = tag_codes(self._path)
+        return self._tag_codes
+
+    def numeric(self) -> dict[str, tuple[np.ndarray, np.ndarray, float, int]]:
+        """Per numeric column (the snapshot's scores, then every feature): values with NaN as 0, where finite, their
+        sum and count; loaded on first use (`profile` averages them inside and outside a segment)."""
+        if self._numeric is None:
+            schema = pq.read_schema(self._path)
+            scores = [f.name for f in schema if f.name != "persona_id" and pa.types.is_floating(f.type)]
+            names = [*scores, *[f for f in self.feature_columns if f not in scores]]
+            cols = self.columns(names)
+            numeric = {}
+            for name in names:
+                v = np.asarray(pd.to_numeric(pd.Series(cols[name]), errors="coerce"), dtype=np.float64)
+                finite = np.isfinite(v)
+                v0 = np.where(finite, v, 0.0)
+                numeric[name] = (v0, finite, float(np.sum(v0)), int(finite.sum()))
+            self._numeric = numeric
+        return self._numeric
 
     def opted_out(self) -> np.ndarray:
         """Personas who opted out of marketing: from the snapshot (rescoring records it), else from profiles."""
@@ -317,34 +343,47 @@ def count(aud: Audience, target: str, *, include_opted_out: bool = False) -> dic
             "share": float(m.mean()) if aud.size else 0.0, "seconds": round(time.perf_counter() - t0, 4)}
 
 
-def export(aud: Audience, target: str, out: Path, *, include_opted_out: bool = False) -> dict:
+def export(aud: Audience, target: str, out: Path, *, include_opted_out: bool = False,
+           identifiers: pa.Table | None = None) -> dict:
     """Write persona_id and the salted-hashed channel identifiers of the members to CSV or Parquet (atomically)."""
     m = aud.select(target, include_opted_out=include_opted_out)
-    return write_members(aud, aud.persona_ids[m].astype(str), target if target in aud.segments else "expression", out)
+    return write_members(aud, aud.persona_ids[m].astype(str), target if target in aud.segments else "expression", out,
+                         identifiers=identifiers)
 
 
-def write_members(aud: Audience, members: pd.Series, label: str, out: Path) -> dict:
+def hashed_identifiers(ws: Workspace) -> pa.Table:
+    """persona_id and every salted-hashed identifier column of the published profiles (what exports carry)."""
+    current = ws.require_current("integrated", "run `persona integrate`")
+    hashes = [c for c in pq.read_schema(current / "profiles.parquet").names if c.endswith("_hash")]
+    return pq.read_table(current / "profiles.parquet", columns=["persona_id", *hashes])
+
+
+def write_members(aud: Audience, members: pd.Series, label: str, out: Path, *,
+                  identifiers: pa.Table | None = None) -> dict:
     """The export of `members` (persona ids): their salted-hashed identifiers, to CSV or Parquet (atomically).
-    Campaigns write their treatment list through this too."""
+    Campaigns write their treatment list through this too; `identifiers` (`hashed_identifiers`) may be passed by a
+    caller that keeps it (the console), else it is read."""
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise SegmentError(f"{out}: the export must end in .csv or .parquet")
-    current = aud.ws.require_current("integrated", "run `persona integrate`")
-    prof = pq.read_table(current / "profiles.parquet")
-    hashes = [c for c in prof.column_names if c.endswith("_hash")]
-    table = prof.select(["persona_id", *hashes]).to_pandas().set_index("persona_id")
-    frame = table.reindex(members.to_numpy()).reset_index().rename(columns={"index": "persona_id"})
-    frame.insert(1, "segment", label)
-    frame.insert(2, "snapshot_date", aud.date)
+    ids = identifiers if identifiers is not None else hashed_identifiers(aud.ws)
+    wanted = pa.array(members.to_numpy(dtype=object), pa.string())
+    pos = pc.index_in(wanted, value_set=ids.column("persona_id").combine_chunks().cast(pa.string()))
+    picked = ids.take(pos)  # in the members' order; a member without a profile row gets nulls
+    n = len(wanted)
+    columns = {"persona_id": wanted, "segment": pa.array([label] * n, pa.string()) if n else pa.array([], pa.string()),
+               "snapshot_date": pa.array([aud.date] * n, pa.string()) if n else pa.array([], pa.string())}
+    for name in ids.column_names[1:]:
+        columns[name] = picked.column(name)
+    table = pa.table(columns)
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".parquet":
-        write_parquet_atomic(out, frame)
-    else:
+        write_parquet_atomic(out, table)
+    else:  # Arrow's writer: several times pandas' on long hex columns; quotes only what needs quoting
         tmp = out.with_name(f".{out.name}.tmp")
-        frame.to_csv(tmp, index=False)
+        pacsv.write_csv(table, tmp, pacsv.WriteOptions(quoting_style="needed"))
         tmp.replace(out)
-    return {"segment": label, "date": aud.date, "rows": int(len(frame)), "path": str(out),
-            "columns": list(frame.columns)}
+    return {"segment": label, "date": aud.date, "rows": int(n), "path": str(out), "columns": table.column_names}
 
 
 def category_columns(frame: pd.DataFrame) -> list[str]:
@@ -355,10 +394,59 @@ def category_columns(frame: pd.DataFrame) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class TagCodes:
+    """One category-like tag of a snapshot (a category, a string, a flag or a list of values), factorised once:
+    its value labels in sorted order, the code of each (row, value) pair, and how many personas hold each value."""
+
+    name: str
+    labels: list[str]
+    rows: np.ndarray | None  # the row of each pair; None when each row holds one value (codes are per row)
+    codes: np.ndarray  # index into labels; -1: no value
+    totals: np.ndarray  # personas holding each value, in the whole snapshot
+
+    def counts(self, members: np.ndarray) -> np.ndarray:
+        """Members (a mask over the snapshot's rows) holding each value."""
+        inside = members if self.rows is None else members[self.rows]
+        return np.bincount(self.codes[inside & (self.codes >= 0)], minlength=len(self.labels))
+
+
+def tag_codes(path: Path) -> list[TagCodes]:
+    """Every category-like column of a tag snapshot file, factorised with Arrow (no Python per row)."""
+    table = pq.read_table(path)
+    out = []
+    for f in table.schema:
+        if f.name in ("persona_id", OPT_OUT_COLUMN):
+            continue
+        col = table.column(f.name).combine_chunks()
+        if pa.types.is_list(f.type) or pa.types.is_large_list(f.type):
+            rows, values = pc.list_parent_indices(col).to_numpy(), pc.list_flatten(col)
+        elif (pa.types.is_dictionary(f.type) or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+              or pa.types.is_boolean(f.type)):
+            rows, values = None, col
+        else:
+            continue
+        if pa.types.is_dictionary(values.type):
+            values = values.cast(values.type.value_type)
+        encoded = pc.dictionary_encode(values)
+        labels = [str(v) for v in encoded.dictionary.to_pylist()]
+        order = np.argsort(np.asarray(labels, dtype=object), kind="stable") if labels else np.zeros(0, np.intp)
+        rank = np.empty(len(labels), dtype=np.int64)
+        rank[order] = np.arange(len(labels))
+        raw = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        codes = np.where(raw >= 0, rank[np.maximum(raw, 0)] if len(labels) else -1, -1)
+        labels = [labels[i] for i in order]
+        out.append(TagCodes(f.name, labels, rows, codes,
+                            np.bincount(codes[codes >= 0], minlength=len(labels))))
+    return out
+
+
 def profile(aud: Audience, target: str, *, top: int = 12, include_opted_out: bool = False) -> dict:
     """Size, and how members differ from everyone else: over/under-indexed tag values and feature averages.
 
-    Index = share of members with a value / share of non-members with it x 100 (100 = no difference).
+    Index = share of members with a value / share of non-members with it x 100 (100 = no difference). The snapshot's
+    tags are factorised once per audience (`Audience.tag_codes`) and the features held as arrays, so a profile is a
+    few counts over masks (the console draws it on every edit).
     """
     m = aud.select(target, include_opted_out=include_opted_out)
     n_in, n_out = int(m.sum()), int((~m).sum())
@@ -366,21 +454,16 @@ def profile(aud: Audience, target: str, *, top: int = 12, include_opted_out: boo
               "share": n_in / max(aud.size, 1), "tags": [], "features": []}
     if n_in == 0 or n_out == 0:
         return result
-    snap = history.read(aud.ws, aud.date)
     rows = []
-    for c in category_columns(snap.drop(columns=["persona_id", OPT_OUT_COLUMN], errors="ignore")):
-        col = snap[c]
-        if col.dtype == object and col.map(lambda v: isinstance(v, tuple)).any():
-            exploded = pd.DataFrame({"v": col, "m": m}).explode("v").dropna(subset=["v"])
-            values = exploded.groupby(["v", "m"]).size().unstack(fill_value=0)
-        else:
-            values = pd.DataFrame({"v": col.astype("object"), "m": m}).dropna().groupby(["v", "m"]).size().unstack(
-                fill_value=0)
-        for v, r in values.iterrows():
-            share_in, share_out = r.get(True, 0) / n_in, r.get(False, 0) / n_out
+    for tc in aud.tag_codes():
+        inside = tc.counts(m)
+        outside = tc.totals - inside
+        for label, a, b in zip(tc.labels, inside.tolist(), outside.tolist()):
+            share_in, share_out = a / n_in, b / n_out
             if share_in == 0 and share_out == 0:
                 continue
-            rows.append({"tag": c, "value": str(v), "share_in": round(share_in, 4), "share_out": round(share_out, 4),
+            rows.append({"tag": tc.name, "value": label, "share_in": round(share_in, 4),
+                         "share_out": round(share_out, 4),
                          "index": round(100 * share_in / share_out, 1) if share_out > 0 else None})
     # Over-indexed values the segment is known for first, then what it lacks; tiny values are noise.
     over = sorted((r for r in rows if r["share_in"] >= 0.02 and (r["index"] is None or r["index"] > 100)),
@@ -388,17 +471,18 @@ def profile(aud: Audience, target: str, *, top: int = 12, include_opted_out: boo
     under = sorted((r for r in rows if r["share_out"] >= 0.02 and r["index"] is not None and r["index"] < 100),
                    key=lambda r: r["index"])
     result["tags"] = over[:top] + under[:top // 2]
-    numeric = [c for c in snap.columns if c != "persona_id" and pd.api.types.is_float_dtype(snap[c].dtype)]
-    feats = [*numeric, *[f for f in aud.feature_columns if f not in numeric]]
-    cols = aud.columns(feats)
     frows = []
-    for f in feats:
-        v = np.asarray(pd.to_numeric(cols[f], errors="coerce"), dtype=np.float64)
-        a, b = np.nanmean(v[m]) if np.isfinite(v[m]).any() else np.nan, \
-            np.nanmean(v[~m]) if np.isfinite(v[~m]).any() else np.nan
-        if np.isnan(a) or np.isnan(b):
+    mf = m.astype(np.float64)
+    for f, (v0, finite, total, n_finite) in aud.numeric().items():
+        a_n = int(np.count_nonzero(finite & m))
+        b_n = n_finite - a_n
+        if a_n == 0 or b_n == 0:
             continue
-        frows.append({"feature": f, "mean_in": float(a), "mean_out": float(b),
+        s_in = float(np.sum(v0 * mf))
+        a, b = s_in / a_n, (total - s_in) / b_n
+        if a == 0 and b == 0:  # zero inside and out (a real-time counter at night): nothing to tell
+            continue
+        frows.append({"feature": f, "mean_in": a, "mean_out": b,
                       "index": round(100 * a / b, 1) if b != 0 else None})
     frows.sort(key=lambda r: -abs(np.log(max(abs(r["index"] or 1e4), 1e-3) / 100)))
     result["features"] = frows[:top]

@@ -347,10 +347,14 @@ class ConsoleData:
 
         from rules.segments import export
 
+        from rules.segments import hashed_identifiers
+
         aud = self.audience()
+        run = self._run()
+        ids = self._cached("hashed_identifiers", str(run), lambda: hashed_identifiers(self.ws))
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "segment.csv"
-            export(aud, expression, out)
+            export(aud, expression, out, identifiers=ids)
             data = out.read_bytes()
         name = expression if expression in aud.segments else "segment"
         return f"{name}-{aud.date}.csv", data
@@ -368,6 +372,13 @@ class ConsoleData:
         except campaigns.CampaignError as exc:
             raise NotFoundError(str(exc)) from None
 
+    def _warm_explain(self) -> None:
+        """The first explanation reads the reference values: done once here rather than on a first profile."""
+        engine = self.engine()
+        index = self.identity()
+        if engine is not None and len(index.personas_known):
+            engine.explain([str(index.personas_known[0])])
+
     # --- warm-up --------------------------------------------------------------------------------------------------
     def warm(self) -> dict:
         """Load what the first page of each kind would otherwise wait for (the online engine, the identity index
@@ -376,7 +387,9 @@ class ConsoleData:
         took = {}
         for name, fn in (("engine", self.engine), ("identity", self.identity), ("catalog", self.catalog),
                          ("audience", self.audience), ("models", self.models), ("freshness", self._freshness),
-                         ("graph", lambda: self.graph(""))):
+                         ("graph", lambda: self.graph("")), ("explain", self._warm_explain),
+                         ("segment profile", lambda: self.audience().numeric() and self.audience().tag_codes()),
+                         ("campaigns", lambda: [self.campaign(c["name"]) for c in self.campaigns()])):
             t0 = time.perf_counter()
             try:
                 fn()
