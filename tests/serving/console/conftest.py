@@ -32,3 +32,19 @@ def console_workspace(trained_workspace, tmp_path_factory) -> Path:
     plant_campaign(ws, CAMPAIGN, lift=0.2, base_rate=0.1)
     integrate(ws)
     return root
+
+
+@pytest.fixture(scope="session")
+def phone_of(console_workspace) -> tuple[str, str]:
+    """A persona with a scored profile and one of its raw phones (as integration kept it, restricted)."""
+    import pandas as pd
+
+    from persona.workspace import Workspace
+    from rules import history
+
+    ws = Workspace.open(console_workspace)
+    ids = pd.read_parquet(ws.current("integrated") / "identity_map.parquet")
+    snap = history.read(ws, columns=["persona_id"])
+    phones = ids[(ids["id_type"] == "phone") & ids["persona_id"].isin(set(snap["persona_id"]))]
+    row = phones.sort_values("persona_id").iloc[0]
+    return str(row["persona_id"]), str(row["value"])

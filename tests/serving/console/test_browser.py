@@ -26,7 +26,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
-import pandas as pd
 import pytest
 
 from persona.workspace import Workspace
@@ -204,19 +203,6 @@ def _shoot(page, shots: Path, name: str) -> None:
 
 
 # --- what the tests compare with -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def phone_of(console_workspace) -> tuple[str, str]:
-    """A persona with a scored profile and one of its raw phones (as integration kept it)."""
-    from rules import history
-
-    ws = Workspace.open(console_workspace)
-    ids = pd.read_parquet(ws.current("integrated") / "identity_map.parquet")
-    snap = history.read(ws, columns=["persona_id"])
-    phones = ids[(ids["id_type"] == "phone") & ids["persona_id"].isin(set(snap["persona_id"]))]
-    row = phones.sort_values("persona_id").iloc[0]
-    return str(row["persona_id"]), str(row["value"])
-
-
 @pytest.fixture(scope="module")
 def cli_count(console_workspace) -> int:
     """What `persona segment count SEGMENT --json` says (the same engine the builder must use)."""

@@ -9,7 +9,6 @@ import csv
 import io
 import shutil
 
-import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
@@ -23,19 +22,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def client(console_workspace) -> TestClient:
     return TestClient(create_app(Workspace.open(console_workspace)))
-
-
-@pytest.fixture(scope="module")
-def phone_of(console_workspace) -> tuple[str, str]:
-    """A persona with a scored profile and one of its raw phones (as integration kept it, restricted)."""
-    from rules import history
-
-    ws = Workspace.open(console_workspace)
-    ids = pd.read_parquet(ws.current("integrated") / "identity_map.parquet")
-    snap = history.read(ws, columns=["persona_id"])
-    phones = ids[(ids["id_type"] == "phone") & ids["persona_id"].isin(set(snap["persona_id"]))]
-    row = phones.sort_values("persona_id").iloc[0]
-    return str(row["persona_id"]), str(row["value"])
 
 
 PAGES = ["/", "/profile", "/catalog", "/segments", "/models", "/campaigns", f"/campaigns/{CAMPAIGN}"]
