@@ -46,7 +46,9 @@ from features.transactions import net_amount_expr, return_expr
 from persona.faults import kill_point
 from persona.workspace import Workspace, read_json, write_json_atomic, write_parquet_atomic
 from rules import history
-from rules.segments import OPT_OUT_COLUMN, Audience, SegmentDef, category_columns, write_members
+from rules.segments import (
+    OPT_OUT_COLUMN, Audience, SegmentDef, category_columns, hashed_identifiers, write_members,
+)
 
 DIRNAME = "campaigns"
 DEFINITION = "campaign.json"
@@ -188,7 +190,8 @@ def create(ws: Workspace, segments: Mapping[str, SegmentDef], name: str, segment
     tmp = root / f".tmp-{name}-{os.getpid()}"
     tmp.mkdir(parents=True)
     write_parquet_atomic(tmp / ASSIGNMENT, assignment)
-    exported = write_members(aud, members[~out_group], f"campaign:{name}", tmp / TREATMENT)
+    identifiers = hashed_identifiers(ws)  # read once for the treatment list and the copy --out asks for
+    exported = write_members(aud, members[~out_group], f"campaign:{name}", tmp / TREATMENT, identifiers=identifiers)
     write_json_atomic(tmp / DEFINITION, spec.model_dump(mode="json"))
     kill_point("campaign.built")
     if target.exists():  # --replace: the old record goes aside first, so a crash leaves one of the two whole
@@ -202,7 +205,7 @@ def create(ws: Workspace, segments: Mapping[str, SegmentDef], name: str, segment
     result = summary(ws, spec)
     result["seconds"] = round(time.perf_counter() - t0, 3)
     if out is not None:
-        exported = write_members(aud, members[~out_group], f"campaign:{name}", out)
+        exported = write_members(aud, members[~out_group], f"campaign:{name}", out, identifiers=identifiers)
     result["treatment_list"] = exported["path"] if out is not None else str(target / TREATMENT)
     return result
 

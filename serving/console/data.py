@@ -295,9 +295,6 @@ class ConsoleData:
         return self._cached("audience", stamp, lambda: Audience.open(
             self.ws, load_segments(rule_paths(self.ws, self.ws.config()))))
 
-    def names(self) -> list[str]:
-        return self.audience().known_names()
-
     def count(self, expression: str) -> dict:
         return count(self.audience(), expression)
 
@@ -471,9 +468,3 @@ def jsonable(value: object) -> object:
     if isinstance(value, (pd.Timestamp, pa.Scalar)):
         return str(value)
     return value
-
-
-def timed(fn: Callable[[], object]) -> tuple[object, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
