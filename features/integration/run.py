@@ -241,10 +241,15 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         timings["enrich"] = time.perf_counter() - t
 
         quality = None
-        if cfg.truth:
+        truth = _truth_pairs(ws, cfg, manifest) if cfg.truth else []
+        if truth and spark is not None:
+            quality = spark_run.evaluate(spark, truth, scratch)
+        elif truth:
             with _connect(ws.root / SPILL / "scan", memory_limit) as scan:
                 scan.register("mp", resolution.mention_persona)
-                quality = _evaluate(ws, cfg, manifest, scan)
+                quality = _evaluate(truth, scan)
+        if quality is not None:
+            quality = {**quality, "precision": round(quality["precision"], 5), "recall": round(quality["recall"], 5)}
 
         if progress:
             progress("publishing", 0.92)
@@ -260,12 +265,15 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
             if len(earlier):  # concatenating an empty frame is deprecated (its all-NA columns would decide dtypes)
                 audit = pd.concat(_same_columns(earlier, audit), ignore_index=True) if len(audit) else earlier
         sources = source_counts(manifest, cfg)
-        unattributed = con.execute(
-            f"""SELECT r.source, count(*) AS n FROM read_parquet({rows_files!r}, union_by_name=true) r
-                ANTI JOIN mp m USING (mention_key) GROUP BY r.source"""
-        ).df()
-        for name, n in zip(unattributed["source"], unattributed["n"]):
-            sources[name]["unattributed"] = int(n)
+        if spark is not None:
+            unattributed = spark_run.unattributed(spark, rows_files, scratch)
+        else:
+            found = con.execute(
+                f"""SELECT r.source, count(*) AS n FROM read_parquet({rows_files!r}, union_by_name=true) r
+                    ANTI JOIN mp m USING (mention_key) GROUP BY r.source""").fetchall()
+            unattributed = {name: int(n) for name, n in found}
+        for name, n in unattributed.items():
+            sources[name]["unattributed"] = n
 
         with publishing(ws, STAGE, run_id) as out:
             write_parquet_atomic(out / "identity_map.parquet", nodes[["id_type", "value", "value_hash", "persona_id",
@@ -289,17 +297,18 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
             write_parquet_atomic(out / "quarantine.parquet", pd.concat([q, *ext_quarantine], ignore_index=True)
                                  .astype({"source": "string", "file_id": "string", "reason": "string"}))
             del q
+            kinds = {}
             for kind in ("transactions", "events", "interactions"):
                 names = [n for n, s in cfg.sources.items() if s.kind == kind]
                 files = [p for p in rows_files if Path(p).parent.name in names]
-                if not files:
-                    continue
-                con.execute(
-                    f"""COPY (SELECT m.persona_id, s.channel, r.* EXCLUDE (mention_key, row_key)
-                              FROM read_parquet({files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
-                              JOIN src s ON s.source = r.source
-                              ORDER BY m.persona_id, r.ts, r.source, r.file_id, r.row)
-                        TO '{out / f"{kind}.parquet"}' (FORMAT parquet, COMPRESSION zstd)""")
+                if files:
+                    kinds[kind] = files
+            if spark is not None:  # joined, sorted and written by the executors, in the columns DuckDB would write
+                schemas = {k: con.execute(f"{_activity_sql(f)} LIMIT 0").to_arrow_table().schema for k, f in kinds.items()}
+                spark_run.publish_activity(spark, kinds, schemas, channel_of, scratch, out)
+            for kind, files in kinds.items() if spark is None else ():
+                con.execute(f"""COPY ({_activity_sql(files)} ORDER BY {", ".join(f'"{c}"' for c in spark_run.ORDER)})
+                                TO '{out / f"{kind}.parquet"}' (FORMAT parquet, COMPRESSION zstd)""")
             timings["publish"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t0
             report = {
@@ -322,6 +331,13 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
             entry.pop(PUBLISHED, None)
     write_json_atomic(ws.state / MANIFEST, manifest)
     return report
+
+
+def _activity_sql(files: list[str]) -> str:
+    """The published activity of staged rows `files`: every attributed row with its persona and channel."""
+    return f"""SELECT m.persona_id, s.channel, r.* EXCLUDE (mention_key, row_key)
+               FROM read_parquet({files!r}, union_by_name=true) r JOIN mp m USING (mention_key)
+               JOIN src s ON s.source = r.source"""
 
 
 def _mentions_read(con: duckdb.DuckDBPyConnection, files: list[str],
@@ -433,26 +449,29 @@ def _survivors(con: duckdb.DuckDBPyConnection, cfg: PersonaConfig, rows_files: l
     return winners if len(winners) else pd.DataFrame(columns=CANDIDATE_COLUMNS)
 
 
-def _evaluate(ws: Workspace, cfg: PersonaConfig, manifest: dict, con: duckdb.DuckDBPyConnection) -> dict | None:
-    """Pairwise precision / recall against the generator's ground truth, over distinct identifier mentions.
-
-    A unit is one (source, identifier combination, true person): 40 page views from one logged-in device are one
-    mention, so the score weighs what the resolver decides rather than how chatty a channel is.
-    """
+def _truth_pairs(ws: Workspace, cfg: PersonaConfig, manifest: dict) -> list[tuple[str, str, str, str]]:
+    """(staged rows file, its truth file, source, file_id) of every staged file the generator wrote a truth for."""
     truth_root = ws.root / cfg.truth.path / "records"
     pairs = []
     for name in cfg.sources:
         for rel, entry in manifest.get(name, {}).items():
             truth = truth_root / f"{rel}.parquet"
             if truth.exists():
-                pairs.append((str(ws.staging / name / f"{entry['file_id']}.rows.parquet"), str(truth)))
-    if not pairs:
-        return None
+                pairs.append((str(ws.staging / name / f"{entry['file_id']}.rows.parquet"), str(truth), name,
+                              entry["file_id"]))
+    return pairs
+
+
+def _evaluate(pairs: list[tuple[str, str, str, str]], con: duckdb.DuckDBPyConnection) -> dict:
+    """Pairwise precision / recall against the generator's ground truth, over distinct identifier mentions.
+
+    A unit is one (source, identifier combination, true person): 40 page views from one logged-in device are one
+    mention, so the score weighs what the resolver decides rather than how chatty a channel is.
+    """
     selects = " UNION ALL ".join(
         f"SELECT DISTINCT r.mention_key, t.person_id FROM read_parquet('{rows}') r "
-        f"JOIN read_parquet('{truth}') t ON t.row = r.row" for rows, truth in pairs)
+        f"JOIN read_parquet('{truth}') t ON t.row = r.row" for rows, truth, _, _ in pairs)
     units = con.execute(
         f"SELECT u.person_id, m.persona_id FROM (SELECT DISTINCT * FROM ({selects})) u LEFT JOIN mp m USING (mention_key)"
     ).df()
-    scores = pairwise_scores(units["person_id"], units["persona_id"])
-    return {"precision": round(scores["precision"], 5), "recall": round(scores["recall"], 5), "units": scores["units"]}
+    return pairwise_scores(units["person_id"], units["persona_id"])

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.integration import aggregates as aggregates_sql
@@ -80,8 +79,9 @@ def resolve(spark, ws: Workspace, cfg: PersonaConfig, mention_files: list[str], 
             forgotten: Mapping[str, set[str]] | None, blocked: dict[str, set[str]], previous_map: Path | None,
             previous_aliases: pd.DataFrame | None, next_seq: int, scratch: Path) -> oneid.Resolution:
     """`oneid.resolve(mentions, ..., on="value_hash")` of the staged mentions, on Spark; the same Resolution (nodes
-    in identifier order, mention_persona by mention key, audit in the embedded order). The mentions and the
-    mention -> persona table stay in `scratch` for `aggregates`."""
+    in identifier order, audit in the embedded order) but for `mention_persona`, which is empty: the mentions and the
+    mention -> persona table stay in `scratch` for `aggregates`, `unattributed`, `publish_activity` and
+    `evaluate`."""
     from pyspark.sql import functions as F
 
     read_mentions(spark, mention_files, forgotten).write.parquet(str(scratch / "mentions"))  # read once per run
@@ -94,11 +94,10 @@ def resolve(spark, ws: Workspace, cfg: PersonaConfig, mention_files: list[str], 
     found.audit.select(*_AUDIT, *(F.col("order")[i].alias(f"_o{i}") for i in range(4))).write.parquet(
         str(scratch / "audit"))
     nodes = _read(scratch / "nodes").sort_values("node", kind="stable").drop(columns="node")
-    mp = pq.read_table(scratch / "mention_persona")
-    keys = mp["mention_key"].to_numpy(zero_copy_only=False).view(np.uint64)
-    order = np.argsort(keys, kind="stable")
-    mention_persona = pd.DataFrame({"mention_key": keys[order], "persona_id": pd.arrays.ArrowStringArray(
-        pc.take(mp["persona_id"], pa.array(order)).combine_chunks().cast(pa.string()))})
+    # mention -> persona stays in `scratch` for the executors (activity, publishing, evaluation): the driver
+    # keeps an empty table with its columns, which DuckDB reads the published columns' types from.
+    mention_persona = pd.DataFrame({"mention_key": np.array([], dtype=np.uint64),
+                                    "persona_id": pd.array([], dtype=ARROW_STR)})
     audit = (_read(scratch / "audit").sort_values([f"_o{i}" for i in range(4)], kind="stable")
              .drop(columns=[f"_o{i}" for i in range(4)]))
     # The embedded resolver's dtypes: Arrow strings for what it factorises or formats, Python ones otherwise.
@@ -174,3 +173,148 @@ def _timestamps(frame, sample: str):
 
 def _read(folder: Path) -> pd.DataFrame:
     return aggregates_sql.compact(pq.read_table(folder))
+
+
+# --- publishing the activity tables ----------------------------------------------------------------------------------
+ORDER = ["persona_id", "ts", "source", "file_id", "row"]  # the published activity's order, as the embedded COPY
+ROW_GROUP = 122_880  # rows per row group of a published activity file, as DuckDB's COPY writes them
+_SPARK_TYPES = {pa.string(): "string", pa.large_string(): "string", pa.int64(): "long", pa.int32(): "int",
+                pa.int16(): "short", pa.int8(): "byte", pa.float64(): "double", pa.float32(): "float",
+                pa.bool_(): "boolean", pa.date32(): "date"}
+
+
+def unattributed(spark, rows_files: list[str], scratch: Path) -> dict[str, int]:
+    """Staged rows per source whose mention no persona holds (the embedded `ANTI JOIN mp`): one row per source
+    reaches the driver."""
+    from pyspark.sql import functions as F
+
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
+    rows = spark.read.schema(_ROWS).parquet(*rows_files).select("source", signed(F.col("mention_key"))
+                                                                  .alias("mention_key"))
+    mp = spark.read.parquet(str(scratch / "mention_persona"))
+    return {row["source"]: int(row["count"])
+            for row in rows.join(mp, "mention_key", "left_anti").groupBy("source").count().collect()}
+
+
+def publish_activity(spark, kinds: Mapping[str, list[str]], schemas: Mapping[str, pa.Schema],
+                     channel_of: pd.DataFrame, scratch: Path, out: Path) -> dict[str, int]:
+    """`out/<kind>.parquet` for each kind of `kinds` (its staged rows files): every row with its persona and channel,
+    in ORDER, with the columns and types of `schemas[kind]` (what the embedded engine's COPY writes, read by DuckDB
+    from the files' footers). The executors join and sort (range partitions, sorted parts in partition order); then
+    a task per kind concatenates its parts into the one file readers expect, a row group at a time. Rows never pass
+    through the driver: it gets a row count per kind."""
+    from pyspark.sql import functions as F
+
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")  # staged timestamps are nanoseconds: as longs
+    mp = spark.read.parquet(str(scratch / "mention_persona"))
+    src = F.broadcast(spark.createDataFrame(channel_of[["source", "channel"]]))
+    parts: dict[str, list[str]] = {}
+    for kind, files in kinds.items():
+        schema = schemas[kind]
+        columns = [f for f in schema if f.name not in ("persona_id", "channel")]
+        by_source: dict[str, list[str]] = {}
+        for path in files:
+            by_source.setdefault(Path(path).parent.name, []).append(path)
+        frames = []
+        for paths in by_source.values():
+            frame = spark.read.option("mergeSchema", "true").parquet(*paths)
+            frames.append(frame.select(signed(F.col("mention_key")).alias("mention_key"), *(
+                (F.col(f.name) if f.name in frame.columns else F.lit(None)).cast(_spark_type(f)).alias(f.name)
+                for f in columns)))
+        rows = frames[0]
+        for frame in frames[1:]:
+            rows = rows.unionByName(frame)
+        folder = scratch / "activity" / kind
+        (rows.join(mp, "mention_key").join(src, "source").select(*schema.names)
+         .orderBy(*ORDER).write.parquet(str(folder)))
+        parts[kind] = [str(p) for p in sorted(folder.glob("part-*.parquet"))]
+    todo = list(parts)
+    if not todo:
+        return {}
+    target, wanted = str(out), {k: schemas[k] for k in todo}
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            for i in batch["id"].tolist():
+                kind = todo[int(i)]
+                rows = concatenate(parts[kind], Path(target) / f"{kind}.parquet", wanted[kind])
+                yield pd.DataFrame({"kind": [kind], "rows": [rows]})
+
+    done = spark.range(0, len(todo), 1, len(todo)).mapInPandas(run, "kind string, rows long").collect()
+    return {row["kind"]: int(row["rows"]) for row in done}
+
+
+def concatenate(parts: list[str], target: Path, schema: pa.Schema) -> int:
+    """The Parquet `parts` (in order) as one file `target` with `schema`: columns by name, nanosecond longs back to
+    the timestamps they were; written aside and renamed in. Memory: one row group."""
+    schema = pa.schema([f.with_nullable(True) for f in schema])
+    aside = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+    rows = 0
+    try:
+        with pq.ParquetWriter(aside, schema, compression="zstd") as writer:
+            for part in parts:
+                for batch in pq.ParquetFile(part).iter_batches(batch_size=ROW_GROUP, columns=schema.names):
+                    writer.write_table(_conform(batch, schema), row_group_size=ROW_GROUP)
+                    rows += batch.num_rows
+            if not rows:
+                writer.write_table(schema.empty_table())
+        aside.replace(target)
+    finally:
+        aside.unlink(missing_ok=True)
+    return rows
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
+    arrays = []
+    for field in schema:
+        column = batch.column(field.name)
+        if pa.types.is_timestamp(field.type) and pa.types.is_integer(column.type):
+            column = column.cast(pa.int64()).view(pa.timestamp(field.type.unit, tz=field.type.tz))
+        arrays.append(column.cast(field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _spark_type(field: pa.Field) -> str:
+    """The Spark type a column travels as: nanosecond timestamps as longs (Spark has no nanoseconds)."""
+    if pa.types.is_timestamp(field.type):
+        if field.type.unit != "ns":
+            raise ValueError(f"activity column {field.name!r}: timestamp[{field.type.unit}] where staging writes "
+                             "nanoseconds")
+        return "long"
+    if field.type not in _SPARK_TYPES:
+        raise ValueError(f"activity column {field.name!r} of type {field.type}: not one the Spark engine publishes")
+    return _SPARK_TYPES[field.type]
+
+
+# --- resolution quality against a generator's ground truth ------------------------------------------------------------
+def evaluate(spark, pairs: list[tuple[str, str, str, str]], scratch: Path) -> dict:
+    """`oneid.pairwise_scores` over the units of `run._evaluate` (distinct (mention, true person) of the staged rows
+    with a truth file: `pairs` of (rows file, truth file, source, file_id)), counted on the executors: the pairs of
+    units per (person, persona), per persona and per person are summed as exact integers, so the scores are the
+    embedded ones. Four numbers reach the driver."""
+    from urllib.parse import unquote, urlparse
+
+    from pyspark.sql import functions as F
+
+    truth = spark.read.parquet(*[t for _, t, _, _ in pairs]).select("row", "person_id",
+                                                                     F.col("_metadata.file_path").alias("path"))
+    seen = [r["path"] for r in truth.select("path").distinct().collect()]  # a row per truth file
+    by_path = {str(Path(t).resolve()): (s, f) for _, t, s, f in pairs}
+    files = spark.createDataFrame([(p, *by_path[str(Path(unquote(urlparse(p).path)).resolve())]) for p in seen],
+                                  "path string, source string, file_id string")
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
+    rows = (spark.read.schema("source string, file_id string, row long, mention_key decimal(20,0)")
+            .parquet(*[r for r, _, _, _ in pairs]).select("source", "file_id", "row", signed(F.col("mention_key"))
+                                                            .alias("mention_key")))
+    units = (rows.join(truth.join(F.broadcast(files), "path"), ["source", "file_id", "row"])
+             .select("mention_key", "person_id").distinct()
+             .join(spark.read.parquet(str(scratch / "mention_persona")), "mention_key", "left"))
+    units.write.parquet(str(scratch / "units"))
+    units = spark.read.parquet(str(scratch / "units"))
+
+    def pairs_of(*keys: str):
+        grouped = units.where(F.col(keys[-1]).isNotNull()).groupBy(*keys).count()
+        return grouped.select(F.coalesce(F.sum(F.expr("count * (count - 1) div 2")), F.lit(0)).cast("long"))
+
+    tp, pred, true = (pairs_of(*k).first()[0] for k in (("person_id", "persona_id"), ("persona_id",), ("person_id",)))
+    return {"precision": tp / pred if pred else 1.0, "recall": tp / true if true else 1.0, "units": units.count()}

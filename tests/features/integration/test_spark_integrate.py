@@ -90,7 +90,8 @@ def assert_same(a: Workspace, b: Workspace) -> None:
         for rel in files_a:
             pd.testing.assert_frame_equal(pd.read_parquet(getattr(a, folder) / rel),
                                           pd.read_parquet(getattr(b, folder) / rel), obj=str(rel))
-    for name in OUTPUTS:
+    activity = [n for n in ("events.parquet", "interactions.parquet") if (a.current("integrated") / n).exists()]
+    for name in OUTPUTS + activity:
         pd.testing.assert_frame_equal(pd.read_parquet(a.current("integrated") / name),
                                       pd.read_parquet(b.current("integrated") / name), obj=name)
 
