@@ -186,6 +186,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
         con.register("src", channel_of)
         if spark is not None:  # the scans of every row on Spark; what comes back is sized by personas
             activity, node_seen, winners = spark_run.aggregates(spark, ws, cfg, rows_files, channel_of, scratch)
+            timings["profiles_scan"] = time.perf_counter() - t  # of "profiles": the executors' part
         else:
             with _connect(ws.root / SPILL / "scan", memory_limit) as scan:
                 scan.register("mp", resolution.mention_persona)
@@ -305,7 +306,9 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
                     kinds[kind] = files
             if spark is not None:  # joined, sorted and written by the executors, in the columns DuckDB would write
                 schemas = {k: con.execute(f"{_activity_sql(f)} LIMIT 0").to_arrow_table().schema for k, f in kinds.items()}
+                t_activity = time.perf_counter()
                 spark_run.publish_activity(spark, kinds, schemas, channel_of, scratch, out)
+                timings["publish_activity"] = time.perf_counter() - t_activity  # of "publish": the executors' part
             for kind, files in kinds.items() if spark is None else ():
                 con.execute(f"""COPY ({_activity_sql(files)} ORDER BY {", ".join(f'"{c}"' for c in spark_run.ORDER)})
                                 TO '{out / f"{kind}.parquet"}' (FORMAT parquet, COMPRESSION zstd)""")
