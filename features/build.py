@@ -11,8 +11,10 @@ later run computes the dates that are new and every date whose inputs changed si
 corrected file re-integrated, changes every date after D); only the attributes group when only the profiles
 changed. An incremental run therefore writes the same snapshots as `--full`.
 
-`engine: spark` computes the snapshots on Spark from the same feature code (`features.spark_snapshots`); the dates,
-fingerprints, manifest and materialisation are the same for both engines.
+The embedded engine (DuckDB) writes one group at a time, and on large data runs the groups on one bucket of personas
+after the other (`features.snapshot_buckets`), so its memory is bounded by a bucket. `engine: spark` computes the
+snapshots on Spark from the same feature code (`features.spark_snapshots`); the dates, fingerprints, manifest and
+materialisation are the same for both engines.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from features import eventlog, snapshots, spark_snapshots
+from features import eventlog, snapshot_buckets, snapshots, spark_snapshots
 from features import store as feature_store
 from features.model_tags import KEYS
 from features.offline import manifest_path
@@ -50,7 +52,7 @@ def snapshot_dates(data_start: pd.Timestamp, data_end: pd.Timestamp, *, every_da
 
 def data_span(con: duckdb.DuckDBPyConnection, integrated) -> tuple[pd.Timestamp, pd.Timestamp]:
     start, end = con.execute(
-        f"SELECT min(ts), max(ts) FROM read_parquet('{integrated / 'transactions.parquet'}')").fetchone()
+        f"SELECT min(ts), max(ts) FROM {snapshots.parquet_sql(integrated / 'transactions.parquet')}").fetchone()
     if start is None:
         raise InsufficientDataError(f"{integrated}: no transactions: nothing to compute features from")
     return pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
@@ -97,22 +99,17 @@ def build_features(ws: Workspace, *, as_of: pd.Timestamp | None = None, full: bo
         plan[key]["why"] = "no input fingerprint recorded for it (written by an earlier persona or another DuckDB)"
     rows: dict[str, int] = {}
     for groups, todo in _batches(plan).items():
+        # A group with no feature columns (no events in a transactions-only workspace) has nothing to serve.
         if cfg.engine == "spark":
             written = spark_snapshots.write_snapshots_spark(
                 engine.spark_session(cfg), integrated, todo, offline, scratch=ws.root / "features",
                 extra_events=logged, groups=groups, progress=progress, publish_if=_has_features)
-            for g, n in written.items():
-                rows[g] = rows.get(g, 0) + n
-            continue
-        computed = snapshots.compute_snapshots(integrated, todo, progress=progress, extra_events=logged,
-                                               groups=groups)
-        # A group with no feature columns (no events in a transactions-only workspace) has nothing to serve.
-        computed = {g: f for g, f in computed.items() if _has_features(list(f.columns))}
-        if computed:
-            snapshots.write_snapshots(computed, offline)
-        for g, f in computed.items():
-            rows[g] = rows.get(g, 0) + len(f)
-        del computed
+        else:  # one group at a time, in buckets of personas on large data: memory bounded by a bucket
+            written = snapshot_buckets.write_snapshots_embedded(
+                integrated, todo, offline, scratch=ws.root / "features", extra_events=logged, groups=groups,
+                progress=progress, publish_if=_has_features)
+        for g, n in written.items():
+            rows[g] = rows.get(g, 0) + n
     kill_point("features.snapshots_written")
     compute_s = time.perf_counter() - t
 

@@ -9,7 +9,8 @@ Dates: a snapshot at date c reads activity with ts < c, so it holds the data up 
 snapshot read, so a later run can tell which dates a corrected or late-arriving row has made stale.
 
 The Spark engine (`features.spark_snapshots`) runs this same `iter_snapshots` on buckets of personas, given the whole
-data's `Vocabulary`, and assembles each group's file from the buckets' parts with `write_parts`.
+data's `Vocabulary`, and assembles each group's file from the buckets' parts with `write_parts`; so does the
+embedded engine on large data (`features.snapshot_buckets`, one bucket after the other, a range of `personas` each).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ ACTIVITY = ("transactions", "events", "interactions")
 # Profile columns that summarise all activity, the future of every snapshot included: never features.
 LEAKY_PROFILE_COLUMNS = ("first_seen", "last_seen", "records", "channels")
 ROW_GROUP_ROWS = 262_144
+# A range of personas, (lo, hi): lo <= persona_id < hi, None for no bound on that side (see `persona_sql`).
+PersonaRange = tuple[object | None, object | None]
 
 
 DAY = pd.Timedelta(days=1)
@@ -87,7 +90,7 @@ def data_end(integrated: Path) -> pd.Timestamp:
                                 "run `persona integrate` first")
     con = duckdb.connect()
     try:
-        union = " UNION ALL ".join(f"SELECT max(epoch_ns(ts)) AS t FROM read_parquet('{_sql_path(f)}')" for f in files)
+        union = " UNION ALL ".join(f"SELECT max(epoch_ns(ts)) AS t FROM {parquet_sql(f)}" for f in files)
         (t,) = con.execute(f"SELECT max(t) FROM ({union})").fetchone()
     finally:
         con.close()
@@ -117,7 +120,8 @@ def input_fingerprints(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *,
     ts < the date, so a row of day D changes the fingerprint of every date after D and of none before. The profiles
     hold one row per persona as it is now, read whole by the attributes group: their fingerprint is the same for every
     date. A source that does not exist is left out. One pass over each file in DuckDB: each row is placed in the
-    interval of the first snapshot date after it (an ASOF join), then the intervals are summed cumulatively.
+    interval of the first snapshot date after it (a bisection of the dates, so that nothing is sorted and memory does
+    not grow with the rows), then the intervals are summed cumulatively.
     """
     integrated = Path(integrated)
     dates = as_of_index(as_of_dates)
@@ -130,30 +134,40 @@ def input_fingerprints(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *,
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        con.execute("CREATE TABLE dates (c TIMESTAMPTZ)")
-        con.executemany("INSERT INTO dates VALUES (?)", [[d.to_pydatetime()] for d in dates])
+        interval = _interval_sql("t", [int(d.value) // 1000 for d in dates])  # microseconds, as TIMESTAMPTZ holds
         for name, path in files.items():
             rows = con.execute(f"""
-                WITH r AS (SELECT ts::TIMESTAMPTZ AS ts, hash(*COLUMNS(*)) AS h FROM read_parquet('{_sql_path(path)}')
+                WITH r AS (SELECT epoch_us(ts::TIMESTAMPTZ) AS t, hash(*COLUMNS(*)) AS h FROM {parquet_sql(path)}
                            WHERE ts IS NOT NULL)
-                SELECT d.c, count(*), (sum(r.h) % 18446744073709551616)::UBIGINT
-                FROM r ASOF JOIN dates d ON r.ts < d.c GROUP BY d.c""").fetchall()
-            per = {pd.Timestamp(c).tz_convert("UTC"): (int(n), int(h)) for c, n, h in rows}
+                SELECT k, count(*), (sum(h) % 18446744073709551616)::UBIGINT
+                FROM (SELECT {interval} AS k, h FROM r) WHERE k < {len(dates)} GROUP BY k""").fetchall()
+            per = {int(k): (int(n), int(h)) for k, n, h in rows}
             n = h = 0
-            for d, key in zip(dates, keys):  # one step per snapshot date, not per row
-                dn, dh = per.get(d, (0, 0))
+            for i, key in enumerate(keys):  # one step per snapshot date, not per row
+                dn, dh = per.get(i, (0, 0))
                 n, h = n + dn, (h + dh) % 2**64
                 out[key][name] = f"{n}:{h:016x}"
         profiles = integrated / "profiles.parquet"
         if profiles.exists():
             cols = ", ".join('"' + c.replace('"', '""') + '"' for c in _profile_columns(profiles))
             n, h = con.execute(f"SELECT count(*), coalesce(sum(hash({cols})) % 18446744073709551616, 0)::UBIGINT "
-                               f"FROM read_parquet('{_sql_path(profiles)}')").fetchone()
+                               f"FROM {parquet_sql(profiles)}").fetchone()
             for key in keys:
                 out[key][PROFILES] = f"{int(n)}:{int(h):016x}"
     finally:
         con.close()
     return out
+
+
+def _interval_sql(column: str, bounds: Sequence[int], lo: int = 0, hi: int | None = None) -> str:
+    """SQL for how many of `bounds` (ascending) are at or below `column`, i.e. the index of the first bound above it
+    (len(bounds): none), by bisection: log2(len(bounds)) comparisons a row."""
+    hi = len(bounds) if hi is None else hi
+    if lo == hi:
+        return str(lo)
+    mid = (lo + hi) // 2
+    return (f"CASE WHEN {column} < {bounds[mid]} THEN {_interval_sql(column, bounds, lo, mid)} "
+            f"ELSE {_interval_sql(column, bounds, mid + 1, hi)} END")
 
 
 def stale_groups(current: Mapping[str, str], previous: Mapping[str, str] | None) -> tuple[tuple[str, ...], str]:
@@ -200,6 +214,17 @@ class Vocabulary:
     vendor_interests: tuple[str, ...] = ()
 
 
+MAX_VOCABULARY = 100_000  # distinct values of one vocabulary: more is not a vocabulary but an identifier
+
+
+def check_vocabulary_size(values: int) -> None:
+    """Refuse a vocabulary of more than MAX_VOCABULARY values (categories and vendor interests together)."""
+    if values > MAX_VOCABULARY:
+        raise ValueError(f"more than {MAX_VOCABULARY:,} distinct categories and vendor interests: a feature column "
+                         "is made per value, so a category column holds identifiers rather than categories: clean "
+                         "it in the sources")
+
+
 # Stands in the attributes group for the whole data's vendor interests: its first activity is after every date, so it
 # never gets a row, while its profile holds every token (the group's columns are the tokens of its personas).
 VOCABULARY_PERSONA = "\x00vocabulary"
@@ -207,8 +232,8 @@ VOCABULARY_PERSONA = "\x00vocabulary"
 
 def compute_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, progress: Progress | None = None,
                       threads: int = 2, memory_limit: str = "3GB", extra_events: Path | None = None,
-                      groups: Sequence[str] | None = None,
-                      vocabulary: Vocabulary | None = None) -> dict[str, pd.DataFrame]:
+                      groups: Sequence[str] | None = None, vocabulary: Vocabulary | None = None,
+                      personas: PersonaRange | None = None) -> dict[str, pd.DataFrame]:
     """Every feature group (GROUPS order; only `groups` when given) for all `as_of_dates`, from the Parquet files
     in `integrated`.
 
@@ -218,13 +243,13 @@ def compute_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, 
     """
     return dict(iter_snapshots(integrated, as_of_dates, progress=progress, threads=threads,
                                memory_limit=memory_limit, extra_events=extra_events, groups=groups,
-                               vocabulary=vocabulary))
+                               vocabulary=vocabulary, personas=personas))
 
 
 def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, progress: Progress | None = None,
                    threads: int = 2, memory_limit: str = "3GB", extra_events: Path | None = None,
-                   groups: Sequence[str] | None = None,
-                   vocabulary: Vocabulary | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
+                   groups: Sequence[str] | None = None, vocabulary: Vocabulary | None = None,
+                   personas: PersonaRange | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
     """(group, frame) for each feature group in GROUPS order, computed one at a time (see `compute_snapshots`).
 
     DuckDB runs with `threads` and `memory_limit` and spills to a temporary folder removed at the end.
@@ -235,6 +260,10 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
     `Vocabulary`); None (the default) reads it from the data, as one run over everyone. Its categories join each view
     as rows without a persona and a time, which only the vocabulary scans read: every feature query reads rows with
     both (`Periods.keep_sql`, `first_activity`). An input `<name>.parquet` may be a folder of Parquet parts.
+
+    `personas`: `(lo, hi)`, only the personas with lo <= persona_id < hi (None: unbounded on that side), read from
+    the same files (each scan skips the row groups outside the range; integrate publishes them sorted by
+    persona_id); give it with the whole data's `vocabulary`, which holds what the records left out would add.
     """
     integrated = Path(integrated)
     unknown = sorted(set(groups or ()) - set(GROUPS))
@@ -245,11 +274,11 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
     if not tx_path.exists():
         raise FileNotFoundError(f"{tx_path}: no transactions: run `persona integrate` first")
     rel = {name: name for name in ACTIVITY if (integrated / f"{name}.parquet").exists()}
-    sources = {name: _parts(integrated / f"{name}.parquet") for name in rel}
+    sources = {name: parquet_parts(integrated / f"{name}.parquet") for name in rel}
     if extra_events is not None and Path(extra_events).exists() and (
-            vocabulary is not None or sum(pq.read_metadata(p).num_rows for p in _parts(Path(extra_events)))):
+            vocabulary is not None or sum(pq.read_metadata(p).num_rows for p in parquet_parts(Path(extra_events)))):
         rel["events"] = "events"
-        sources.setdefault("events", []).extend(_parts(Path(extra_events)))
+        sources.setdefault("events", []).extend(parquet_parts(Path(extra_events)))
     if vocabulary is not None:
         missing = sorted(set(vocabulary.relations) - set(rel))
         if missing:
@@ -259,7 +288,7 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
     tx, ev, ix = rel.get("transactions"), rel.get("events"), rel.get("interactions")
 
     def attributes(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-        profiles = _read_profiles(integrated / "profiles.parquet")
+        profiles = _read_profiles(integrated / "profiles.parquet", personas)
         first = first_activity(con, list(rel.values()))
         if vocabulary is not None and vocabulary.vendor_interests and "vendor_interests" in profiles.columns:
             first, profiles = _with_vocabulary_persona(first, profiles, vocabulary.vendor_interests)
@@ -276,6 +305,7 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
     ]
     if groups is not None:
         steps = [(g, step) for g, step in steps if g in groups]
+    where = persona_sql(personas)
     spill = tempfile.mkdtemp(prefix="persona-features-")
     try:
         for i, (group, step) in enumerate(steps):
@@ -286,7 +316,7 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
                                          "temp_directory": spill, "preserve_insertion_order": False})
             try:
                 for name in rel:
-                    union = " UNION ALL BY NAME ".join(f"SELECT * FROM read_parquet('{_sql_path(p)}')"
+                    union = " UNION ALL BY NAME ".join(f"SELECT * FROM read_parquet('{_sql_path(p)}'){where}"
                                                        for p in sources[name])
                     values = (vocabulary.categories.get(name) if vocabulary is not None else None) or ()
                     if values:
@@ -308,9 +338,36 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _parts(path: Path) -> list[Path]:
+def parquet_parts(path: Path) -> list[Path]:
     """The Parquet files of an input: the file itself, or the parts in a folder of them (as Spark writes)."""
+    path = Path(path)
     return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+
+
+def parquet_sql(path: Path) -> str:
+    """DuckDB's scan of an input (a file or a folder of parts, see `parquet_parts`), for a FROM clause."""
+    files = ", ".join(f"'{_sql_path(p)}'" for p in parquet_parts(path))
+    return f"read_parquet([{files}], union_by_name = true)"
+
+
+def persona_sql(personas: PersonaRange | None) -> str:
+    """A WHERE clause keeping the records of a range of personas, `(lo, hi)`: lo <= persona_id < hi (None: no bound
+    on that side); records without a persona are left out. Empty without a range."""
+    if personas is None:
+        return ""
+    lo, hi = personas
+    keep = ["persona_id IS NOT NULL"]
+    keep += [f"persona_id >= {_sql_value(lo)}"] if lo is not None else []
+    keep += [f"persona_id < {_sql_value(hi)}"] if hi is not None else []
+    return " WHERE " + " AND ".join(keep)
+
+
+def _sql_value(value: object) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    raise TypeError(f"persona_id bound {value!r}: expected a string or a number")
 
 
 def _with_vocabulary_persona(first: pd.DataFrame, profiles: pd.DataFrame,
@@ -326,16 +383,24 @@ def _with_vocabulary_persona(first: pd.DataFrame, profiles: pd.DataFrame,
 
 def _profile_columns(path: Path) -> list[str]:
     """The profile columns attributes may use (no identifiers, nothing that summarises activity)."""
-    names = pq.read_schema(_parts(path)[0]).names
+    names = pq.read_schema(parquet_parts(path)[0]).names
     return [c for c in names if c not in LEAKY_PROFILE_COLUMNS and not c.endswith("_hash") and not c.startswith("n_")]
 
 
-def _read_profiles(path: Path) -> pd.DataFrame:
-    """The profile columns attributes may use (see `_profile_columns`)."""
+def _read_profiles(path: Path, personas: PersonaRange | None = None) -> pd.DataFrame:
+    """The profile columns attributes may use (see `_profile_columns`); only a range of personas' with `personas`
+    (as `persona_sql`: row groups outside it are skipped by their statistics)."""
     if not path.exists():
         return pd.DataFrame({"persona_id": pd.Series([], dtype="string")})
     cols = _profile_columns(path)
-    return pq.read_table(path, columns=cols).to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
+    keep = None
+    if personas is not None:
+        lo, hi = personas
+        keep = pc.field("persona_id").is_valid()
+        keep = keep & (pc.field("persona_id") >= lo) if lo is not None else keep
+        keep = keep & (pc.field("persona_id") < hi) if hi is not None else keep
+    table = pq.read_table(path, columns=cols, filters=keep)
+    return table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
 
 
 def write_snapshots(frames: Mapping[str, pd.DataFrame] | Iterable[tuple[str, pd.DataFrame]], out_dir: Path, *,
@@ -410,10 +475,12 @@ def _merge_dates(path: Path, schema: pa.Schema, fresh: set[int], rows_of: Callab
     Returns the new rows written."""
     schema = _with_created(schema)
     old: set[int] = set()
-    if path.exists():
-        old_ts = pq.read_table(path, columns=["event_timestamp"]).column("event_timestamp")
-        old = set(pd.unique(pd.DatetimeIndex(old_ts.to_pandas()).as_unit("ns").asi8).tolist())
-        schema = pa.unify_schemas([schema, _with_created(pq.read_schema(path).remove_metadata())],
+    before = pq.ParquetFile(path) if path.exists() else None
+    if before is not None:  # read a row group at a time: memory bounded by a row group, not by the file
+        for g in range(before.num_row_groups):
+            old_ts = before.read_row_group(g, columns=["event_timestamp"]).column("event_timestamp")
+            old |= set(pd.unique(pd.DatetimeIndex(old_ts.to_pandas()).as_unit("ns").asi8).tolist())
+        schema = pa.unify_schemas([schema, _with_created(before.schema_arrow.remove_metadata())],
                                   promote_options="permissive")
     schema = _microsecond_times(schema)
     stamp = pa.scalar(created.floor("us").value // 1000, type=_TS)
@@ -436,14 +503,35 @@ def _merge_dates(path: Path, schema: pa.Schema, fresh: set[int], rows_of: Callab
                         writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
                     del pending
                 else:  # a date kept from the file: its own row groups, found from their statistics
-                    day = pa.scalar(d // 1000, type=_TS)
-                    part = pq.read_table(path, filters=pc.field("event_timestamp") == day)
-                    writer.write_table(_conform(part, schema), row_group_size=ROW_GROUP_ROWS)
+                    for part in _rows_of_date(before, d):
+                        writer.write_table(_conform(part, schema), row_group_size=ROW_GROUP_ROWS)
+                        del part
+        if before is not None:
+            before.close()
         os.replace(tmp, path)
     finally:
+        if before is not None:
+            before.close()
         if tmp.exists():
             tmp.unlink()
     return written
+
+
+def _rows_of_date(file: pq.ParquetFile, d: int) -> Iterator[pa.Table]:
+    """The rows of date `d` (ns) in a snapshot file, a row group at a time; the row groups of other dates are
+    skipped by their statistics."""
+    meta = file.metadata
+    when = file.schema_arrow.field("event_timestamp").type
+    day = d // {"s": 10**9, "ms": 10**6, "us": 1000, "ns": 1}[when.unit]
+    raw = day * 1000 if when.unit == "s" else day  # Parquet keeps seconds as milliseconds
+    j = next(k for k in range(meta.num_columns) if meta.schema.column(k).path == "event_timestamp")
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(j).statistics
+        if (stats is not None and stats.has_min_max and isinstance(stats.min_raw, int)
+                and not stats.min_raw <= raw <= stats.max_raw):
+            continue
+        part = file.read_row_group(g)
+        yield part.filter(pc.equal(part.column("event_timestamp"), pa.scalar(day, type=when)))
 
 
 # Feast's DuckDB offline store cannot filter timestamp[ns, tz] when materialising: snapshots keep microseconds.

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features import snapshots
-from features.snapshots import ACTIVITY, GROUPS, PROFILES, ROW_GROUP_ROWS, Vocabulary
+from features.snapshots import ACTIVITY, GROUPS, PROFILES, ROW_GROUP_ROWS, Vocabulary, parquet_parts
 from features.transactions import as_of_index
 from persona.faults import kill_point
 
@@ -53,7 +53,6 @@ Progress = Callable[[str, float], None]
 LOGGED = "logged_events"
 BUCKET = "__persona_bucket"
 ROWS_PER_BUCKET = 2_000_000  # input records per bucket: a bucket's DuckDB run holds well under 2 GB
-MAX_VOCABULARY = 100_000  # distinct values of one vocabulary: more is not a vocabulary but an identifier
 
 
 def write_snapshots_spark(spark, integrated: Path, as_of_dates: Sequence[pd.Timestamp], out_dir: Path, *,
@@ -81,7 +80,7 @@ def write_snapshots_spark(spark, integrated: Path, as_of_dates: Sequence[pd.Time
                                 "run `persona integrate` first")
     inputs = {name: integrated / f"{name}.parquet" for name in (*ACTIVITY, PROFILES)
               if (integrated / f"{name}.parquet").exists()}
-    if extra_events is not None and Path(extra_events).exists() and pq.read_metadata(extra_events).num_rows:
+    if extra_events is not None and Path(extra_events).exists() and _rows(Path(extra_events)):
         inputs[LOGGED] = Path(extra_events)
     stamp = pd.Timestamp.now(tz="UTC") if created is None else pd.Timestamp(created).tz_convert("UTC")
     work = Path(scratch) / f".spark-snapshots-{uuid.uuid4().hex[:12]}"
@@ -95,7 +94,7 @@ def write_snapshots_spark(spark, integrated: Path, as_of_dates: Sequence[pd.Time
                                  "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}):
             frames = {name: _read(spark, path) for name, path in inputs.items()}
             activity = [frames[n] for n in (*ACTIVITY, LOGGED) if n in frames]
-            records = sum(pq.read_metadata(inputs[n]).num_rows for n in inputs if n != PROFILES)
+            records = sum(_rows(inputs[n]) for n in inputs if n != PROFILES)
             wanted_buckets = buckets or max(2 * spark.sparkContext.defaultParallelism,
                                             math.ceil(records / ROWS_PER_BUCKET))
             say(f"features on Spark: {wanted_buckets} bucket(s) of personas", 0.0)
@@ -140,12 +139,16 @@ def _read(spark, path: Path):
     from pyspark.sql import functions as F
 
     frame = spark.read.parquet(str(path))
-    for fld in pq.read_schema(path):
+    for fld in pq.read_schema(parquet_parts(path)[0]):
         if pa.types.is_timestamp(fld.type) and fld.type.unit == "ns":
             name = "`" + fld.name.replace("`", "``") + "`"
             floor_us = f"{name} div 1000 - IF({name} % 1000 < 0, 1, 0)"
             frame = frame.withColumn(fld.name, F.expr(f"timestamp_micros({floor_us})"))
     return frame
+
+
+def _rows(path: Path) -> int:
+    return sum(pq.read_metadata(p).num_rows for p in parquet_parts(path))
 
 
 def _bounds(activity: list, buckets: int) -> list:
@@ -194,11 +197,8 @@ def _vocabulary(frames: dict) -> Vocabulary:
     found: dict[str, list[str]] = {}
     if kinds:
         values = reduce(lambda a, b: a.unionAll(b), kinds).where(F.col("value").isNotNull()).distinct()
-        rows = values.limit(MAX_VOCABULARY + 1).collect()
-        if len(rows) > MAX_VOCABULARY:
-            raise ValueError(f"more than {MAX_VOCABULARY:,} distinct categories and vendor interests: a feature "
-                             "column is made per value, so a category column holds identifiers rather than "
-                             "categories: clean it in the sources")
+        rows = values.limit(snapshots.MAX_VOCABULARY + 1).collect()
+        snapshots.check_vocabulary_size(len(rows))
         for row in rows:
             found.setdefault(row["kind"], []).append(row["value"])
     return Vocabulary(relations=relations,
