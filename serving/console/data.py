@@ -30,6 +30,8 @@ from serving.identity import IdentityIndex, UnknownIdentifierType
 
 CONSOLE_SEGMENTS = "console_segments.yaml"  # under the first rule folder of persona.yaml (tags.paths)
 TIMELINE_ROWS = 60  # most recent purchases and events shown per customer
+# What the timeline says of a record, per activity table: these columns (those it has), space separated.
+TIMELINE_TEXT = {"transactions": ("category", "amount"), "events": ("event_type",), "interactions": ("action", "topic")}
 LOOKUP_TYPES = ("persona_id", "phone", "email", "member_id")  # the search box's choices, first; any declared type works
 
 
@@ -248,14 +250,12 @@ class ConsoleData:
         parts = []
         con = duckdb.connect()
         try:
-            for kind, what in (("transactions", "coalesce(category, '') || ' ' || coalesce(amount::VARCHAR, '')"),
-                               ("events", "coalesce(event_type, '')"),
-                               ("interactions", "coalesce(action, '') || ' ' || coalesce(topic, '')")):
+            for kind, shown in TIMELINE_TEXT.items():
                 path = run / f"{kind}.parquet"
                 if not path.exists():
                     continue
                 cols = set(pq.read_schema(path).names)
-                text = what if all(c in cols for c in _names(what)) else "''"
+                text = " || ' ' || ".join(f'coalesce("{c}"::VARCHAR, \'\')' for c in shown if c in cols) or "''"
                 extra = ", status" if "status" in cols else ", NULL AS status"
                 parts.append(con.execute(
                     f"SELECT ts, '{kind}' AS kind, source, {text} AS what{extra} FROM read_parquet(?) "
@@ -429,12 +429,6 @@ def _quality_line(m: Mapping) -> str:
     verdict = "beats the baselines" if q.get("beats_baselines") else "does not beat every baseline"
     return (f"{m.get('metric')} {q['value']:.3f} ({q.get('alias')} v{q.get('version')}){base}: {verdict}"
             + (f", grade {q['grade']}" if q.get("grade") else ""))
-
-
-def _names(sql: str) -> list[str]:
-    import re
-
-    return [n for n in re.findall(r"coalesce\((\w+)", sql)]
 
 
 def _rules_stamp(paths: list[Path]) -> tuple:
