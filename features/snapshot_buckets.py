@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features import snapshots
-from features.snapshots import ACTIVITY, GROUPS, PROFILES, ROW_GROUP_ROWS, Vocabulary, parquet_parts, parquet_sql
+from features.snapshots import (ACTIVITY, GROUPS, PROFILES, ROW_GROUP_ROWS, Vocabulary, parquet_parts, parquet_rows,
+                                parquet_sql)
 from features.transactions import as_of_index
 from persona.faults import kill_point
 
@@ -145,18 +146,14 @@ def _write_part(frame: pd.DataFrame, path: Path) -> None:
 def _activity(integrated: Path, extra_events: Path | None) -> dict[str, Path]:
     """Each activity input that exists (`logged_events`: `extra_events`, when it has rows), a file or a folder."""
     found = {name: integrated / f"{name}.parquet" for name in ACTIVITY if (integrated / f"{name}.parquet").exists()}
-    if extra_events is not None and Path(extra_events).exists() and _rows(Path(extra_events)):
+    if extra_events is not None and Path(extra_events).exists() and parquet_rows(Path(extra_events)):
         found[snapshots.LOGGED_EVENTS] = Path(extra_events)
     return found
 
 
-def _rows(path: Path) -> int:
-    return sum(pq.read_metadata(p).num_rows for p in parquet_parts(path))
-
-
 def activity_records(integrated: Path, extra_events: Path | None = None) -> int:
     """The activity records (transactions, events, interactions, logged events), from the files' metadata."""
-    return sum(_rows(path) for path in _activity(Path(integrated), extra_events).values())
+    return sum(parquet_rows(path) for path in _activity(Path(integrated), extra_events).values())
 
 
 def _connect(threads: int, memory_limit: str) -> duckdb.DuckDBPyConnection:

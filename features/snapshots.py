@@ -276,7 +276,7 @@ def iter_snapshots(integrated: Path, as_of_dates: Sequence[pd.Timestamp], *, pro
     rel = {name: name for name in ACTIVITY if (integrated / f"{name}.parquet").exists()}
     sources = {name: parquet_parts(integrated / f"{name}.parquet") for name in rel}
     if extra_events is not None and Path(extra_events).exists() and (
-            vocabulary is not None or sum(pq.read_metadata(p).num_rows for p in parquet_parts(Path(extra_events)))):
+            vocabulary is not None or parquet_rows(Path(extra_events))):
         rel["events"] = "events"
         sources.setdefault("events", []).extend(parquet_parts(Path(extra_events)))
     if vocabulary is not None:
@@ -342,6 +342,11 @@ def parquet_parts(path: Path) -> list[Path]:
     """The Parquet files of an input: the file itself, or the parts in a folder of them (as Spark writes)."""
     path = Path(path)
     return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+
+
+def parquet_rows(path: Path) -> int:
+    """The rows of an input (a file or a folder of parts, see `parquet_parts`), from the files' footers."""
+    return sum(pq.read_metadata(p).num_rows for p in parquet_parts(path))
 
 
 def parquet_sql(path: Path) -> str:

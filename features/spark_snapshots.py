@@ -45,7 +45,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features import snapshots
-from features.snapshots import ACTIVITY, GROUPS, PROFILES, ROW_GROUP_ROWS, Vocabulary, parquet_parts
+from features.snapshots import (ACTIVITY, GROUPS, PROFILES, ROW_GROUP_ROWS, Vocabulary, parquet_parts,
+                                parquet_rows)
 from features.transactions import as_of_index
 from persona.faults import kill_point
 
@@ -80,7 +81,7 @@ def write_snapshots_spark(spark, integrated: Path, as_of_dates: Sequence[pd.Time
                                 "run `persona integrate` first")
     inputs = {name: integrated / f"{name}.parquet" for name in (*ACTIVITY, PROFILES)
               if (integrated / f"{name}.parquet").exists()}
-    if extra_events is not None and Path(extra_events).exists() and _rows(Path(extra_events)):
+    if extra_events is not None and Path(extra_events).exists() and parquet_rows(Path(extra_events)):
         inputs[LOGGED] = Path(extra_events)
     stamp = pd.Timestamp.now(tz="UTC") if created is None else pd.Timestamp(created).tz_convert("UTC")
     work = Path(scratch) / f".spark-snapshots-{uuid.uuid4().hex[:12]}"
@@ -94,7 +95,7 @@ def write_snapshots_spark(spark, integrated: Path, as_of_dates: Sequence[pd.Time
                                  "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}):
             frames = {name: _read(spark, path) for name, path in inputs.items()}
             activity = [frames[n] for n in (*ACTIVITY, LOGGED) if n in frames]
-            records = sum(_rows(inputs[n]) for n in inputs if n != PROFILES)
+            records = sum(parquet_rows(inputs[n]) for n in inputs if n != PROFILES)
             wanted_buckets = buckets or max(2 * spark.sparkContext.defaultParallelism,
                                             math.ceil(records / ROWS_PER_BUCKET))
             say(f"features on Spark: {wanted_buckets} bucket(s) of personas", 0.0)
@@ -145,10 +146,6 @@ def _read(spark, path: Path):
             floor_us = f"{name} div 1000 - IF({name} % 1000 < 0, 1, 0)"
             frame = frame.withColumn(fld.name, F.expr(f"timestamp_micros({floor_us})"))
     return frame
-
-
-def _rows(path: Path) -> int:
-    return sum(pq.read_metadata(p).num_rows for p in parquet_parts(path))
 
 
 def _bounds(activity: list, buckets: int) -> list:
