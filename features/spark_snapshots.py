@@ -35,8 +35,7 @@ import math
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from functools import reduce
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from features.snapshots import (ACTIVITY, GROUPS, PROFILES, ROW_GROUP_ROWS, Voca
                                 parquet_rows)
 from features.transactions import as_of_index
 from persona.faults import kill_point
+from persona.engine import NANOS_AS_LONG, spark_conf, task_per_item
 
 Progress = Callable[[str, float], None]
 LOGGED = "logged_events"
@@ -91,8 +91,7 @@ def write_snapshots_spark(spark, integrated: Path, as_of_dates: Sequence[pd.Time
             progress(message, fraction)
 
     try:
-        with _spark_conf(spark, {"spark.sql.legacy.parquet.nanosAsLong": "true",
-                                 "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}):
+        with spark_conf(spark, {**NANOS_AS_LONG, "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}):
             frames = {name: _read(spark, path) for name, path in inputs.items()}
             activity = [frames[n] for n in (*ACTIVITY, LOGGED) if n in frames]
             records = sum(parquet_rows(inputs[n]) for n in inputs if n != PROFILES)
@@ -115,22 +114,6 @@ def write_snapshots_spark(spark, integrated: Path, as_of_dates: Sequence[pd.Time
         return written
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-@contextmanager
-def _spark_conf(spark, conf: dict[str, str]) -> Iterator[None]:
-    """The session's SQL settings `conf` for the duration, the earlier values back after."""
-    before = {key: spark.conf.get(key, None) for key in conf}
-    for key, value in conf.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
 
 
 def _read(spark, path: Path):
@@ -220,16 +203,13 @@ def _compute(spark, buckets: int, work: Path, *, names: list[str], dates: list[p
     (its rows and a hash of its columns) reaches the driver."""
     inputs, results = str(work / "inputs"), str(work / "results")
 
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            for b in batch["id"].tolist():
-                yield pd.DataFrame(compute_bucket(int(b), inputs=Path(inputs), names=names,
-                                                  results=Path(results), dates=dates, vocabulary=vocabulary,
-                                                  groups=groups, logged=logged, memory_limit=memory_limit),
-                                   columns=["bucket", "grp", "rows", "columns"])
+    def run(b: int) -> pd.DataFrame:
+        return pd.DataFrame(compute_bucket(b, inputs=Path(inputs), names=names, results=Path(results), dates=dates,
+                                           vocabulary=vocabulary, groups=groups, logged=logged,
+                                           memory_limit=memory_limit),
+                            columns=["bucket", "grp", "rows", "columns"])
 
-    done = (spark.range(0, buckets, 1, buckets)
-            .mapInPandas(run, "bucket long, grp string, rows long, columns string").collect())
+    done = task_per_item(spark, range(buckets), run, "bucket long, grp string, rows long, columns string")
     columns: dict[str, set[str]] = {}
     for row in done:
         columns.setdefault(row["grp"], set()).add(row["columns"])
@@ -282,14 +262,11 @@ def _publish(spark, results: dict[str, list[str]], folder: Path, out_dir: Path, 
     parts = {g: [str(p) for p in sorted((folder / g).glob("bucket-*.parquet"))] for g in todo}
     target = str(out_dir)
 
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            for i in batch["id"].tolist():
-                group = todo[int(i)]
-                rows = snapshots.write_parts([Path(p) for p in parts[group]], Path(target) / f"{group}.parquet",
-                                             created=created)
-                yield pd.DataFrame({"grp": [group], "rows": [rows]})
+    def run(group: str) -> pd.DataFrame:
+        rows = snapshots.write_parts([Path(p) for p in parts[group]], Path(target) / f"{group}.parquet",
+                                     created=created)
+        return pd.DataFrame({"grp": [group], "rows": [rows]})
 
-    done = spark.range(0, len(todo), 1, len(todo)).mapInPandas(run, "grp string, rows long").collect()
+    done = task_per_item(spark, todo, run, "grp string, rows long")
     written = {row["grp"]: int(row["rows"]) for row in done}
     return {g: written[g] for g in todo}

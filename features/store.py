@@ -34,7 +34,7 @@ from feast.infra.offline_stores.file_source import FileSource
 from feature_repo import definitions as defs
 from features import feature_log, model_tags, online_writer
 from features.online_reader import read_marker, write_marker
-from persona.engine import session_conf
+from persona.engine import session_conf, spark_conf as session_settings
 from persona.config import PersonaConfig
 from persona.workspace import Workspace, read_json, write_json_atomic, write_text_atomic
 
@@ -429,18 +429,8 @@ def _feast_spark_settings(store: feast.FeatureStore):
         for key, value in (store.config.offline_store.spark_conf or {}).items():
             builder = builder.config(key, value)
         session = builder.getOrCreate()
-    before = {k: session.conf.get(k, None) for k in _FEAST_SPARK_SETTINGS}
-    for key, value in _FEAST_SPARK_SETTINGS.items():
-        if value is not None:
-            session.conf.set(key, value)
-    try:
+    with session_settings(session, _FEAST_SPARK_SETTINGS):
         yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                session.conf.unset(key)
-            else:
-                session.conf.set(key, value)
 
 
 def online_features(store: feast.FeatureStore, service: str, persona_ids: Sequence[str]) -> pd.DataFrame:

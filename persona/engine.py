@@ -12,7 +12,10 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from persona.config import PersonaConfig, SparkConfig
 
@@ -84,3 +87,43 @@ def spark_session(spark: SparkConfig | PersonaConfig):
     for key, value in session_conf(spark).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+# Spark reads Parquet nanosecond timestamps (what pandas and the staged files hold) only as longs, under this setting.
+NANOS_AS_LONG = {"spark.sql.legacy.parquet.nanosAsLong": "true"}
+
+
+@contextmanager
+def spark_conf(spark, conf: dict[str, str | None]) -> Iterator[None]:
+    """The session's SQL settings `conf` for the duration (plans built and run inside), the earlier values back
+    after, so one step's settings never leak into the next. A None value leaves that setting as it is during the
+    step, and puts it back after (for a setting the step's library may change)."""
+    before = {key: spark.conf.get(key, None) for key in conf}
+    for key, value in conf.items():
+        if value is not None:
+            spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+def task_per_item(spark, items: Sequence, work: Callable[[Any], Any], schema: str) -> list:
+    """`work(item)` for every item of `items`, each in a Spark task of its own (the executors run them side by
+    side), and the rows they return collected: `work` returns a pandas DataFrame of `schema` (a Spark DDL string),
+    kept small (counts, names), since it reaches the driver. `work` and `items` travel to the executors pickled:
+    they must not hold the session."""
+    items = list(items)
+    if not items:
+        return []
+
+    def run(batches):
+        for batch in batches:
+            for i in batch["id"].tolist():
+                yield work(items[int(i)])
+
+    return spark.range(0, len(items), 1, len(items)).mapInPandas(run, schema).collect()

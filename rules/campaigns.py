@@ -39,6 +39,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -236,13 +238,17 @@ def _assignment(aud: Audience, members: pd.Series, out_group: np.ndarray, mask: 
     frame = pd.DataFrame({"persona_id": members.to_numpy(),
                           "group": np.where(out_group, "holdout", "treatment")})
     snap_cols = [c for c in aud.snapshot_columns if c != OPT_OUT_COLUMN]
-    snap = history.read(aud.ws, aud.date, columns=snap_cols)
-    for c in category_columns(snap):
-        col = snap[c][mask].reset_index(drop=True)
-        if col.dtype == object and col.map(lambda v: isinstance(v, (tuple, list, np.ndarray))).any():
-            frame[c] = col.map(lambda v: [str(x) for x in v] if isinstance(v, (tuple, list, np.ndarray)) else [])
-        else:
-            frame[c] = col.astype("string")
+    snap = history.read_table(aud.ws, aud.date, columns=snap_cols).filter(pa.array(np.asarray(mask, dtype=bool)))
+    for field in snap.schema:  # list-valued tags are told by their Arrow type, not by looking at every row
+        col = snap.column(field.name)
+        if pa.types.is_list(field.type) or pa.types.is_large_list(field.type):
+            as_text = pc.cast(col, pa.list_(pa.string()))
+            frame[field.name] = pc.if_else(pc.is_null(as_text), pa.scalar([], pa.list_(pa.string())),
+                                           as_text).to_pylist()
+            continue
+        series = col.to_pandas()
+        if category_columns(pd.DataFrame({field.name: series})):
+            frame[field.name] = series.astype("string").reset_index(drop=True)
     return frame
 
 

@@ -96,10 +96,14 @@ def read_meta(ws: Workspace, date: str | None = None) -> dict:
     return json.loads((_folder(ws, date) / META).read_text(encoding="utf-8"))
 
 
+def read_table(ws: Workspace, date: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """One snapshot (the latest by default) as Arrow: list-valued tags as list arrays, categories as dictionaries."""
+    return pq.read_table(_folder(ws, resolve_date(ws, date)) / PART, columns=columns)
+
+
 def read(ws: Workspace, date: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """One snapshot (the latest by default) as a DataFrame: categorical tags come back as pandas categoricals."""
-    date = resolve_date(ws, date)
-    table = pq.read_table(_folder(ws, date) / PART, columns=columns)
+    table = read_table(ws, date, columns)
     frame = table.to_pandas()
     for name, col in frame.items():
         if pa.types.is_list(table.schema.field(name).type):

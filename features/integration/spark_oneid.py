@@ -59,7 +59,10 @@ def dense_numbers(frame, order: list[str], name: str, path: str):
     from pyspark.sql import functions as F
 
     spark = frame.sparkSession
-    parts = max(int(spark.conf.get("spark.sql.shuffle.partitions")), 1)
+    # A range per core or so: each partition is numbered by one sort, so few large ones cost less than the 200
+    # small ones of Spark's default shuffle partitions (each a task and a file) on a small cluster.
+    parts = max(min(int(spark.conf.get("spark.sql.shuffle.partitions")), 4 * spark.sparkContext.defaultParallelism),
+                1)
     ranged = _kept(frame.repartitionByRange(parts, *order).withColumn("_part", F.spark_partition_id()),
                    f"{path}-ranged")
     counts = sorted((r["_part"], r["n"]) for r in ranged.groupBy("_part").agg(F.count("*").alias("n")).collect())

@@ -27,6 +27,7 @@ from features.integration import oneid, spark_oneid
 from features.integration.ingest import ARROW_STR
 from features.integration.survivorship import CANDIDATE_COLUMNS, survive_order, survive_sql
 from persona.config import PersonaConfig
+from persona.engine import NANOS_AS_LONG, spark_conf, task_per_item
 from persona.workspace import Workspace
 
 SCRATCH = ".tmp/spark_integrate"  # under the workspace root; removed at the end, and at the start after a killed run
@@ -113,10 +114,15 @@ def aggregates(spark, ws: Workspace, cfg: PersonaConfig, rows_files: list[str], 
     same `scratch`: activity per persona
     and channel, when each identifier was last seen, the survivorship winners; each written by the executors and
     read back (sized by personas and identifiers), with timestamps as the embedded engine's (naive, UTC, ns)."""
+    # The staged rows hold nanosecond timestamps, which Spark reads only as longs (nanoseconds since the epoch).
+    with spark_conf(spark, NANOS_AS_LONG):
+        return _aggregates(spark, cfg, rows_files, channel_of, scratch)
+
+
+def _aggregates(spark, cfg: PersonaConfig, rows_files: list[str], channel_of: pd.DataFrame,
+                scratch: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     from pyspark.sql import functions as F
 
-    # The staged rows hold nanosecond timestamps, which Spark reads only as longs (nanoseconds since the epoch).
-    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
     views = {"rows": spark.read.schema(_ROWS).parquet(*rows_files)
              .select("source", signed(F.col("mention_key")).alias("mention_key"), "ts"),
              "mp": spark.read.parquet(str(scratch / "mention_persona")),
@@ -188,12 +194,12 @@ def unattributed(spark, rows_files: list[str], scratch: Path) -> dict[str, int]:
     reaches the driver."""
     from pyspark.sql import functions as F
 
-    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
-    rows = spark.read.schema(_ROWS).parquet(*rows_files).select("source", signed(F.col("mention_key"))
-                                                                  .alias("mention_key"))
-    mp = spark.read.parquet(str(scratch / "mention_persona"))
-    return {row["source"]: int(row["count"])
-            for row in rows.join(mp, "mention_key", "left_anti").groupBy("source").count().collect()}
+    with spark_conf(spark, NANOS_AS_LONG):
+        rows = spark.read.schema(_ROWS).parquet(*rows_files).select("source", signed(F.col("mention_key"))
+                                                                      .alias("mention_key"))
+        mp = spark.read.parquet(str(scratch / "mention_persona"))
+        return {row["source"]: int(row["count"])
+                for row in rows.join(mp, "mention_key", "left_anti").groupBy("source").count().collect()}
 
 
 def publish_activity(spark, kinds: Mapping[str, list[str]], schemas: Mapping[str, pa.Schema],
@@ -203,9 +209,24 @@ def publish_activity(spark, kinds: Mapping[str, list[str]], schemas: Mapping[str
     from the files' footers). The executors join and sort (range partitions, sorted parts in partition order); then
     a task per kind concatenates its parts into the one file readers expect, a row group at a time. Rows never pass
     through the driver: it gets a row count per kind."""
+    with spark_conf(spark, NANOS_AS_LONG):  # staged timestamps are nanoseconds: read as longs
+        parts = _sorted_activity(spark, kinds, schemas, channel_of, scratch)
+    todo = list(parts)
+    target, wanted = str(out), {k: schemas[k] for k in todo}
+
+    def run(kind: str) -> pd.DataFrame:
+        return pd.DataFrame({"kind": [kind], "rows": [concatenate(parts[kind], Path(target) / f"{kind}.parquet",
+                                                                  wanted[kind])]})
+
+    done = task_per_item(spark, todo, run, "kind string, rows long")
+    return {row["kind"]: int(row["rows"]) for row in done}
+
+
+def _sorted_activity(spark, kinds: Mapping[str, list[str]], schemas: Mapping[str, pa.Schema],
+                     channel_of: pd.DataFrame, scratch: Path) -> dict[str, list[str]]:
+    """Each kind's rows joined to their persona and channel and sorted in ORDER, as Parquet parts in order."""
     from pyspark.sql import functions as F
 
-    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")  # staged timestamps are nanoseconds: as longs
     mp = spark.read.parquet(str(scratch / "mention_persona"))
     src = F.broadcast(spark.createDataFrame(channel_of[["source", "channel"]]))
     parts: dict[str, list[str]] = {}
@@ -228,20 +249,7 @@ def publish_activity(spark, kinds: Mapping[str, list[str]], schemas: Mapping[str
         (rows.join(mp, "mention_key").join(src, "source").select(*schema.names)
          .orderBy(*ORDER).write.parquet(str(folder)))
         parts[kind] = [str(p) for p in sorted(folder.glob("part-*.parquet"))]
-    todo = list(parts)
-    if not todo:
-        return {}
-    target, wanted = str(out), {k: schemas[k] for k in todo}
-
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            for i in batch["id"].tolist():
-                kind = todo[int(i)]
-                rows = concatenate(parts[kind], Path(target) / f"{kind}.parquet", wanted[kind])
-                yield pd.DataFrame({"kind": [kind], "rows": [rows]})
-
-    done = spark.range(0, len(todo), 1, len(todo)).mapInPandas(run, "kind string, rows long").collect()
-    return {row["kind"]: int(row["rows"]) for row in done}
+    return parts
 
 
 def concatenate(parts: list[str], target: Path, schema: pa.Schema) -> int:
@@ -302,7 +310,13 @@ def evaluate(spark, pairs: list[tuple[str, str, str, str]], scratch: Path) -> di
     by_path = {str(Path(t).resolve()): (s, f) for _, t, s, f in pairs}
     files = spark.createDataFrame([(p, *by_path[str(Path(unquote(urlparse(p).path)).resolve())]) for p in seen],
                                   "path string, source string, file_id string")
-    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
+    with spark_conf(spark, NANOS_AS_LONG):
+        return _scores(spark, pairs, truth, files, scratch)
+
+
+def _scores(spark, pairs: list[tuple[str, str, str, str]], truth, files, scratch: Path) -> dict:
+    from pyspark.sql import functions as F
+
     rows = (spark.read.schema("source string, file_id string, row long, mention_key decimal(20,0)")
             .parquet(*[r for r, _, _, _ in pairs]).select("source", "file_id", "row", signed(F.col("mention_key"))
                                                             .alias("mention_key")))

@@ -35,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.integration.ingest import SourceFileError, stage_file
 from persona.config import PersonaConfig
+from persona.engine import task_per_item
 from persona.faults import kill_point
 from persona.workspace import Workspace, write_json_atomic
 
@@ -110,20 +109,18 @@ def _stage_pass(spark, ws: Workspace, cfg: PersonaConfig, todo: list[tuple], out
     """Stage each file in its own task, writing out/<pos>/{rows,mentions,quarantine,identifiers}.parquet; the
     per-file counts (small) come back to the driver."""
     positions = positions if positions is not None else list(range(len(todo)))
-    tasks = pd.DataFrame({"pos": positions, "source": [t[0] for t in todo], "path": [str(t[2]) for t in todo],
-                          "file_id": [t[5] for t in todo]})
+    items = [(pos, t[0], str(t[2]), t[5]) for pos, t in zip(positions, todo)]
     root, forgotten_sets = str(out), {k: set(v) for k, v in (forgotten or {}).items()}
     seen_root = None if seen_dir is None else str(seen_dir)
 
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            yield pd.DataFrame([_stage_one(cfg, row.source, Path(row.path), row.file_id, int(row.pos),
-                                           Path(root), now=now, salt=salt, forgotten=forgotten_sets,
-                                           seen_root=seen_root)
-                                for row in batch.itertuples(index=False)])  # one row per file, not per record
+    def run(item: tuple) -> pd.DataFrame:  # one row of counts per file, not per record
+        pos, source, path, file_id = item
+        return pd.DataFrame([_stage_one(cfg, source, Path(path), file_id, pos, Path(root), now=now, salt=salt,
+                                        forgotten=forgotten_sets, seen_root=seen_root)])
 
-    frame = spark.createDataFrame(tasks).repartitionByRange(len(tasks), "pos")  # a task per file
-    return frame.mapInPandas(run, _RESULT_SCHEMA).toPandas().sort_values("pos").reset_index(drop=True)
+    rows = task_per_item(spark, items, run, _RESULT_SCHEMA)  # a task per file
+    columns = [c.split()[0] for c in _RESULT_SCHEMA.split(", ")]
+    return pd.DataFrame([r.asDict() for r in rows], columns=columns).sort_values("pos").reset_index(drop=True)
 
 
 def _stage_one(cfg: PersonaConfig, name: str, path: Path, file_id: str, pos: int, root: Path, *,
@@ -134,8 +131,8 @@ def _stage_one(cfg: PersonaConfig, name: str, path: Path, file_id: str, pos: int
     if seen_root is not None:
         part = Path(seen_root) / f"pos={pos}"
         if part.exists():
-            keys = pq.read_table(part, columns=["row_key"])["row_key"]
-            seen = pc.cast(keys, pa.uint64()).to_numpy(zero_copy_only=False)
+            keys = pq.read_table(part, columns=["row_key"])["row_key"]  # signed longs (`_duplicates`)
+            seen = keys.to_numpy().astype(np.int64, copy=False).view(np.uint64)
     where = root / str(pos)
     where.mkdir(parents=True, exist_ok=True)
     try:  # in bounded chunks, as the embedded engine stages a file
@@ -153,9 +150,16 @@ def _stage_one(cfg: PersonaConfig, name: str, path: Path, file_id: str, pos: int
 
 
 def _duplicates(spark, ws: Workspace, todo: list[tuple], pass1: Path, out: Path) -> list[int]:
-    """Write the row keys each file of `todo` must treat as seen (out/pos=N/), per the embedded order; return the
-    positions of the files that have any."""
+    """Write the row keys each file of `todo` must treat as seen (out/pos=N/, as signed longs with the keys' 64
+    bits), per the embedded order; return the positions of the files that have any.
+
+    A key of this run is seen by every later file of the same source that holds it: one window over (source, key)
+    finds them (pass 1 accepts a key at most once per file). Keys are compared as longs: Spark reads a uint64
+    column as decimal(20,0), on which joins and sorts cost several times more."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
+
+    from features.integration.spark_run import signed
 
     if not todo:
         return []
@@ -163,19 +167,18 @@ def _duplicates(spark, ws: Workspace, todo: list[tuple], pass1: Path, out: Path)
                                                 "file_id": [t[5] for t in todo]}))
     files = [str(pass1 / str(p) / "rows.parquet") for p in range(len(todo))]
     new = (spark.read.schema(_KEYS).parquet(*files)
-           .join(order, ["source", "file_id"]).select("pos", "source", "file_id", "row_key"))
-    earlier = new.alias("m")
-    found = (new.alias("n").join(earlier, (F.col("n.source") == F.col("m.source"))
-                                 & (F.col("n.row_key") == F.col("m.row_key")) & (F.col("m.pos") < F.col("n.pos")),
-                                 "left_semi")
-             .select("pos", "row_key"))
+           .join(F.broadcast(order), ["source", "file_id"])
+           .select("pos", "source", "file_id", signed(F.col("row_key")).alias("row_key")))
+    first = F.min("pos").over(Window.partitionBy("source", "row_key"))
+    found = new.withColumn("first", first).where(F.col("pos") > F.col("first")).select("pos", "row_key")
     sources = sorted({t[0] for t in todo})
     old_files = [str(p) for s in sources for p in sorted((ws.staging / s).glob("*.rows.parquet"))]
     if old_files:
         # An earlier run's file counts until this run stages it again (and never for its own new version).
         replaced = order.select("source", "file_id", F.col("pos").alias("replaced_at"))
         old = (spark.read.schema(_KEYS).parquet(*old_files)
-               .join(replaced, ["source", "file_id"], "left")
+               .select("source", "file_id", signed(F.col("row_key")).alias("row_key"))
+               .join(F.broadcast(replaced), ["source", "file_id"], "left")
                .fillna({"replaced_at": len(todo)}))
         held = (new.alias("n")
                 .join(old.alias("f"), (F.col("n.source") == F.col("f.source"))

@@ -74,6 +74,8 @@ class ConsoleData:
         self._cache: dict[str, tuple[object, object]] = {}  # name -> (version stamp, value)
         self._engine = None
         self._engine_error: str | None = None
+        self._clock = time.monotonic  # when the engine last refreshed, on this clock
+        self._refreshed = float("-inf")
 
     # --- caching --------------------------------------------------------------------------------------------------
     def _cached(self, name: str, stamp: object, build: Callable[[], object]) -> object:
@@ -181,17 +183,23 @@ class ConsoleData:
 
     def engine(self):
         """The online engine `/v1/profile` answers from (same tags, same scores); None with a reason when the
-        online store or the registry is not there."""
+        online store or the registry is not there. It looks for a new champion or snapshot at most every
+        `serving.reload_seconds`, as the service's own loop does (a look asks the registry once per model tag),
+        not on every page."""
         with self._lock:
             if self._engine is None and self._engine_error is None:
                 try:
                     from serving.online import OnlineEngine
 
                     self._engine = OnlineEngine(self.ws)
+                    self._refreshed = self._clock()
                 except Exception as exc:  # an empty online store, no models yet: the other sections still show
                     self._engine_error = f"{type(exc).__name__}: {exc}"
             engine = self._engine
-        if engine is not None:
+            due = engine is not None and self._clock() - self._refreshed >= engine.cfg.serving.reload_seconds
+            if due:
+                self._refreshed = self._clock()
+        if due:
             engine.refresh()
         return engine
 

@@ -13,6 +13,7 @@ import pytest
 
 from features import build, snapshot_buckets, snapshots, spark_snapshots
 from features.integration.run import integrate
+from persona import engine
 from persona.workspace import Workspace
 from tests.features.test_fingerprint import _workspace
 from tests.features.test_spark_snapshots import DATES, integrated_folder
@@ -198,7 +199,7 @@ def test_vocabulary_of_the_whole_data(integrated, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_vocabulary_is_the_one_spark_reads(spark, integrated, tmp_path):
     logged = tmp_path / "logged.parquet"
-    with spark_snapshots._spark_conf(spark, {"spark.sql.legacy.parquet.nanosAsLong": "true"}):
+    with engine.spark_conf(spark, engine.NANOS_AS_LONG):
         frames = {name: spark_snapshots._read(spark, integrated / f"{name}.parquet")
                   for name in (*snapshots.ACTIVITY, snapshots.PROFILES)}
         frames[spark_snapshots.LOGGED] = spark_snapshots._read(spark, logged)

@@ -64,3 +64,34 @@ def test_a_spark_workspace_without_java_stops_before_any_work(tmp_path, monkeypa
     assert result.exit_code == 2
     assert "Java 17" in result.output
     assert not (tmp_path / "staging").exists()  # nothing was staged
+
+
+@pytest.mark.slow
+def test_a_setting_holds_for_the_step_only_and_the_earlier_value_comes_back(spark):
+    key, other = "spark.sql.legacy.parquet.nanosAsLong", "spark.sql.shuffle.partitions"
+    spark.conf.unset(key)
+    before = spark.conf.get(other)
+    with engine.spark_conf(spark, {**engine.NANOS_AS_LONG, other: "7"}):
+        assert spark.conf.get(key) == "true" and spark.conf.get(other) == "7"
+    assert spark.conf.get(key, None) in (None, "false") and spark.conf.get(other) == before
+    with pytest.raises(ZeroDivisionError), engine.spark_conf(spark, {other: "3"}):
+        1 / 0  # a failing step leaves nothing behind either
+    assert spark.conf.get(other) == before
+    with engine.spark_conf(spark, {other: None}):  # None: left as it is, and put back after whatever the step set
+        assert spark.conf.get(other) == before
+        spark.conf.set(other, "5")
+    assert spark.conf.get(other) == before
+
+
+@pytest.mark.slow
+def test_each_item_runs_in_a_task_of_its_own(spark):
+    import pandas as pd
+
+    def work(item: str) -> pd.DataFrame:
+        from pyspark import TaskContext
+
+        return pd.DataFrame({"item": [item], "part": [TaskContext.get().partitionId()], "n": [len(item)]})
+
+    rows = engine.task_per_item(spark, ["a", "bb", "ccc"], work, "item string, part int, n long")
+    assert sorted((r["item"], r["part"], r["n"]) for r in rows) == [("a", 0, 1), ("bb", 1, 2), ("ccc", 2, 3)]
+    assert engine.task_per_item(spark, [], work, "item string, part int, n long") == []

@@ -135,3 +135,28 @@ def test_the_api_key_is_required_when_set(console_workspace, monkeypatch):
     auth = "Basic " + base64.b64encode(b"anyone:s3cret").decode()
     assert c.get("/", headers={"Authorization": auth}).status_code == 200
     assert c.get("/static/console.css").status_code == 200  # assets carry nothing secret
+
+
+def test_the_engine_looks_for_new_models_at_most_every_reload_seconds(console_workspace, monkeypatch):
+    """Pages ask for the online engine on every request; the registry is asked for new champions once per
+    `serving.reload_seconds`, as the service's own loop does, not once per page."""
+    from serving.console.data import ConsoleData
+    from serving.online import OnlineEngine
+
+    calls = []
+    refresh = OnlineEngine.refresh
+    monkeypatch.setattr(OnlineEngine, "refresh", lambda self, **kw: calls.append(kw) or refresh(self, **kw))
+    data = ConsoleData(Workspace.open(console_workspace))
+    now = [100.0]
+    data._clock = lambda: now[0]
+    engine = data.engine()
+    assert engine is not None and calls == [{"force": True}]  # the engine's first load
+    wait = engine.cfg.serving.reload_seconds
+    for _ in range(5):
+        assert data.engine() is engine
+    assert len(calls) == 1
+    now[0] += wait
+    assert data.engine() is engine and len(calls) == 2
+    now[0] += wait / 2
+    data.engine()
+    assert len(calls) == 2
