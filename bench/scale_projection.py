@@ -62,7 +62,7 @@ def projection(results: dict) -> dict | None:
                 total = s.get("total") or sum(v for k, v in s.items() if k != "total")
                 # what the driver does alone: its steps' seconds less the executors' parts timed within them
                 driver = (sum(s.get(k, 0) for k in ("profiles", "enrich", "publish"))
-                          - sum(s.get(k, 0) for k in ("profiles_scan", "publish_activity")))
+                          - sum(s.get(k, 0) for k in ("profiles_scan", "profiles_ranges", "publish_activity")))
                 entry["driver_share"] = round(driver / total, 3) if total else 0.0
             per_stage.setdefault(stage, []).append(entry)
     if not per_stage or not customers_rows:

@@ -6,10 +6,14 @@ persona_ids stable. Outputs are published together (see `persona.workspace.publi
 
 Raw identifiers: staging keeps only salted hashes, and resolution runs on them. The normalised values the published
 identity map holds come from the previous identity map plus the files staged in this run, kept in memory from
-staging to publishing. A file staged but not yet published is marked so in state/ingested.json and staged again
+staging to publishing on the embedded engine (on Spark, in one file per staged file in the run's scratch folder,
+joined to the identifiers by the executors: no raw value passes through the driver). A file staged but not yet published is marked so in state/ingested.json and staged again
 from its source by the next run (staging is deterministic per file), so a crash between the two loses no value.
 After a publish, the identity maps of the older run folders lose their raw values. Rows carrying an identifier
 erased with `persona forget` (state/forgotten.parquet) are dropped at staging and only counted (`erased`).
+
+Profiles, lineage and enrichment are built one range of personas at a time (`profile_ranges`) from Parquet inputs
+each engine writes sorted by persona_id: memory is bounded by a range, not by the personas.
 
 Published (integrated/current/):
 - identity_map.parquet      id_type, value (normalised; restricted: the only copy), value_hash, persona_id, status,
@@ -34,8 +38,10 @@ import ctypes.util
 import gc
 import shutil
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -46,14 +52,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.integration import aggregates
-from features.integration import enrich as enrich_mod
+from features.integration import profile_ranges
 from features.integration import spark_run
 from features.integration import standardise as std
 from features.integration.ingest import ARROW_STR, ARROW_STRINGS
 from features.integration.oneid import pairwise_scores, resolve
 from features.integration.staging import (FORGOTTEN, IDENTIFIER_COLUMNS, MANIFEST, PUBLISHED, Progress,
                                           source_counts, staged_files, drop_forgotten, read_forgotten, stage_sources)
-from features.integration.survivorship import CANDIDATE_COLUMNS, build_profiles, survive_order, survive_sql
+from features.integration.survivorship import survive_order, survive_sql
 from persona import engine
 from persona.config import PersonaConfig
 from persona.workspace import SecretError, Workspace, publishing, read_json, write_json_atomic, write_parquet_atomic
@@ -62,7 +68,7 @@ __all__ = ["FORGOTTEN", "MANIFEST", "STAGE", "integrate", "check_salt", "retire_
 STAGE = "integrated"
 # DuckDB's share of the run's memory: above it, joins and sorts (publishing's ORDER BY of every event) spill to
 # SPILL in the workspace instead of holding everything at once. Well under half of the 7 GB integrate targets at
-# 1M customers, since pandas holds the identity map, profiles and lineage beside it.
+# 1M customers, since pandas holds the resolver's identifiers and one range of profiles beside it.
 DUCKDB_MEMORY = "2GB"
 SPILL = ".tmp/integrate"  # under the workspace root: removed at the end, and at the start after a killed run
 
@@ -98,6 +104,9 @@ def check_salt(identity_map: pd.DataFrame | None, salt: str) -> None:
             "the earlier salt; restore it (rotating the salt needs every staged file and erasure re-hashed)")
 
 
+IDENTITY_MAP_COLUMNS = ["id_type", "value", "value_hash", "persona_id", "status", "reachable"]
+
+
 def known_values(previous: pd.DataFrame | None, staged: pd.DataFrame) -> pd.DataFrame:
     """Normalised raw values by (id_type, value_hash): the previous identity map's and this run's staged files'."""
     parts = [staged[IDENTIFIER_COLUMNS].astype(ARROW_STR)]
@@ -125,6 +134,26 @@ def with_values(nodes: pd.DataFrame, known: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def identity_map_schema() -> pa.Schema:
+    """The published identity map's Arrow schema and pandas metadata, as the embedded engine writes it (the
+    resolver's node dtypes through `with_values` and `phone_reachability`): what the Spark engine writes too."""
+    nodes = pd.DataFrame({"id_type": ["t"], "value_hash": ["h"], "persona_id": ["p"], "status": ["s"]}).astype(
+        {"id_type": "string", "value_hash": ARROW_STR, "persona_id": ARROW_STR, "status": "string"})
+    known = pd.DataFrame({"id_type": ["t"], "value": ["v"], "value_hash": ["h"]})
+    like = with_values(nodes, known)
+    like["reachable"] = pd.array([pd.NA], dtype="boolean")
+    return pa.Table.from_pandas(like[IDENTITY_MAP_COLUMNS], preserve_index=False).schema
+
+
+def _map_sample(current: Path | None) -> pd.DataFrame | None:
+    """The first rows of the published identity map (enough for `check_salt`), without reading all of it."""
+    if current is None or not (current / "identity_map.parquet").exists():
+        return None
+    f = pq.ParquetFile(current / "identity_map.parquet")
+    batch = next(f.iter_batches(batch_size=50), None)
+    return f.schema_arrow.empty_table().to_pandas() if batch is None else pa.Table.from_batches([batch]).to_pandas()
+
+
 def phone_reachability(nodes: pd.DataFrame, cfg: PersonaConfig) -> pd.Series:
     """Per identity-map row (id_type, value): whether a phone can be reached (`std.phone_reachable`); <NA> for other
     identifier types and for a value not known in this run."""
@@ -137,197 +166,215 @@ def phone_reachability(nodes: pd.DataFrame, cfg: PersonaConfig) -> pd.Series:
 
 
 def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progress | None = None,
-              memory_limit: str = DUCKDB_MEMORY) -> dict:
+              memory_limit: str = DUCKDB_MEMORY, per_range: int = profile_ranges.PERSONAS_PER_RANGE) -> dict:
     """Run the whole stage and publish its outputs; returns the report.
 
-    `memory_limit`: DuckDB's (it spills to the workspace's SPILL folder beyond it); pandas frames come on top."""
+    `memory_limit`: DuckDB's (it spills to the workspace's SPILL folder beyond it); pandas frames come on top.
+    `per_range`: personas per range of `profile_ranges` (profiles and enrichment are built a range at a time)."""
     t0 = time.perf_counter()
     now = now or pd.Timestamp.now(tz="UTC")
     cfg = ws.config()
     salt = ws.salt()
     timings: dict[str, float] = {}
     current = ws.current(STAGE)
-    previous = pd.read_parquet(current / "identity_map.parquet") if current else None
-    check_salt(previous, salt)
+    previous = None  # the earlier identity map: on the embedded engine only (Spark reads it on the executors)
+    if current and cfg.engine != "spark":
+        previous = pd.read_parquet(current / "identity_map.parquet")
+    check_salt(previous if previous is not None else _map_sample(current), salt)
     forgotten = read_forgotten(ws)
     spark = engine.spark_session(cfg) if cfg.engine == "spark" else None
-    staging = stage_sources(ws, cfg, now=now, salt=salt, forgotten=forgotten, progress=progress, spark=spark)
-    manifest = staging.manifest
-    _release()  # staging's freed buffers (GBs at 1M customers) back to the system before resolution allocates
-    timings["stage"] = time.perf_counter() - t0
-
-    if progress:
-        progress("resolving identities", 0.6)
-    t = time.perf_counter()
-    with _duckdb(ws, memory_limit) as con, spark_run.scratch_folder(ws, spark is not None) as scratch:
-        mention_files = staged_files(ws, cfg, manifest, "mentions")
-        prev_aliases = pd.read_parquet(current / "aliases.parquet") if current else None
-        prev_report = read_json(current / "report.json", {}) if current else {}
-        if spark is not None:
-            resolution = spark_run.resolve(
-                spark, ws, cfg, mention_files, forgotten=forgotten, blocked=blocked_hashes(cfg, salt),
-                previous_map=current / "identity_map.parquet" if current else None, previous_aliases=prev_aliases,
-                next_seq=int(prev_report.get("next_seq", 1)), scratch=scratch)
-        else:
-            with _connect(ws.root / SPILL / "scan", memory_limit) as scan:
-                mentions = _mentions_read(scan, mention_files, forgotten)
-            resolution = resolve(mentions, cfg.identity, blocked=blocked_hashes(cfg, salt), previous=previous,
-                                 previous_aliases=prev_aliases, next_seq=int(prev_report.get("next_seq", 1)),
-                                 on="value_hash")
-        timings["resolve"] = time.perf_counter() - t
+    with spark_run.scratch_folder(ws, spark is not None) as scratch:
+        staging = stage_sources(ws, cfg, now=now, salt=salt, forgotten=forgotten, progress=progress, spark=spark,
+                                values=scratch / "values" if scratch is not None else None)
+        manifest = staging.manifest
+        _release()  # staging's freed buffers (GBs at 1M customers) back to the system before resolution allocates
+        timings["stage"] = time.perf_counter() - t0
 
         if progress:
-            progress("building profiles", 0.75)
+            progress("resolving identities", 0.6)
         t = time.perf_counter()
-        con.register("mp", resolution.mention_persona)
-        rows_files = staged_files(ws, cfg, manifest, "rows")
-        channel_of = pd.DataFrame({"source": list(cfg.sources), "channel": [s.channel for s in cfg.sources.values()],
-                                   "kind": [s.kind for s in cfg.sources.values()]})
-        con.register("src", channel_of)
-        if spark is not None:  # the scans of every row on Spark; what comes back is sized by personas
-            activity, node_seen, winners = spark_run.aggregates(spark, ws, cfg, rows_files, channel_of, scratch)
-            timings["profiles_scan"] = time.perf_counter() - t  # of "profiles": the executors' part
-        else:
-            with _connect(ws.root / SPILL / "scan", memory_limit) as scan:
-                scan.register("mp", resolution.mention_persona)
-                scan.register("src", channel_of)
-                rows = f"read_parquet({rows_files!r}, union_by_name=true)"
-                activity = aggregates.compact(scan.sql(aggregates.activity_sql(rows)).to_arrow_table())
-                # When each identifier was last seen, in DuckDB: the mentions go there and are dropped here.
-                scan.register("mentions", pa.Table.from_pandas(mentions, preserve_index=False))
-                del mentions
-                node_seen = scan.execute(aggregates.node_seen_sql("mentions", rows)).df()
-                scan.unregister("mentions")
-                winners = _survivors(scan, cfg, rows_files)
-        # The raw values, for the identity map (and enrichment's vendor keys), once the mentions are gone.
-        known = known_values(previous, staging.identifiers)
-        del staging, previous, prev_aliases  # the raw values now live in `known`, then in `nodes` only
-        nodes = with_values(resolution.nodes, known)
-        del known
-        resolution.nodes = None
-        _release()
-        resolution.stats["values_unknown"] = int(nodes["value"].isna().sum())
-        nodes["reachable"] = phone_reachability(nodes, cfg)
-        linked = nodes[nodes["persona_id"].notna()]
-        id_norm = {t: s.normalise for t, s in cfg.identity.identifiers.items()}
-        identifiers = linked.merge(node_seen, on=["id_type", "value_hash"], how="left")
-        del node_seen
-        identifiers["normalise"] = identifiers["id_type"].map(id_norm)
-        personas = linked["persona_id"].drop_duplicates()
-        profiles, lineage = build_profiles(personas, winners, activity, identifiers, cfg)
-        del winners, activity, personas
-        _release()
-        timings["profiles"] = time.perf_counter() - t
+        with _duckdb(ws, memory_limit) as con:
+            mention_files = staged_files(ws, cfg, manifest, "mentions")
+            prev_aliases = pd.read_parquet(current / "aliases.parquet") if current else None
+            prev_report = read_json(current / "report.json", {}) if current else {}
+            if spark is not None:
+                resolution = spark_run.resolve(
+                    spark, ws, cfg, mention_files, forgotten=forgotten, blocked=blocked_hashes(cfg, salt),
+                    previous_map=current / "identity_map.parquet" if current else None, previous_aliases=prev_aliases,
+                    next_seq=int(prev_report.get("next_seq", 1)), scratch=scratch)
+            else:
+                with _connect(ws.root / SPILL / "scan", memory_limit) as scan:
+                    mentions = _mentions_read(scan, mention_files, forgotten)
+                resolution = resolve(mentions, cfg.identity, blocked=blocked_hashes(cfg, salt), previous=previous,
+                                     previous_aliases=prev_aliases, next_seq=int(prev_report.get("next_seq", 1)),
+                                     on="value_hash")
+            timings["resolve"] = time.perf_counter() - t
 
-        if progress:
-            progress("enriching", 0.85)
-        t = time.perf_counter()
-        enrichment_report = {}
-        lineage_parts = [aggregates.compact_strings(lineage)]
-        ext_quarantine = []
-        for name, spec in cfg.enrichment.items():
-            table = enrich_mod.read_external(ws.root / spec.path, spec, timezone=cfg.timezone)
-            profiles, lin, rep = enrich_mod.enrich(name, spec, table, profiles, identifiers)
-            lineage_parts.append(aggregates.compact_strings(lin))
-            del lin
-            enrichment_report[name] = rep
-            ext_quarantine.append(table.quarantined.assign(source=f"enrichment:{name}", file_id=spec.path))
-            del table
-        del identifiers
-        # Enrichment lineage comes last: where an external value replaced an internal one, it is the one kept.
-        lineage = pd.concat(lineage_parts, ignore_index=True).drop_duplicates(["persona_id", "attribute"],
-                                                                              keep="last")
-        del lineage_parts
-        _release()
-        timings["enrich"] = time.perf_counter() - t
-
-        quality = None
-        truth = _truth_pairs(ws, cfg, manifest) if cfg.truth else []
-        if truth and spark is not None:
-            quality = spark_run.evaluate(spark, truth, scratch)
-        elif truth:
-            with _connect(ws.root / SPILL / "scan", memory_limit) as scan:
-                scan.register("mp", resolution.mention_persona)
-                quality = _evaluate(truth, scan)
-        if quality is not None:
-            quality = {**quality, "precision": round(quality["precision"], 5), "recall": round(quality["recall"], 5)}
-
-        if progress:
-            progress("publishing", 0.92)
-        t = time.perf_counter()
-        # A sequence number first, so run folders sort in run order even when two runs share a clock second.
-        run_seq = int(prev_report.get("run_seq", 0)) + 1
-        run_id = f"{run_seq:06d}-{now:%Y%m%dT%H%M%SZ}"
-        audit = resolution.audit.assign(run_id=run_id, at=now)
-        audit = audit[[c for c in audit.columns if c != "value_hash"] + ["value_hash"]]
-        audit = audit.astype({c: "string" for c in audit.columns if c != "at"})  # as `_same_columns` on later runs
-        if current and (current / "audit_log.parquet").exists():
-            earlier = pd.read_parquet(current / "audit_log.parquet")
-            if len(earlier):  # concatenating an empty frame is deprecated (its all-NA columns would decide dtypes)
-                audit = pd.concat(_same_columns(earlier, audit), ignore_index=True) if len(audit) else earlier
-        sources = source_counts(manifest, cfg)
-        if spark is not None:
-            unattributed = spark_run.unattributed(spark, rows_files, scratch)
-        else:
-            found = con.execute(
-                f"""SELECT r.source, count(*) AS n FROM read_parquet({rows_files!r}, union_by_name=true) r
-                    ANTI JOIN mp m USING (mention_key) GROUP BY r.source""").fetchall()
-            unattributed = {name: int(n) for name, n in found}
-        for name, n in unattributed.items():
-            sources[name]["unattributed"] = n
-
-        with publishing(ws, STAGE, run_id) as out:
-            write_parquet_atomic(out / "identity_map.parquet", nodes[["id_type", "value", "value_hash", "persona_id",
-                                                                       "status", "reachable"]])
-            write_parquet_atomic(out / "identity_hashed.parquet", linked[["id_type", "value_hash", "persona_id"]])
-            del nodes, linked
-            write_parquet_atomic(out / "aliases.parquet", resolution.aliases)
-            write_parquet_atomic(out / "profiles.parquet", profiles)
-            write_parquet_atomic(out / "lineage.parquet", lineage)  # Arrow strings already, as its parts
-            del lineage
-            write_parquet_atomic(out / "audit_log.parquet", audit)
+            if progress:
+                progress("building profiles", 0.75)
+            t = time.perf_counter()
+            con.register("mp", resolution.mention_persona)
+            rows_files = staged_files(ws, cfg, manifest, "rows")
+            channel_of = pd.DataFrame({"source": list(cfg.sources), "channel": [s.channel for s in cfg.sources.values()],
+                                       "kind": [s.kind for s in cfg.sources.values()]})
+            con.register("src", channel_of)
+            # Survivorship's and enrichment's inputs, sized by personas and identifiers, go to Parquet sorted by
+            # persona_id (never whole into pandas), for `profile_ranges` to build one range of personas at a time.
+            work = scratch / "profiles" if spark is not None else ws.root / SPILL / "profiles"
+            work.mkdir(parents=True, exist_ok=True)
+            if spark is not None:  # the scans of every row, on the executors
+                inputs = spark_run.aggregates(spark, ws, cfg, rows_files, channel_of, scratch)
+                inputs["identifiers"] = str(scratch / "profiles" / "identifiers")
+                timings["profiles_scan"] = time.perf_counter() - t  # of "profiles": the executors' part
+            else:
+                inputs = {"node_seen": str(work / "node_seen.parquet"), "activity": str(work / "activity.parquet")}
+                with _connect(ws.root / SPILL / "scan", memory_limit) as scan:
+                    scan.register("mp", resolution.mention_persona)
+                    scan.register("src", channel_of)
+                    rows = f"read_parquet({rows_files!r}, union_by_name=true)"
+                    _copy(scan, f"{aggregates.activity_sql(rows)} ORDER BY persona_id", inputs["activity"])
+                    # When each identifier was last seen, in DuckDB: the mentions go there and are dropped here.
+                    scan.register("mentions", pa.Table.from_pandas(mentions, preserve_index=False))
+                    del mentions
+                    _copy(scan, aggregates.node_seen_sql("mentions", rows), inputs["node_seen"])
+                    scan.unregister("mentions")
+                    inputs["winners"] = _survivors(scan, cfg, rows_files, work / "winners.parquet")
+            identity_map = work / "identity_map.parquet"  # moved into the published folder as it is
+            if spark is not None:  # joined to their raw values, checked and written by the executors
+                if len(staging.identifiers):  # migrated from an earlier layout, by the driver
+                    write_parquet_atomic(staging.values / "migrated.parquet", staging.identifiers)
+                resolution.stats["values_unknown"] = spark_run.identity_map(
+                    spark, scratch, staging.values, current / "identity_map.parquet" if current else None,
+                    partial(phone_reachability, cfg=cfg), identity_map_schema(), identity_map,
+                    then=partial(write_hashed, target=work / "identity_hashed.parquet"))
+                del staging, prev_aliases
+            else:
+                # The raw values, for the identity map (and enrichment's vendor keys), once the mentions are gone.
+                known = known_values(previous, staging.identifiers)
+                del staging, previous, prev_aliases  # the raw values now live in `known`, then in `nodes` only
+                nodes = with_values(resolution.nodes, known)
+                del known
+                resolution.nodes = None
+                _release()
+                resolution.stats["values_unknown"] = int(nodes["value"].isna().sum())
+                nodes["reachable"] = phone_reachability(nodes, cfg)
+                write_parquet_atomic(identity_map, nodes[IDENTITY_MAP_COLUMNS])
+                del nodes
+                _release()
+            if spark is not None:
+                starts = spark_run.profile_identifiers(spark, identity_map, inputs, per_range)
+            else:
+                sql = profile_ranges.identifiers_sql(f"read_parquet('{identity_map}')",
+                                                     f"read_parquet('{inputs['node_seen']}')")
+                inputs["identifiers"] = str(work / "identifiers.parquet")
+                with _connect(ws.root / SPILL / "scan", memory_limit) as scan:
+                    _copy(scan, sql, inputs["identifiers"])
+                    starts = [r[0] for r in scan.execute(profile_ranges.range_starts_sql(
+                        f"read_parquet('{inputs['identifiers']}')", per_range)).fetchall()]
+            externals, ext_quarantine = profile_ranges.write_externals(ws.root, cfg, work / "external")
+            build = partial(profile_ranges.build_range, inputs=inputs, cfg=cfg, externals=externals, out=str(work))
+            t_ranges = time.perf_counter()
+            if spark is not None:  # one task per range
+                results = [r.asDict() for r in engine.task_per_item(spark, profile_ranges.ranges(starts), build,
+                                                                    profile_ranges.RESULT_SCHEMA)]
+                timings["profiles_ranges"] = time.perf_counter() - t_ranges  # of "profiles": the executors' part
+            else:
+                results = []
+                for item in profile_ranges.ranges(starts):
+                    results.append(build(item).iloc[0].to_dict())
+                    _release()
+            enrichment_report = profile_ranges.enrichment_report(cfg, externals, results)
+            personas = sum(int(r["personas"]) for r in results)
             _release()
-            # Published without the raw values (they may hold phones and emails); those stay in the staged
-            # quarantine/SOURCE/FILE_ID.parquet, next to the other restricted data.
-            quarantine_files = [str(ws.quarantine / n / f"{e['file_id']}.parquet")
-                                for n in cfg.sources for e in manifest.get(n, {}).values()]
-            con.execute("SET preserve_insertion_order = true")  # the published quarantine keeps file and row order
-            q = con.execute(f"""SELECT source, file_id, row, reason FROM read_parquet({quarantine_files!r},
-                                union_by_name=true)""").df()
-            con.execute("SET preserve_insertion_order = false")
-            write_parquet_atomic(out / "quarantine.parquet", pd.concat([q, *ext_quarantine], ignore_index=True)
-                                 .astype({"source": "string", "file_id": "string", "reason": "string"}))
-            del q
-            kinds = {}
-            for kind in ("transactions", "events", "interactions"):
-                names = [n for n, s in cfg.sources.items() if s.kind == kind]
-                files = [p for p in rows_files if Path(p).parent.name in names]
-                if files:
-                    kinds[kind] = files
-            if spark is not None:  # joined, sorted and written by the executors, in the columns DuckDB would write
-                schemas = {k: con.execute(f"{_activity_sql(f)} LIMIT 0").to_arrow_table().schema for k, f in kinds.items()}
-                t_activity = time.perf_counter()
-                spark_run.publish_activity(spark, kinds, schemas, channel_of, scratch, out)
-                timings["publish_activity"] = time.perf_counter() - t_activity  # of "publish": the executors' part
-            for kind, files in kinds.items() if spark is None else ():
-                con.execute(f"""COPY ({_activity_sql(files)} ORDER BY {", ".join(f'"{c}"' for c in spark_run.ORDER)})
-                                TO '{out / f"{kind}.parquet"}' (FORMAT parquet, COMPRESSION zstd)""")
-            timings["publish"] = time.perf_counter() - t
-            timings["total"] = time.perf_counter() - t0
-            report = {
-                "run_id": run_id,
-                "engine": cfg.engine,
-                "sources": sources,
-                "personas": int(len(profiles)),
-                "identity": resolution.stats,
-                "enrichment": enrichment_report,
-                "run_seq": run_seq,
-                "next_seq": resolution.next_seq,
-                "seconds": {k: round(v, 2) for k, v in timings.items()},
-            }
+            timings["profiles"] = time.perf_counter() - t
+
+            quality = None
+            truth = _truth_pairs(ws, cfg, manifest) if cfg.truth else []
+            if truth and spark is not None:
+                quality = spark_run.evaluate(spark, truth, scratch)
+            elif truth:
+                with _connect(ws.root / SPILL / "scan", memory_limit) as scan:
+                    scan.register("mp", resolution.mention_persona)
+                    quality = _evaluate(truth, scan)
             if quality is not None:
-                report["resolution"] = quality
-            write_json_atomic(out / "report.json", report)
+                quality = {**quality, "precision": round(quality["precision"], 5), "recall": round(quality["recall"], 5)}
+
+            if progress:
+                progress("publishing", 0.92)
+            t = time.perf_counter()
+            # A sequence number first, so run folders sort in run order even when two runs share a clock second.
+            run_seq = int(prev_report.get("run_seq", 0)) + 1
+            run_id = f"{run_seq:06d}-{now:%Y%m%dT%H%M%SZ}"
+            audit = resolution.audit.assign(run_id=run_id, at=now)
+            audit = audit[[c for c in audit.columns if c != "value_hash"] + ["value_hash"]]
+            audit = audit.astype({c: "string" for c in audit.columns if c != "at"})  # as `_same_columns` on later runs
+            if current and (current / "audit_log.parquet").exists():
+                earlier = pd.read_parquet(current / "audit_log.parquet")
+                if len(earlier):  # concatenating an empty frame is deprecated (its all-NA columns would decide dtypes)
+                    audit = pd.concat(_same_columns(earlier, audit), ignore_index=True) if len(audit) else earlier
+            sources = source_counts(manifest, cfg)
+            if spark is not None:
+                unattributed = spark_run.unattributed(spark, rows_files, scratch)
+            else:
+                found = con.execute(
+                    f"""SELECT r.source, count(*) AS n FROM read_parquet({rows_files!r}, union_by_name=true) r
+                        ANTI JOIN mp m USING (mention_key) GROUP BY r.source""").fetchall()
+                unattributed = {name: int(n) for name, n in found}
+            for name, n in unattributed.items():
+                sources[name]["unattributed"] = n
+
+            with publishing(ws, STAGE, run_id) as out:
+                identity_map.replace(out / "identity_map.parquet")
+                if spark is not None:  # written by the executors beside the identity map
+                    (work / "identity_hashed.parquet").replace(out / "identity_hashed.parquet")
+                else:
+                    write_hashed(out / "identity_map.parquet", out / "identity_hashed.parquet")
+                write_parquet_atomic(out / "aliases.parquet", resolution.aliases)
+                for kind in ("profiles", "lineage"):
+                    profile_ranges.assemble(sorted((work / kind).glob("*.parquet")), out / f"{kind}.parquet")
+                write_parquet_atomic(out / "audit_log.parquet", audit)
+                _release()
+                # Published without the raw values (they may hold phones and emails); those stay in the staged
+                # quarantine/SOURCE/FILE_ID.parquet, next to the other restricted data.
+                quarantine_files = [str(ws.quarantine / n / f"{e['file_id']}.parquet")
+                                    for n in cfg.sources for e in manifest.get(n, {}).values()]
+                con.execute("SET preserve_insertion_order = true")  # the published quarantine keeps file and row order
+                q = con.execute(f"""SELECT source, file_id, row, reason FROM read_parquet({quarantine_files!r},
+                                    union_by_name=true)""").df()
+                con.execute("SET preserve_insertion_order = false")
+                write_parquet_atomic(out / "quarantine.parquet", pd.concat([q, *ext_quarantine], ignore_index=True)
+                                     .astype({"source": "string", "file_id": "string", "reason": "string"}))
+                del q
+                kinds = {}
+                for kind in ("transactions", "events", "interactions"):
+                    names = [n for n, s in cfg.sources.items() if s.kind == kind]
+                    files = [p for p in rows_files if Path(p).parent.name in names]
+                    if files:
+                        kinds[kind] = files
+                if spark is not None:  # joined, sorted and written by the executors, in the columns DuckDB would write
+                    schemas = {k: con.sql(f"{_activity_sql(f)} LIMIT 0").to_arrow_table().schema for k, f in kinds.items()}
+                    t_activity = time.perf_counter()
+                    spark_run.publish_activity(spark, kinds, schemas, channel_of, scratch, out)
+                    timings["publish_activity"] = time.perf_counter() - t_activity  # of "publish": the executors' part
+                for kind, files in kinds.items() if spark is None else ():
+                    con.execute(f"""COPY ({_activity_sql(files)} ORDER BY {", ".join(f'"{c}"' for c in spark_run.ORDER)})
+                                    TO '{out / f"{kind}.parquet"}' (FORMAT parquet, COMPRESSION zstd)""")
+                timings["publish"] = time.perf_counter() - t
+                timings["total"] = time.perf_counter() - t0
+                report = {
+                    "run_id": run_id,
+                    "engine": cfg.engine,
+                    "sources": sources,
+                    "personas": personas,
+                    "identity": resolution.stats,
+                    "enrichment": enrichment_report,
+                    "run_seq": run_seq,
+                    "next_seq": resolution.next_seq,
+                    "seconds": {k: round(v, 2) for k, v in timings.items()},
+                }
+                if quality is not None:
+                    report["resolution"] = quality
+                write_json_atomic(out / "report.json", report)
     retire_raw_values(ws)
     for files in manifest.values():
         for entry in files.values():
@@ -433,9 +480,10 @@ def retire_raw_values(ws: Workspace) -> list[Path]:
     return touched
 
 
-def _survivors(con: duckdb.DuckDBPyConnection, cfg: PersonaConfig, rows_files: list[str]) -> pd.DataFrame:
-    """The survivorship winners (one value per persona and attribute, with its record) computed in DuckDB: only
-    the winners reach pandas, not every candidate value of every record (tens of millions at a million customers)."""
+def _survivors(con: duckdb.DuckDBPyConnection, cfg: PersonaConfig, rows_files: list[str], target: Path) -> str | None:
+    """The survivorship winners (one value per persona and attribute, with its record) computed in DuckDB and
+    written to `target` sorted by persona_id (None when no source maps a profile attribute): neither they nor the
+    candidate values of every record (tens of millions at a million customers) pass through pandas."""
     def rows_of(name: str) -> str | None:
         files = [p for p in rows_files if Path(p).parent.name == name]
         return f"read_parquet({files!r}, union_by_name=true)" if files else None
@@ -443,13 +491,40 @@ def _survivors(con: duckdb.DuckDBPyConnection, cfg: PersonaConfig, rows_files: l
     sql = aggregates.candidates_sql(cfg, rows_of)
     order = survive_order(cfg.profile.attributes, list(cfg.sources))
     if sql is None or order.empty:
-        return pd.DataFrame(columns=CANDIDATE_COLUMNS)
+        return None
     con.register("trust", order)
     try:
-        winners = aggregates.compact(con.sql(survive_sql(sql, "trust")).to_arrow_table())
+        _copy(con, f"SELECT * FROM ({survive_sql(sql, 'trust')}) ORDER BY persona_id", str(target))
     finally:
         con.unregister("trust")
-    return winners if len(winners) else pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    return str(target)
+
+
+def _copy(con: duckdb.DuckDBPyConnection, sql: str, target: str) -> None:
+    """The result of `sql` as the Parquet file `target` (DuckDB writes it; nothing passes through pandas)."""
+    con.execute("SET preserve_insertion_order = true")  # an ORDER BY in `sql` holds in the file
+    try:
+        con.execute(f"COPY ({sql}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
+    finally:
+        con.execute("SET preserve_insertion_order = false")
+
+
+def write_hashed(identity_map: Path, target: Path) -> None:
+    """identity_hashed.parquet (`target`) from an identity map file: its linked rows, in its order, without the raw
+    values, with the pandas dtypes the map's columns have; a row group at a time, written aside and renamed in."""
+    columns = ["id_type", "value_hash", "persona_id"]
+    source = pq.ParquetFile(identity_map)
+    like = pa.Table.from_pandas(source.schema_arrow.empty_table().select(columns).to_pandas(), preserve_index=False)
+    schema = pa.schema([source.schema_arrow.field(c) for c in columns], metadata=like.schema.metadata)
+    aside = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        with pq.ParquetWriter(aside, schema, compression="zstd") as writer:
+            for batch in source.iter_batches(columns=columns):
+                table = pa.Table.from_batches([batch]).cast(schema)
+                writer.write_table(table.filter(pc.is_valid(table["persona_id"])))
+        aside.replace(target)
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def _truth_pairs(ws: Workspace, cfg: PersonaConfig, manifest: dict) -> list[tuple[str, str, str, str]]:

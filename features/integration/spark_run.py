@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from decimal import Decimal
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.integration import aggregates as aggregates_sql
-from features.integration import oneid, spark_oneid
+from features.integration import oneid, profile_ranges, spark_oneid
 from features.integration.ingest import ARROW_STR
-from features.integration.survivorship import CANDIDATE_COLUMNS, survive_order, survive_sql
+from features.integration.survivorship import survive_order, survive_sql
 from persona.config import PersonaConfig
 from persona.engine import NANOS_AS_LONG, spark_conf, task_per_item
 from persona.workspace import Workspace
@@ -79,10 +79,10 @@ def scratch_folder(ws: Workspace, enabled: bool = True) -> Iterator[Path | None]
 def resolve(spark, ws: Workspace, cfg: PersonaConfig, mention_files: list[str], *,
             forgotten: Mapping[str, set[str]] | None, blocked: dict[str, set[str]], previous_map: Path | None,
             previous_aliases: pd.DataFrame | None, next_seq: int, scratch: Path) -> oneid.Resolution:
-    """`oneid.resolve(mentions, ..., on="value_hash")` of the staged mentions, on Spark; the same Resolution (nodes
-    in identifier order, audit in the embedded order) but for `mention_persona`, which is empty: the mentions and the
-    mention -> persona table stay in `scratch` for `aggregates`, `unattributed`, `publish_activity` and
-    `evaluate`."""
+    """`oneid.resolve(mentions, ..., on="value_hash")` of the staged mentions, on Spark; the same Resolution (audit
+    in the embedded order) but for `nodes` (None) and `mention_persona` (empty): the identifiers (with their
+    identifier order, `node`), the mentions and the mention -> persona table stay in `scratch` for `identity_map`,
+    `aggregates`, `unattributed`, `publish_activity` and `evaluate`."""
     from pyspark.sql import functions as F
 
     read_mentions(spark, mention_files, forgotten).write.parquet(str(scratch / "mentions"))  # read once per run
@@ -94,33 +94,30 @@ def resolve(spark, ws: Workspace, cfg: PersonaConfig, mention_files: list[str], 
     found.mention_persona.write.parquet(str(scratch / "mention_persona"))
     found.audit.select(*_AUDIT, *(F.col("order")[i].alias(f"_o{i}") for i in range(4))).write.parquet(
         str(scratch / "audit"))
-    nodes = _read(scratch / "nodes").sort_values("node", kind="stable").drop(columns="node")
     # mention -> persona stays in `scratch` for the executors (activity, publishing, evaluation): the driver
     # keeps an empty table with its columns, which DuckDB reads the published columns' types from.
     mention_persona = pd.DataFrame({"mention_key": np.array([], dtype=np.uint64),
                                     "persona_id": pd.array([], dtype=ARROW_STR)})
     audit = (_read(scratch / "audit").sort_values([f"_o{i}" for i in range(4)], kind="stable")
              .drop(columns=[f"_o{i}" for i in range(4)]))
-    # The embedded resolver's dtypes: Arrow strings for what it factorises or formats, Python ones otherwise.
-    nodes = nodes.astype({"id_type": "string", "value_hash": ARROW_STR, "persona_id": ARROW_STR,
-                          "status": "string"}).reset_index(drop=True)
-    return oneid.Resolution(nodes, mention_persona, audit.astype("string").reset_index(drop=True),
+    return oneid.Resolution(None, mention_persona, audit.astype("string").reset_index(drop=True),
                             found.aliases, found.next_seq, found.stats)
 
 
 def aggregates(spark, ws: Workspace, cfg: PersonaConfig, rows_files: list[str], channel_of: pd.DataFrame,
-               scratch: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+               scratch: Path) -> dict[str, str]:
     """The row-scale steps of building profiles (`features.integration.aggregates`) on Spark, after `resolve` in the
-    same `scratch`: activity per persona
-    and channel, when each identifier was last seen, the survivorship winners; each written by the executors and
-    read back (sized by personas and identifiers), with timestamps as the embedded engine's (naive, UTC, ns)."""
+    same `scratch`: activity per persona and channel and the survivorship winners, each sorted by persona_id, and
+    when each identifier was last seen, written by the executors under scratch/profiles for `profile_ranges`
+    (timestamps as nanosecond longs); returns their folders by name ("winners" absent when no source maps a
+    profile attribute). Nothing comes back to the driver."""
     # The staged rows hold nanosecond timestamps, which Spark reads only as longs (nanoseconds since the epoch).
     with spark_conf(spark, NANOS_AS_LONG):
         return _aggregates(spark, cfg, rows_files, channel_of, scratch)
 
 
 def _aggregates(spark, cfg: PersonaConfig, rows_files: list[str], channel_of: pd.DataFrame,
-                scratch: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                scratch: Path) -> dict[str, str]:
     from pyspark.sql import functions as F
 
     views = {"rows": spark.read.schema(_ROWS).parquet(*rows_files)
@@ -147,21 +144,74 @@ def _aggregates(spark, cfg: PersonaConfig, rows_files: list[str], channel_of: pd
             names["trust"] = f"persona_trust_{uuid.uuid4().hex[:8]}"
             spark.createDataFrame(order).createOrReplaceTempView(names["trust"])
             out["winners"] = survive_sql(candidates, names["trust"])
-        frames = {}
+        folders = {}
         for key, sql in out.items():
-            spark.sql(sql).write.parquet(str(scratch / key))
-            table = pq.read_table(scratch / key)
-            frames[key] = table.to_pandas() if key == "node_seen" else aggregates_sql.compact(table)
+            frame = spark.sql(sql)
+            folders[key] = str(scratch / "profiles" / key)
+            (frame if key == "node_seen" else frame.orderBy("persona_id")).write.parquet(folders[key])
     finally:
         for name in names.values():
             spark.catalog.dropTempView(name)
-    for key, cols in (("activity", ["first_ts", "last_ts"]), ("node_seen", ["last_seen"]), ("winners", ["ts"])):
-        for col in cols if key in frames else []:
-            frames[key][col] = pd.to_datetime(frames[key][col], unit="ns")
-    winners = frames.get("winners")
-    if winners is None or not len(winners):
-        winners = pd.DataFrame(columns=CANDIDATE_COLUMNS)
-    return frames["activity"], frames["node_seen"], winners
+    return folders
+
+
+def identity_map(spark, scratch: Path, values: Path, previous_map: Path | None,
+                 reachable: Callable[[pd.DataFrame], pd.Series], schema: pa.Schema, target: Path,
+                 then: Callable[[Path], None] | None = None) -> int:
+    """The identity map `target` (`schema`: the embedded engine's file) built by the executors: `resolve`'s
+    identifiers in identifier order with the raw value of each from the files staged in this run (`values`, one
+    Parquet file per staged file) or else from `previous_map`, and `reachable(frame)` of each batch (the phones that
+    can be called); written in range-sorted parts, concatenated in one task, which then runs `then(target)`. Returns how many identifiers have no
+    known value: the only number that reaches the driver; no raw value does."""
+    from pyspark.sql import functions as F
+
+    known = spark.read.schema("id_type string, value string, value_hash string").parquet(str(values / "*.parquet")) \
+        if values.is_dir() and any(values.glob("*.parquet")) else None
+    if previous_map is not None and "value" in pq.read_schema(previous_map).names:
+        earlier = (spark.read.parquet(str(previous_map)).where(F.col("value").isNotNull())
+                   .select("id_type", "value", "value_hash"))
+        known = earlier if known is None else known.unionByName(earlier)
+    nodes = spark.read.parquet(str(scratch / "nodes"))
+    if known is None:
+        joined = nodes.withColumn("value", F.lit(None).cast("string"))
+    else:  # a hash is of one normalised value: any copy of it will do
+        joined = nodes.join(known.dropDuplicates(["id_type", "value_hash"]), ["id_type", "value_hash"], "left")
+
+    def check(batches):
+        for batch in batches:
+            flag = reachable(batch)
+            yield batch.assign(reachable=flag.astype(object).where(flag.notna(), None))
+
+    out = "node long, " + ", ".join(f"{f.name} {_spark_type(f)}" for f in schema)
+    folder = scratch / "identity_map"
+    (joined.select("node", *schema.names[:-1]).mapInPandas(check, out).orderBy("node").drop("node")
+     .write.parquet(str(folder)))
+    parts = [str(p) for p in sorted(folder.glob("part-*.parquet"))]
+    place = str(target)
+    def write(_) -> pd.DataFrame:
+        rows = concatenate(parts, Path(place), schema)
+        if then is not None:
+            then(Path(place))
+        return pd.DataFrame({"rows": [rows]})
+
+    task_per_item(spark, [0], write, "rows long")
+    return spark.read.parquet(str(folder)).where(F.col("value").isNull()).count()
+
+
+def profile_identifiers(spark, identity_map: Path, inputs: dict[str, str], per_range: int) -> list[str]:
+    """inputs["identifiers"] written by the executors (`profile_ranges.identifiers_sql`: the linked identifiers of
+    `identity_map` with inputs["node_seen"]); returns the first persona of each range of `per_range` (a string per
+    range reaches the driver)."""
+    names = {key: f"persona_{key}_{uuid.uuid4().hex[:8]}" for key in ("map", "seen", "ids")}
+    spark.read.parquet(str(identity_map)).createOrReplaceTempView(names["map"])
+    spark.read.parquet(inputs["node_seen"]).createOrReplaceTempView(names["seen"])
+    try:
+        spark.sql(profile_ranges.identifiers_sql(names["map"], names["seen"])).write.parquet(inputs["identifiers"])
+        spark.read.parquet(inputs["identifiers"]).createOrReplaceTempView(names["ids"])
+        return [r[0] for r in spark.sql(profile_ranges.range_starts_sql(names["ids"], per_range)).collect()]
+    finally:
+        for name in names.values():
+            spark.catalog.dropTempView(name)
 
 
 def _timestamps(frame, sample: str):
@@ -255,7 +305,7 @@ def _sorted_activity(spark, kinds: Mapping[str, list[str]], schemas: Mapping[str
 def concatenate(parts: list[str], target: Path, schema: pa.Schema) -> int:
     """The Parquet `parts` (in order) as one file `target` with `schema`: columns by name, nanosecond longs back to
     the timestamps they were; written aside and renamed in. Memory: one row group."""
-    schema = pa.schema([f.with_nullable(True) for f in schema])
+    schema = pa.schema([f.with_nullable(True) for f in schema], metadata=schema.metadata)
     aside = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
     rows = 0
     try:

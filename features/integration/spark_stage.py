@@ -15,8 +15,8 @@ is the last of its checks. That makes the embedded, file-after-file staging repr
 The executors write the staged Parquet files to a scratch folder of the workspace; the driver receives one small
 row of counts per file and then publishes the files in the embedded engine's order, with the same manifest entries
 and kill point after each. Nothing else reaches the driver. The raw normalised identifiers, which the embedded run
-only keeps in memory, are written to the scratch folder (a restricted area, like the staged quarantine) and removed
-when staging ends.
+only keeps in memory, are written to the scratch folder (a restricted area, like the staged quarantine), one file
+per staged file, and moved to the run's own scratch folder for the identity map, which is removed when the run ends.
 
 Exactness: one case differs from the embedded order, and only when a key moves between files that all change at
 once: a key accepted by file j in pass 1, found a duplicate there only because an earlier run's copy of another file
@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +57,10 @@ def scratch_root(ws: Workspace) -> Path:
 
 def stage_files(spark, ws: Workspace, cfg: PersonaConfig, todo: list[tuple], manifest: dict, *, now: pd.Timestamp,
                 salt: str, forgotten: Mapping[str, set[str]] | None, published_flag: str,
-                manifest_path: Path) -> Iterator[pd.DataFrame]:
+                manifest_path: Path, values: Path) -> None:
     """Stage `todo` ((source, spec, path, relpath, stat, file_id) in the embedded order) on Spark; publish each
-    file's outputs and manifest entry in that order; yield each file's raw identifiers (id_type, value, value_hash).
+    file's outputs and manifest entry in that order; leave each file's raw identifiers (id_type, value, value_hash)
+    as `values`/<file_id>.parquet, for the identity map the executors build (`spark_run.identity_map`).
 
     A file that cannot be staged at all (SourceFileError) stops the run at its place in the order, after the files
     before it are published, with the error the embedded engine raises."""
@@ -96,7 +97,8 @@ def stage_files(spark, ws: Workspace, cfg: PersonaConfig, todo: list[tuple], man
             }
             write_json_atomic(manifest_path, manifest)
             kill_point("integrate.staged")
-            yield pd.read_parquet(where / "identifiers.parquet")
+            values.mkdir(parents=True, exist_ok=True)
+            os.replace(where / "identifiers.parquet", values / f"{file_id}.parquet")
         if stop < len(todo):
             raise SourceFileError(str(results[stop].error))
     finally:

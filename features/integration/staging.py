@@ -41,6 +41,9 @@ class Staging:
 
     manifest: dict
     identifiers: pd.DataFrame  # id_type, value, value_hash of the files staged (or migrated) in this run
+    # With `values` (the Spark engine): the files staged on the executors left theirs there, one Parquet file each,
+    # and `identifiers` holds only the migrated ones: raw values do not pass through the driver.
+    values: Path | None = None
 
 
 def _file_id(relpath: str) -> str:
@@ -62,10 +65,11 @@ def read_forgotten(ws: Workspace) -> dict[str, set[str]]:
 
 def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, salt: str,
                   forgotten: Mapping[str, set[str]] | None = None, progress: Progress | None = None,
-                  spark=None) -> Staging:
+                  spark=None, values: Path | None = None) -> Staging:
     """Stage every new or changed source file, and any file staged but never published; returns the manifest (per
     source, per file counts) and the raw identifiers of the files staged here. With a Spark session, the files are
-    staged on its executors (`spark_stage.stage_files`): the same outputs, manifest entries and kill points."""
+    staged on its executors (`spark_stage.stage_files`): the same outputs, manifest entries and kill points, and
+    their raw identifiers left in the folder `values` (required with Spark; removed by the caller)."""
     manifest: dict = read_json(ws.state / MANIFEST, {}) or {}
     identifiers = [_arrow_identifiers(migrate_staging(ws, cfg, manifest, salt))]
     todo = []
@@ -85,9 +89,9 @@ def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, salt:
     if spark is not None and todo:
         if progress:
             progress(f"staging {len(todo)} files on Spark", 0.0)
-        identifiers += map(_arrow_identifiers, spark_stage.stage_files(
-            spark, ws, cfg, [(*t, _file_id(t[3])) for t in todo], manifest, now=now, salt=salt, forgotten=forgotten,
-            published_flag=PUBLISHED, manifest_path=ws.state / MANIFEST))
+        spark_stage.stage_files(spark, ws, cfg, [(*t, _file_id(t[3])) for t in todo], manifest, now=now, salt=salt,
+                                forgotten=forgotten, published_flag=PUBLISHED, manifest_path=ws.state / MANIFEST,
+                                values=values)
         todo = []
     seen: dict[str, SeenKeys] = {}
     for i, (name, spec, f, rel, st) in enumerate(todo):
@@ -117,7 +121,8 @@ def stage_sources(ws: Workspace, cfg: PersonaConfig, *, now: pd.Timestamp, salt:
         kill_point("integrate.staged")
     found = pd.concat(identifiers, ignore_index=True)
     del identifiers
-    return Staging(manifest, found.drop_duplicates(["id_type", "value_hash"]).reset_index(drop=True))
+    return Staging(manifest, found.drop_duplicates(["id_type", "value_hash"]).reset_index(drop=True),
+                   values if spark is not None else None)
 
 
 def _arrow_identifiers(frame: pd.DataFrame) -> pd.DataFrame:

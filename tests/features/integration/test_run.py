@@ -328,6 +328,29 @@ def test_duckdb_is_held_to_a_memory_limit_and_spills_inside_the_workspace_then_c
     assert not (ws.root / ".tmp").exists()
 
 
+def test_profiles_built_one_range_of_personas_at_a_time_are_the_one_pass_profiles(tmp_path, salt):
+    """Every persona in a range of its own (so some ranges match no vendor row, and hold only nulls in its field)
+    publishes the profiles, identity map and report of one range for everyone; the lineage holds the same rows."""
+    for n in ("one", "each"):
+        (tmp_path / n).mkdir()
+    ws = {n: base_workspace(tmp_path / n) for n in ("one", "each")}
+    reports = {n: integrate(w, now=NOW, per_range=1 if n == "each" else 1_000) for n, w in ws.items()}
+    assert reports["one"]["personas"] == reports["each"]["personas"] >= 4
+    for r in reports.values():
+        r.pop("seconds"), r["identity"].pop("seconds", None)
+    assert reports["one"] == reports["each"]
+    assert reports["each"]["enrichment"]["vendor"]["matched"] >= 2
+    for name in ("profiles.parquet", "identity_map.parquet", "identity_hashed.parquet"):
+        pd.testing.assert_frame_equal(published(ws["one"], name), published(ws["each"], name), obj=name)
+    income = published(ws["each"], "profiles.parquet")["income_band"]
+    assert income.notna().any() and income.isna().any()
+    lineage = {n: published(w, "lineage.parquet").sort_values(["persona_id", "attribute"], ignore_index=True)
+               for n, w in ws.items()}
+    pd.testing.assert_frame_equal(lineage["one"], lineage["each"])
+    assert (lineage["each"]["source"] == "enrichment:vendor").any()
+    assert not (ws["each"].root / ".tmp").exists()
+
+
 def test_survivorship_rules_with_lineage(tmp_path, salt):
     app_src = {"channel": "app", "kind": "profile", "path": "raw/app.csv", "key": ["user_id"],
                "timestamp": {"column": "updated_at"}, "identifiers": {"member_id": "member_id"},
