@@ -15,6 +15,7 @@ import uuid
 from decimal import Decimal
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -347,31 +348,18 @@ def _spark_type(field: pa.Field) -> str:
 # --- resolution quality against a generator's ground truth ------------------------------------------------------------
 def evaluate(spark, pairs: list[tuple[str, str, str, str]], scratch: Path) -> dict:
     """`oneid.pairwise_scores` over the units of `run._evaluate` (distinct (mention, true person) of the staged rows
-    with a truth file: `pairs` of (rows file, truth file, source, file_id)), counted on the executors: the pairs of
-    units per (person, persona), per persona and per person are summed as exact integers, so the scores are the
-    embedded ones. Four numbers reach the driver."""
-    from urllib.parse import unquote, urlparse
-
+    with a truth file: `pairs` of (rows file, truth file, source, file_id)), counted on the executors. Each file's
+    units come from a task of its own (its staged rows joined to its truth on the row number, locally: no shuffle
+    of the rows); then the units of every file, made distinct and given their personas, give the pairs per
+    (person, persona), per persona and per person, summed as exact integers, so the scores are the embedded ones.
+    Four numbers reach the driver."""
     from pyspark.sql import functions as F
 
-    truth = spark.read.parquet(*[t for _, t, _, _ in pairs]).select("row", "person_id",
-                                                                     F.col("_metadata.file_path").alias("path"))
-    seen = [r["path"] for r in truth.select("path").distinct().collect()]  # a row per truth file
-    by_path = {str(Path(t).resolve()): (s, f) for _, t, s, f in pairs}
-    files = spark.createDataFrame([(p, *by_path[str(Path(unquote(urlparse(p).path)).resolve())]) for p in seen],
-                                  "path string, source string, file_id string")
-    with spark_conf(spark, NANOS_AS_LONG):
-        return _scores(spark, pairs, truth, files, scratch)
-
-
-def _scores(spark, pairs: list[tuple[str, str, str, str]], truth, files, scratch: Path) -> dict:
-    from pyspark.sql import functions as F
-
-    rows = (spark.read.schema("source string, file_id string, row long, mention_key decimal(20,0)")
-            .parquet(*[r for r, _, _, _ in pairs]).select("source", "file_id", "row", signed(F.col("mention_key"))
-                                                            .alias("mention_key")))
-    units = (rows.join(truth.join(F.broadcast(files), "path"), ["source", "file_id", "row"])
-             .select("mention_key", "person_id").distinct()
+    folder = str(scratch / "units_by_file")
+    todo = [(i, rows, truth) for i, (rows, truth, _, _) in enumerate(pairs)]
+    task_per_item(spark, todo, partial(_file_units, folder=folder), "units long")
+    units = (spark.read.schema("mention_key decimal(20,0), person_id string").parquet(folder)
+             .select(signed(F.col("mention_key")).alias("mention_key"), "person_id").distinct()
              .join(spark.read.parquet(str(scratch / "mention_persona")), "mention_key", "left"))
     units.write.parquet(str(scratch / "units"))
     units = spark.read.parquet(str(scratch / "units"))
@@ -382,3 +370,17 @@ def _scores(spark, pairs: list[tuple[str, str, str, str]], truth, files, scratch
 
     tp, pred, true = (pairs_of(*k).first()[0] for k in (("person_id", "persona_id"), ("persona_id",), ("person_id",)))
     return {"precision": tp / pred if pred else 1.0, "recall": tp / true if true else 1.0, "units": units.count()}
+
+
+def _file_units(item: tuple[int, str, str], folder: str) -> pd.DataFrame:
+    """One staged file's distinct (mention_key, person_id): its rows joined to its truth file on `row`, written as
+    folder/<index>.parquet; returns how many."""
+    index, rows_file, truth_file = item
+    rows = pq.read_table(rows_file, columns=["row", "mention_key"])
+    truth = pq.read_table(truth_file, columns=["row", "person_id"])
+    truth = truth.cast(pa.schema([("row", rows.schema.field("row").type), ("person_id", pa.string())]))
+    units = rows.join(truth, "row", join_type="inner", use_threads=False).select(["mention_key", "person_id"])
+    units = units.group_by(["mention_key", "person_id"], use_threads=False).aggregate([])
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    pq.write_table(units, Path(folder) / f"{index:06d}.parquet")
+    return pd.DataFrame({"units": [units.num_rows]})
