@@ -44,7 +44,7 @@ def connected_components(edges, nodes=None, *, scratch: str, src: str = "src", d
                     f"{scratch}/round-0")
     for k in range(1, max_rounds + 1):
         following = _kept(spark, _small_star(_large_star(current)), f"{scratch}/round-{k}")
-        changed = following.exceptAll(current).limit(1).count() + current.exceptAll(following).limit(1).count()
+        changed = _differ(current, following)
         current = following
         if not changed:
             break
@@ -53,6 +53,15 @@ def connected_components(edges, nodes=None, *, scratch: str, src: str = "src", d
     star = current.select(F.col("u").alias("node"), F.col("v").alias("component"))
     return (everyone.join(star, "node", "left")
             .select("node", F.coalesce("component", "node").alias("component")))
+
+
+def _differ(a, b) -> bool:
+    """Whether two distinct edge sets differ: one full outer join, stopped at the first edge only one side holds
+    (two exceptAll would shuffle both sides twice)."""
+    from pyspark.sql import functions as F
+
+    joined = a.withColumn("_a", F.lit(True)).join(b.withColumn("_b", F.lit(True)), ["u", "v"], "full_outer")
+    return joined.where(F.col("_a").isNull() | F.col("_b").isNull()).limit(1).count() > 0
 
 
 def _kept(spark, frame, path: str):
