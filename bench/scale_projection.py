@@ -62,7 +62,8 @@ def projection(results: dict) -> dict | None:
                 total = s.get("total") or sum(v for k, v in s.items() if k != "total")
                 # what the driver does alone: its steps' seconds less the executors' parts timed within them
                 driver = (sum(s.get(k, 0) for k in ("profiles", "enrich", "publish"))
-                          - sum(s.get(k, 0) for k in ("profiles_scan", "profiles_ranges", "publish_activity")))
+                          - sum(s.get(k, 0) for k in ("profiles_scan", "profiles_identity", "profiles_ranges",
+                                                      "publish_activity")))
                 entry["driver_share"] = round(driver / total, 3) if total else 0.0
             per_stage.setdefault(stage, []).append(entry)
     if not per_stage or not customers_rows:
@@ -86,10 +87,11 @@ def projection(results: dict) -> dict | None:
         "memory per executor: m0 (the local run's fixed footprint: JVM, Python workers) + k x rows / executors / "
         f"{SPARK_MEMORY_FRACTION} (Spark's memory fraction): k counts every row as if resident at once, an upper "
         f"bound; capped at {EXEC_MEM_MAX_GB} GB by adding executors, at least {EXEC_MEM_MIN_GB} GB",
-        "integrate: the share of its own seconds spent in the driver's process (building profiles, enrichment, "
-        "writing the persona-sized outputs: profiles + enrich + publish less the executor jobs timed within them, "
-        "profiles_scan and publish_activity) does not spread over executors: scaled linearly in rows on one driver "
-        "machine like this one; driver memory = the CLI process's peak RSS fitted the same way",
+        "integrate: the share of its own seconds spent in the driver's process (profiles + enrich + publish less "
+        "the executor jobs timed within them: profiles_scan, profiles_identity, profiles_ranges, publish_activity; "
+        "before commit 30277b2 that was the profile table, enrichment and the persona-sized outputs, since then "
+        "little more than writing the published quarantine) does not spread over executors: scaled linearly in "
+        "rows on one driver machine like this one; driver memory = the CLI process's peak RSS fitted the same way",
         "no network or object-store costs, no skew beyond the generated data's; the machine's load during the runs "
         "(printed) inflates the times"],
         "stages": {}, "targets": {}}

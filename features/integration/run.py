@@ -241,6 +241,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
                     inputs["winners"] = _survivors(scan, cfg, rows_files, work / "winners.parquet")
             identity_map = work / "identity_map.parquet"  # moved into the published folder as it is
             if spark is not None:  # joined to their raw values, checked and written by the executors
+                t_identity = time.perf_counter()
                 if len(staging.identifiers):  # migrated from an earlier layout, by the driver
                     write_parquet_atomic(staging.values / "migrated.parquet", staging.identifiers)
                 resolution.stats["values_unknown"] = spark_run.identity_map(
@@ -263,6 +264,7 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
                 _release()
             if spark is not None:
                 starts = spark_run.profile_identifiers(spark, identity_map, inputs, per_range)
+                timings["profiles_identity"] = time.perf_counter() - t_identity  # of "profiles": the executors' part
             else:
                 sql = profile_ranges.identifiers_sql(f"read_parquet('{identity_map}')",
                                                      f"read_parquet('{inputs['node_seen']}')")
@@ -291,7 +293,9 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
             quality = None
             truth = _truth_pairs(ws, cfg, manifest) if cfg.truth else []
             if truth and spark is not None:
+                t_truth = time.perf_counter()
                 quality = spark_run.evaluate(spark, truth, scratch)
+                timings["evaluate"] = time.perf_counter() - t_truth  # the executors
             elif truth:
                 with _connect(ws.root / SPILL / "scan", memory_limit) as scan:
                     scan.register("mp", resolution.mention_persona)
