@@ -35,7 +35,6 @@ from features.integration.survivorship import CANDIDATE_COLUMNS, build_profiles
 from persona.config import PersonaConfig
 
 PERSONAS_PER_RANGE = 100_000  # ~0.5 GB for one range's frames on generated data; each range costs ~1 s more
-INPUTS = ("identifiers", "winners", "activity")
 IDENTIFIER_COLUMNS = ["persona_id", "id_type", "value_hash", "value", "reachable", "last_seen"]
 ACTIVITY_COLUMNS = ["persona_id", "channel", "first_ts", "last_ts", "n"]
 _TIMES = {"identifiers": ["last_seen"], "activity": ["first_ts", "last_ts"], "winners": ["ts"]}

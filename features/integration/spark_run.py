@@ -162,8 +162,8 @@ def identity_map(spark, scratch: Path, values: Path, previous_map: Path | None,
     """The identity map `target` (`schema`: the embedded engine's file) built by the executors: `resolve`'s
     identifiers in identifier order with the raw value of each from the files staged in this run (`values`, one
     Parquet file per staged file) or else from `previous_map`, and `reachable(frame)` of each batch (the phones that
-    can be called); written in range-sorted parts, concatenated in one task, which then runs `then(target)`. Returns how many identifiers have no
-    known value: the only number that reaches the driver; no raw value does."""
+    can be called); written in range-sorted parts, concatenated in one task, which then runs `then(target)`.
+    Returns how many identifiers have no known value: the only number that reaches the driver; no raw value does."""
     from pyspark.sql import functions as F
 
     known = spark.read.schema("id_type string, value string, value_hash string").parquet(str(values / "*.parquet")) \
@@ -189,6 +189,7 @@ def identity_map(spark, scratch: Path, values: Path, previous_map: Path | None,
      .write.parquet(str(folder)))
     parts = [str(p) for p in sorted(folder.glob("part-*.parquet"))]
     place = str(target)
+
     def write(_) -> pd.DataFrame:
         rows = concatenate(parts, Path(place), schema)
         if then is not None:
