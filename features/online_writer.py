@@ -19,7 +19,8 @@ numpy and Arrow a column at a time:
 Bytes stay in numpy matrices and Arrow buffers until a store needs Python objects (only SQLite's parameters do).
 Chunks are encoded in a worker thread one ahead of the chunk being written: the write waits on SQLite or on the
 socket, which release the GIL. SQLite gets each persona's features in one statement, personas in entity-key order (its
-B-trees are appended to, not scattered), under a large page cache for the writer's connection; Redis replies are
+B-trees are appended to, not scattered), under a large page cache for the writer's connection, and into an empty
+table with Feast's own index made once at the end of the transaction rather than row by row; Redis replies are
 read in bulk, and the newer-than-held check is one pipelined round trip per chunk.
 
 It is Feast's internal layout, so it is used only where `features.online_reader.internals_usable` says this Feast
@@ -305,7 +306,8 @@ class _SqliteSink:
 
     def __init__(self, store: feast.FeatureStore, fv: feast.FeatureView) -> None:
         self.path = sqlite_path(store)
-        table = f"{store.project}_{fv.name}".replace('"', '""')
+        self.table_name = f"{store.project}_{fv.name}"
+        self.table = table = self.table_name.replace('"', '""')
         self.names = sorted(f.name for f in fv.features)  # the primary key's order within a persona
         groups = [self.names[i:i + self.MAX_FEATURES] for i in range(0, len(self.names), self.MAX_FEATURES)]
         self.statements = []
@@ -324,6 +326,15 @@ class _SqliteSink:
         # transaction, not spilled to the file and read back; it ends with the connection
         self.conn.execute("PRAGMA cache_size = -1000000")
         self.conn.execute("BEGIN IMMEDIATE")
+        # Into an empty table (a first or full load) the table's own indexes (Feast's on entity_key) are dropped and
+        # made again from their SQL before the commit: one sort instead of an insert per row, about a third less
+        # time. In the same transaction, so no reader ever sees the table without them.
+        self.indexes = []
+        if self.conn.execute(f'SELECT 1 FROM "{self.table}" LIMIT 1').fetchone() is None:
+            self.indexes = self.conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND "
+                                             "tbl_name = ? AND sql IS NOT NULL", (self.table_name,)).fetchall()
+            for name, _ in self.indexes:
+                self.conn.execute(f'DROP INDEX "{name.replace(chr(34), chr(34) * 2)}"')
         return self
 
     def prepare(self, keys: pa.Array, when: np.ndarray, created: np.ndarray | None, encoded: dict) -> list:
@@ -351,6 +362,8 @@ class _SqliteSink:
     def __exit__(self, kind, exc, tb) -> None:
         try:
             if kind is None:
+                for _, sql in self.indexes:
+                    self.conn.execute(sql)
                 self.conn.commit()
             else:
                 self.conn.rollback()

@@ -35,6 +35,7 @@ from features.engagement import engagement_features
 from features.realtime import realtime_features
 from features.transactions import as_of_index, transaction_features
 from persona.faults import kill_point
+from persona.workspace import conform
 
 Progress = Callable[[str, float], None]
 GROUPS = ("attributes", "transactions", "engagement", "affinity", "realtime")
@@ -499,7 +500,7 @@ def _merge_dates(path: Path, schema: pa.Schema, fresh: set[int], rows_of: Callab
                     pending: list[pa.Table] = []
                     for part in rows_of(d):
                         part = part.append_column("created_timestamp", pa.repeat(stamp, part.num_rows))
-                        pending.append(_conform(part, schema))
+                        pending.append(conform(part, schema))
                         written += part.num_rows
                         if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
                             writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
@@ -509,7 +510,7 @@ def _merge_dates(path: Path, schema: pa.Schema, fresh: set[int], rows_of: Callab
                     del pending
                 else:  # a date kept from the file: its own row groups, found from their statistics
                     for part in _rows_of_date(before, d):
-                        writer.write_table(_conform(part, schema), row_group_size=ROW_GROUP_ROWS)
+                        writer.write_table(conform(part, schema), row_group_size=ROW_GROUP_ROWS)
                         del part
         if before is not None:
             before.close()
@@ -554,13 +555,6 @@ def _with_created(schema: pa.Schema) -> pa.Schema:
     if "created_timestamp" in schema.names:
         return schema
     return schema.append(pa.field("created_timestamp", pa.timestamp("ns", tz="UTC")))
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table` with exactly `schema`'s columns (missing ones null) and types."""
-    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-            for f in schema]
-    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def _sql_path(path: Path) -> str:

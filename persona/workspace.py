@@ -16,7 +16,7 @@ import secrets
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +163,66 @@ def write_parquet_atomic(target: Path, frame: pd.DataFrame | pa.Table) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+
+PART_BATCH = 122_880  # rows per row group of a file written from parts: what DuckDB's COPY writes
+
+
+def write_parquet_parts(parts: Sequence[str | Path], target: Path, schema: pa.Schema, *,
+                        keep: Callable[[pa.Table], pa.Table] | None = None,
+                        visit: Callable[[pa.Table], None] | None = None, row_group: int = PART_BATCH) -> int:
+    """One Parquet file `target` with `schema` (its columns, types and metadata; every column nullable) from the
+    Parquet `parts`, in order, read a batch at a time (`conform`) and written in row groups of `row_group` rows
+    whatever the parts' own, so memory is about one row group whatever the sizes; `keep(table)` filters each batch,
+    `visit(table)` sees each batch written. Written under a temporary name, then renamed over the target. Returns
+    the rows written."""
+    schema = pa.schema([f.with_nullable(True) for f in schema], metadata=schema.metadata)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(target)
+    rows, held = 0, []
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for part in parts:
+                file = pq.ParquetFile(part)
+                present = [n for n in schema.names if n in file.schema_arrow.names]
+                for batch in file.iter_batches(batch_size=row_group, columns=present):
+                    table = conform(pa.Table.from_batches([batch]), schema)
+                    if keep is not None:
+                        table = keep(table)
+                    if visit is not None:
+                        visit(table)
+                    held.append(table)
+                    rows += table.num_rows
+                    if sum(t.num_rows for t in held) >= row_group:
+                        whole = pa.concat_tables(held)
+                        writer.write_table(whole.slice(0, row_group), row_group_size=row_group)
+                        held = [whole.slice(row_group)]
+                file.close()
+            rest = pa.concat_tables(held) if held else schema.empty_table()
+            if rest.num_rows or not rows:  # an empty file still has the schema
+                writer.write_table(rest, row_group_size=row_group)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return rows
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns, by name, and types: a column missing or all null as nulls of its type
+    (whatever type a writer guessed for it), nanosecond longs (how Spark carries timestamps) as the timestamps."""
+    n = table.num_rows
+    columns = []
+    for field in schema:
+        column = table.column(field.name) if field.name in table.column_names else None
+        if column is None or column.null_count == n:
+            columns.append(pa.nulls(n, field.type))
+        elif pa.types.is_timestamp(field.type) and pa.types.is_integer(column.type):
+            longs = column.cast(pa.int64())
+            columns.append(pa.chunked_array([c.view(field.type) for c in longs.chunks], type=field.type))
+        else:
+            columns.append(column.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 @contextmanager

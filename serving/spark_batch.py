@@ -3,13 +3,15 @@ scoring functions.
 
     feature files at the date (Spark) -> mapInPandas: model_outputs (champions loaded once per task) -> persisted
     -> rule statistics fitted with exact aggregates (rules.spark_fit) -> mapInPandas: Scorer.rule_tags
-    -> sorted, one task writes part-0.parquet with pyarrow (history.to_arrow) -> the driver writes _meta.json and
-    publishes the folder as `history.write` does
+    -> sorted into ranges of personas, each range's task writes a part with pyarrow (history.to_arrow) -> one task
+    concatenates the parts into part-0.parquet -> the driver writes _meta.json and publishes the folder as
+    `history.write` does
 
 Nothing but small aggregates reaches the driver: counts, a few order statistics, exact sums, the coverage and the
 number of rows written. The snapshot is the one the embedded engine writes (same rows in the same order, same
 Arrow schema, same metadata): every reader of `rules.history` reads it as it is. It is one Parquet file because
-the readers open `date=<day>/part-0.parquet` by name, so one executor task writes it, streaming Arrow batches.
+the readers open `date=<day>/part-0.parquet` by name, so one executor task writes it from the sorted parts, a row
+group at a time.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import pyarrow.parquet as pq
 from feature_repo import definitions as defs
 from features import store as feature_store
 from persona.faults import kill_point
-from persona.workspace import Workspace
+from persona.workspace import Workspace, write_parquet_parts
 from rules import catalog, history, segments, spark_fit
 from serving import scoring
 
@@ -218,51 +220,61 @@ def coverage(out, tag_ids: Sequence[str], kinds: Mapping[str, str], n: int) -> d
 
 
 def write_part(out, path: Path, tagset, meta_tags: Sequence[Mapping]) -> int:
-    """Write `out` sorted by persona_id as one Parquet file at `path`, from one executor task: each Arrow batch is
-    typed as the embedded engine types its frame (categoricals with the declared values, nullable booleans, tuples)
-    and converted by `history.to_arrow`, so the file is the one `history.write` would write. Returns the rows."""
+    """Write `out` sorted by persona_id as one Parquet file at `path`. The executors sort it into ranges of personas
+    and write each range as a part side by side, each Arrow batch typed as the embedded engine types its frame
+    (categoricals with the declared values, nullable booleans, tuples) and converted by `history.to_arrow`; one task
+    then concatenates the parts in range order, a row group at a time, into the file `history.write` would write.
+    The parts live in a hidden sibling folder of `path`'s (a leftover `history.clean_partial` removes). Returns the
+    rows."""
+    from pyspark import TaskContext
     from pyspark.sql import functions as F
+
+    from persona.engine import task_per_item
 
     dtypes = {t["id"]: t["value_type"] for t in meta_tags}
     categories = {t.id: t.dtype for t in tagset.tags if t.id in dtypes and dtypes[t.id] == "category"}
-    target = str(path)
+    folder = path.parent.with_name(f"{path.parent.name}.parts")
+    where = str(folder)
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        writer, schema, rows, held = None, None, 0, []
-
-        def flush() -> None:
-            if held:
-                writer.write_table(pa.concat_tables(held), row_group_size=ROW_GROUP)
-                held.clear()
-
+        writer, rows = None, 0
         try:
             for batch in batches:
                 table = history.to_arrow(_embedded_frame(batch, dtypes, categories))
                 if writer is None:
                     schema = _schema(table, dtypes)
-                    writer = pq.ParquetWriter(target, schema, compression="zstd")
-                held.append(table.cast(schema))
+                    writer = pq.ParquetWriter(f"{where}/{TaskContext.get().partitionId():06d}.parquet", schema,
+                                              compression="zstd")
+                writer.write_table(table.cast(schema))
                 rows += table.num_rows
-                if sum(t.num_rows for t in held) >= ROW_GROUP:  # row groups as large as history.write makes them
-                    flush()
-            if writer is not None:
-                flush()
         finally:
             if writer is not None:
                 writer.close()
-        if writer is not None:
-            fd = os.open(target, os.O_RDONLY)
+        yield pd.DataFrame({"rows": [rows], "written": [writer is not None]})
+
+    folder.mkdir()
+    try:
+        done = (out.orderBy(defs.JOIN_KEY).mapInPandas(run, "rows long, written boolean")
+                .agg(F.sum("rows").alias("rows"), F.max(F.col("written").cast("int")).alias("written")).first())
+        if not done["written"]:
+            raise RuntimeError(f"{path}: no persona to write")
+        parts = sorted(folder.glob("*.parquet"))
+
+        def concatenate(_) -> pd.DataFrame:
+            rows = write_parquet_parts(parts, path, pq.read_schema(parts[0]), row_group=ROW_GROUP)
+            fd = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        yield pd.DataFrame({"rows": [rows], "written": [writer is not None]})
+            return pd.DataFrame({"rows": [rows]})
 
-    done = (out.orderBy(defs.JOIN_KEY).coalesce(1).mapInPandas(run, "rows long, written boolean")
-            .agg(F.sum("rows").alias("rows"), F.max(F.col("written").cast("int")).alias("written")).first())
-    if not done["written"]:
-        raise RuntimeError(f"{path}: no persona to write")
-    return int(done["rows"])
+        rows = int(task_per_item(out.sparkSession, [0], concatenate, "rows long")[0]["rows"])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if rows != int(done["rows"]):
+        raise RuntimeError(f"{path}: {rows} rows written from parts holding {int(done['rows'])}")
+    return rows
 
 
 def _embedded_frame(batch: pd.DataFrame, dtypes: Mapping[str, str], categories: Mapping) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from features.integration import aggregates
 from features.integration import enrich as enrich_mod
 from features.integration.survivorship import CANDIDATE_COLUMNS, build_profiles
 from persona.config import PersonaConfig
+from persona.workspace import write_parquet_parts
 
 PERSONAS_PER_RANGE = 100_000  # ~0.5 GB for one range's frames on generated data; each range costs ~1 s more
 IDENTIFIER_COLUMNS = ["persona_id", "id_type", "value_hash", "value", "reachable", "last_seen"]
@@ -167,25 +168,11 @@ def enrichment_report(cfg: PersonaConfig, externals: Mapping[str, External], res
 
 
 def assemble(parts: list[Path], target: Path) -> int:
-    """One Parquet file `target` from `parts` (written by `build_range`, in range order), a part at a time; returns
+    """One Parquet file `target` from `parts` (written by `build_range`, in range order), a batch at a time; returns
     its rows. A column that is all null in a range (an enrichment field nobody there matched, birth dates nobody
     there gave) has whatever type pandas guessed for it there: it takes its type, and its pandas dtype, from the
-    first range where it has values. Written aside and renamed in."""
-    schema = _schema(parts)
-    aside = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-    rows = 0
-    try:
-        with pq.ParquetWriter(aside, schema, compression="zstd") as writer:
-            for part in parts:
-                table = pq.read_table(part)
-                writer.write_table(pa.Table.from_arrays(
-                    [pa.nulls(table.num_rows, f.type) if table[f.name].null_count == table.num_rows
-                     else table[f.name].cast(f.type) for f in schema], schema=schema))
-                rows += table.num_rows
-        aside.replace(target)
-    finally:
-        aside.unlink(missing_ok=True)
-    return rows
+    first range where it has values (`_schema`)."""
+    return write_parquet_parts(parts, target, _schema(parts))
 
 
 def _schema(parts: list[Path]) -> pa.Schema:

@@ -38,7 +38,6 @@ import ctypes.util
 import gc
 import shutil
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
@@ -62,7 +61,8 @@ from features.integration.staging import (FORGOTTEN, IDENTIFIER_COLUMNS, MANIFES
 from features.integration.survivorship import survive_order, survive_sql
 from persona import engine
 from persona.config import PersonaConfig
-from persona.workspace import SecretError, Workspace, publishing, read_json, write_json_atomic, write_parquet_atomic
+from persona.workspace import (SecretError, Workspace, publishing, read_json, write_json_atomic, write_parquet_atomic,
+                               write_parquet_parts)
 
 __all__ = ["FORGOTTEN", "MANIFEST", "STAGE", "integrate", "check_salt", "retire_raw_values"]
 STAGE = "integrated"
@@ -143,6 +143,14 @@ def identity_map_schema() -> pa.Schema:
     like = with_values(nodes, known)
     like["reachable"] = pd.array([pd.NA], dtype="boolean")
     return pa.Table.from_pandas(like[IDENTITY_MAP_COLUMNS], preserve_index=False).schema
+
+
+def quarantine_schema() -> pa.Schema:
+    """The published quarantine's Arrow schema and pandas dtypes: source, file_id, row and reason of every rejected
+    row, without its raw values (those stay in the staged quarantine/SOURCE/FILE_ID.parquet, restricted data)."""
+    like = pd.DataFrame({"source": ["s"], "file_id": ["f"], "row": [0], "reason": ["r"]}).astype(
+        {"source": "string", "file_id": "string", "row": "int64", "reason": "string"})
+    return pa.Table.from_pandas(like, preserve_index=False).schema
 
 
 def _map_sample(current: Path | None) -> pd.DataFrame | None:
@@ -334,21 +342,27 @@ def integrate(ws: Workspace, *, now: pd.Timestamp | None = None, progress: Progr
                 else:
                     write_hashed(out / "identity_map.parquet", out / "identity_hashed.parquet")
                 write_parquet_atomic(out / "aliases.parquet", resolution.aliases)
-                for kind in ("profiles", "lineage"):
-                    profile_ranges.assemble(sorted((work / kind).glob("*.parquet")), out / f"{kind}.parquet")
                 write_parquet_atomic(out / "audit_log.parquet", audit)
                 _release()
-                # Published without the raw values (they may hold phones and emails); those stay in the staged
-                # quarantine/SOURCE/FILE_ID.parquet, next to the other restricted data.
-                quarantine_files = [str(ws.quarantine / n / f"{e['file_id']}.parquet")
-                                    for n in cfg.sources for e in manifest.get(n, {}).values()]
-                con.execute("SET preserve_insertion_order = true")  # the published quarantine keeps file and row order
-                q = con.execute(f"""SELECT source, file_id, row, reason FROM read_parquet({quarantine_files!r},
-                                    union_by_name=true)""").df()
-                con.execute("SET preserve_insertion_order = false")
-                write_parquet_atomic(out / "quarantine.parquet", pd.concat([q, *ext_quarantine], ignore_index=True)
-                                     .astype({"source": "string", "file_id": "string", "reason": "string"}))
-                del q
+                # The quarantine is published without the raw values (they may hold phones and emails); those stay
+                # in the staged quarantine/SOURCE/FILE_ID.parquet, next to the other restricted data.
+                rejected = [str(ws.quarantine / n / f"{e['file_id']}.parquet")
+                            for n in cfg.sources for e in manifest.get(n, {}).values()]
+                if ext_quarantine:
+                    rejected.append(str(work / "external_quarantine.parquet"))
+                    write_parquet_atomic(Path(rejected[-1]), pd.concat(ext_quarantine, ignore_index=True))
+                # Each file from its parts in order, a batch at a time; on Spark by the executors (no profile or
+                # rejected row reaches the driver).
+                parts = {kind: partial(profile_ranges.assemble, sorted((work / kind).glob("*.parquet")),
+                                       out / f"{kind}.parquet") for kind in ("profiles", "lineage")}
+                parts["quarantine"] = partial(write_parquet_parts, rejected, out / "quarantine.parquet",
+                                              quarantine_schema())
+                if spark is not None:
+                    engine.task_per_item(spark, list(parts), lambda kind: pd.DataFrame({"rows": [parts[kind]()]}),
+                                         "rows long")
+                else:
+                    for write in parts.values():
+                        write()
                 kinds = {}
                 for kind in ("transactions", "events", "interactions"):
                     names = [n for n, s in cfg.sources.items() if s.kind == kind]
@@ -515,20 +529,12 @@ def _copy(con: duckdb.DuckDBPyConnection, sql: str, target: str) -> None:
 
 def write_hashed(identity_map: Path, target: Path) -> None:
     """identity_hashed.parquet (`target`) from an identity map file: its linked rows, in its order, without the raw
-    values, with the pandas dtypes the map's columns have; a row group at a time, written aside and renamed in."""
+    values, with the pandas dtypes the map's columns have; a batch at a time, written aside and renamed in."""
     columns = ["id_type", "value_hash", "persona_id"]
-    source = pq.ParquetFile(identity_map)
-    like = pa.Table.from_pandas(source.schema_arrow.empty_table().select(columns).to_pandas(), preserve_index=False)
-    schema = pa.schema([source.schema_arrow.field(c) for c in columns], metadata=like.schema.metadata)
-    aside = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        with pq.ParquetWriter(aside, schema, compression="zstd") as writer:
-            for batch in source.iter_batches(columns=columns):
-                table = pa.Table.from_batches([batch]).cast(schema)
-                writer.write_table(table.filter(pc.is_valid(table["persona_id"])))
-        aside.replace(target)
-    finally:
-        aside.unlink(missing_ok=True)
+    source = pq.read_schema(identity_map)
+    like = pa.Table.from_pandas(source.empty_table().select(columns).to_pandas(), preserve_index=False)
+    schema = pa.schema([source.field(c) for c in columns], metadata=like.schema.metadata)
+    write_parquet_parts([identity_map], target, schema, keep=lambda t: t.filter(pc.is_valid(t["persona_id"])))
 
 
 def _truth_pairs(ws: Workspace, cfg: PersonaConfig, manifest: dict) -> list[tuple[str, str, str, str]]:

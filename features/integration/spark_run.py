@@ -29,7 +29,7 @@ from features.integration.ingest import ARROW_STR
 from features.integration.survivorship import survive_order, survive_sql
 from persona.config import PersonaConfig
 from persona.engine import NANOS_AS_LONG, spark_conf, task_per_item
-from persona.workspace import Workspace
+from persona.workspace import Workspace, write_parquet_parts
 
 SCRATCH = ".tmp/spark_integrate"  # under the workspace root; removed at the end, and at the start after a killed run
 _MENTIONS = "mention_key decimal(20,0), id_type string, value_hash string"
@@ -191,13 +191,18 @@ def identity_map(spark, scratch: Path, values: Path, previous_map: Path | None,
     place = str(target)
 
     def write(_) -> pd.DataFrame:
-        rows = concatenate(parts, Path(place), schema)
+        unknown = 0
+
+        def tally(table: pa.Table) -> None:  # identifiers with no known value, counted as they are written
+            nonlocal unknown
+            unknown += table["value"].null_count
+
+        rows = write_parquet_parts(parts, Path(place), schema, visit=tally)
         if then is not None:
             then(Path(place))
-        return pd.DataFrame({"rows": [rows]})
+        return pd.DataFrame({"rows": [rows], "unknown": [unknown]})
 
-    task_per_item(spark, [0], write, "rows long")
-    return spark.read.parquet(str(folder)).where(F.col("value").isNull()).count()
+    return int(task_per_item(spark, [0], write, "rows long, unknown long")[0]["unknown"])
 
 
 def profile_identifiers(spark, identity_map: Path, inputs: dict[str, str], per_range: int) -> list[str]:
@@ -235,7 +240,6 @@ def _read(folder: Path) -> pd.DataFrame:
 
 # --- publishing the activity tables ----------------------------------------------------------------------------------
 ORDER = ["persona_id", "ts", "source", "file_id", "row"]  # the published activity's order, as the embedded COPY
-ROW_GROUP = 122_880  # rows per row group of a published activity file, as DuckDB's COPY writes them
 _SPARK_TYPES = {pa.string(): "string", pa.large_string(): "string", pa.int64(): "long", pa.int32(): "int",
                 pa.int16(): "short", pa.int8(): "byte", pa.float64(): "double", pa.float32(): "float",
                 pa.bool_(): "boolean", pa.date32(): "date"}
@@ -267,7 +271,7 @@ def publish_activity(spark, kinds: Mapping[str, list[str]], schemas: Mapping[str
     target, wanted = str(out), {k: schemas[k] for k in todo}
 
     def run(kind: str) -> pd.DataFrame:
-        return pd.DataFrame({"kind": [kind], "rows": [concatenate(parts[kind], Path(target) / f"{kind}.parquet",
+        return pd.DataFrame({"kind": [kind], "rows": [write_parquet_parts(parts[kind], Path(target) / f"{kind}.parquet",
                                                                   wanted[kind])]})
 
     done = task_per_item(spark, todo, run, "kind string, rows long")
@@ -302,36 +306,6 @@ def _sorted_activity(spark, kinds: Mapping[str, list[str]], schemas: Mapping[str
          .orderBy(*ORDER).write.parquet(str(folder)))
         parts[kind] = [str(p) for p in sorted(folder.glob("part-*.parquet"))]
     return parts
-
-
-def concatenate(parts: list[str], target: Path, schema: pa.Schema) -> int:
-    """The Parquet `parts` (in order) as one file `target` with `schema`: columns by name, nanosecond longs back to
-    the timestamps they were; written aside and renamed in. Memory: one row group."""
-    schema = pa.schema([f.with_nullable(True) for f in schema], metadata=schema.metadata)
-    aside = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-    rows = 0
-    try:
-        with pq.ParquetWriter(aside, schema, compression="zstd") as writer:
-            for part in parts:
-                for batch in pq.ParquetFile(part).iter_batches(batch_size=ROW_GROUP, columns=schema.names):
-                    writer.write_table(_conform(batch, schema), row_group_size=ROW_GROUP)
-                    rows += batch.num_rows
-            if not rows:
-                writer.write_table(schema.empty_table())
-        aside.replace(target)
-    finally:
-        aside.unlink(missing_ok=True)
-    return rows
-
-
-def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
-    arrays = []
-    for field in schema:
-        column = batch.column(field.name)
-        if pa.types.is_timestamp(field.type) and pa.types.is_integer(column.type):
-            column = column.cast(pa.int64()).view(pa.timestamp(field.type.unit, tz=field.type.tz))
-        arrays.append(column.cast(field.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _spark_type(field: pa.Field) -> str:

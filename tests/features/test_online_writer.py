@@ -126,14 +126,12 @@ def test_materialize_loads_what_feasts_materialisation_loads(tmp_path, monkeypat
     assert {r["mode"] for r in again["views"].values()} == {"up_to_date"}
 
 
-def test_a_failed_sqlite_write_leaves_nothing_of_itself(tmp_path, monkeypatch):
-    applied = build(tmp_path, make_config())
-    online_writer.write(applied.store, "transactions", _frame(100, D1, 1))
-    before = _sqlite_rows(applied.store, "transactions")
+def _fail_on_a_later_chunk(monkeypatch) -> None:
+    """Writes die while encoding a later chunk, the first ones written."""
     calls = {"n": 0}
     real = online_writer.encode_values
 
-    def failing(values, dtype, **kw):  # dies while encoding a later chunk of the write
+    def failing(values, dtype, **kw):
         calls["n"] += 1
         if calls["n"] > 3:
             raise RuntimeError("killed mid-write")
@@ -141,9 +139,40 @@ def test_a_failed_sqlite_write_leaves_nothing_of_itself(tmp_path, monkeypatch):
 
     monkeypatch.setattr(online_writer, "CHUNK_ROWS", 40)
     monkeypatch.setattr(online_writer, "encode_values", failing)
+
+
+def test_a_failed_sqlite_write_leaves_nothing_of_itself(tmp_path, monkeypatch):
+    applied = build(tmp_path, make_config())
+    online_writer.write(applied.store, "transactions", _frame(100, D1, 1))
+    before = _sqlite_rows(applied.store, "transactions")
+    _fail_on_a_later_chunk(monkeypatch)
     with pytest.raises(RuntimeError, match="killed mid-write"):
         online_writer.write(applied.store, "transactions", _frame(100, D2, 2))
     assert _sqlite_rows(applied.store, "transactions") == before
+
+
+def _schema_of(store, view: str) -> list[tuple]:
+    with contextlib.closing(sqlite3.connect(online_reader.sqlite_path(store))) as conn:
+        return conn.execute("SELECT type, name, sql FROM sqlite_master WHERE tbl_name = ? ORDER BY name",
+                            (f"{store.project}_{view}",)).fetchall()
+
+
+def test_a_first_load_leaves_feasts_table_and_indexes_as_feast_made_them_also_when_it_fails(tmp_path, monkeypatch):
+    applied = build(tmp_path, make_config())
+    made = _schema_of(applied.store, "transactions")
+    assert any(kind == "index" and sql for kind, _, sql in made)  # Feast's index on entity_key, dropped meanwhile
+    real = online_writer.encode_values
+    _fail_on_a_later_chunk(monkeypatch)
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        online_writer.write(applied.store, "transactions", _frame(100, D1, 1))
+    assert _schema_of(applied.store, "transactions") == made and _sqlite_rows(applied.store, "transactions") == []
+    monkeypatch.setattr(online_writer, "encode_values", real)
+    online_writer.write(applied.store, "transactions", _frame(100, D1, 1))
+    assert _schema_of(applied.store, "transactions") == made and len(_sqlite_rows(applied.store, "transactions")) == 200
+    with contextlib.closing(sqlite3.connect(online_reader.sqlite_path(applied.store))) as conn:
+        plan = conn.execute(f'EXPLAIN QUERY PLAN SELECT * FROM "{applied.store.project}_transactions" '
+                            "WHERE entity_key = x'00'").fetchall()
+    assert "INDEX" in str(plan)
 
 
 def test_a_persona_repeated_in_a_frame_keeps_its_last_row_as_feasts_upserts_do(tmp_path, monkeypatch):

@@ -137,7 +137,7 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(snapshots, "_conform", boom)
+    monkeypatch.setattr(snapshots, "conform", boom)
     with pytest.raises(OSError, match="disk full"):
         write_snapshots({"g": _frame([d1, d2], 9.0)}, tmp_path)
     assert (tmp_path / "g.parquet").read_bytes() == before

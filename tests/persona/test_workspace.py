@@ -2,11 +2,15 @@
 
 import os
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from persona import workspace
 from persona.workspace import (KEEP_RUNS, SALT_VAR, SecretError, Workspace, clean_stage, publishing,
-                               write_text_atomic)
+                               write_parquet_parts, write_text_atomic)
 
 
 def run_id(i: int) -> str:
@@ -220,3 +224,65 @@ def test_settings_are_validated_once_per_content_and_an_edit_is_seen(tmp_path):
     path.write_bytes(path.read_bytes() + b"\n# \xff\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         ws.config()
+
+
+# --- one file from parts ----------------------------------------------------------------------------------------
+def _part(path, **columns) -> str:
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+
+
+def test_parts_make_one_file_in_order_with_the_schema_types_and_metadata(tmp_path):
+    like = pd.DataFrame({"id": ["a"], "n": [1], "at": [pd.Timestamp("2026-01-01")]}).astype({"id": "string"})
+    schema = pa.Table.from_pandas(like, preserve_index=False).schema
+    at = pd.Timestamp("2026-03-04 05:06:07.000000008")
+    parts = [_part(tmp_path / "1.parquet", id=["x", "y"], n=pa.array([1, 2], pa.int32()),
+                   at=pa.array([at.value, None], pa.int64())),  # nanoseconds as longs, how Spark carries them
+             _part(tmp_path / "2.parquet", n=[3], id=["z"]),  # columns in another order, one missing
+             _part(tmp_path / "3.parquet", id=pa.array([], pa.string()), n=pa.array([], pa.int64()),
+                   at=pa.array([], pa.null()))]
+    assert write_parquet_parts(parts, tmp_path / "all.parquet", schema) == 3
+    got = pd.read_parquet(tmp_path / "all.parquet")
+    assert got["id"].tolist() == ["x", "y", "z"] and str(got["id"].dtype) == "string"
+    assert got["n"].tolist() == [1, 2, 3] and str(got["n"].dtype) == "int64"
+    assert got["at"].iloc[0] == at and got["at"].iloc[1:].isna().all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.parquet", "2.parquet", "3.parquet", "all.parquet"]
+
+
+def test_a_column_all_null_in_a_part_takes_the_schema_type_whatever_its_own(tmp_path):
+    schema = pa.schema([("born", pa.date32())])
+    parts = [_part(tmp_path / "1.parquet", born=pa.array([None, None], pa.timestamp("ns"))),
+             _part(tmp_path / "2.parquet", born=pa.array([None], pa.string()))]
+    assert write_parquet_parts(parts, tmp_path / "all.parquet", schema) == 3
+    table = pq.read_table(tmp_path / "all.parquet")
+    assert table.schema.field("born").type == pa.date32() and table["born"].null_count == 3
+
+
+def test_parts_filtered_and_seen_and_no_part_gives_an_empty_file_with_the_schema(tmp_path):
+    schema = pa.schema([("id", pa.string()), ("keep", pa.bool_())])
+    part = _part(tmp_path / "1.parquet", id=["a", "b", "c"], keep=[True, None, True])
+    seen = []
+    rows = write_parquet_parts([part], tmp_path / "kept.parquet", schema,
+                               keep=lambda t: t.filter(pc.is_valid(t["keep"])), visit=lambda t: seen.append(t.num_rows))
+    assert rows == 2 == sum(seen) and pq.read_table(tmp_path / "kept.parquet")["id"].to_pylist() == ["a", "c"]
+    assert write_parquet_parts([], tmp_path / "none.parquet", schema) == 0
+    assert pq.read_schema(tmp_path / "none.parquet").names == ["id", "keep"]
+
+
+def test_a_failed_write_from_parts_leaves_the_target_as_it_was_and_no_temporary(tmp_path):
+    target = tmp_path / "all.parquet"
+    pq.write_table(pa.table({"id": ["old"]}), target)
+    good = _part(tmp_path / "1.parquet", id=["7"])  # written, then the next part fails
+    bad = _part(tmp_path / "2.parquet", id=["not a number"])
+    with pytest.raises(pa.ArrowInvalid):
+        write_parquet_parts([good, bad], target, pa.schema([("id", pa.int64())]))
+    assert pq.read_table(target)["id"].to_pylist() == ["old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.parquet", "2.parquet", "all.parquet"]
+
+
+def test_row_groups_are_of_the_size_asked_whatever_the_parts_sizes(tmp_path):
+    parts = [_part(tmp_path / f"{i}.parquet", n=list(range(k))) for i, k in enumerate([3, 1, 2, 1])]
+    assert write_parquet_parts(parts, tmp_path / "all.parquet", pa.schema([("n", pa.int64())]), row_group=2) == 7
+    meta = pq.read_metadata(tmp_path / "all.parquet")
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [2, 2, 2, 1]
+    assert pq.read_table(tmp_path / "all.parquet")["n"].to_pylist() == [0, 1, 2, 0, 0, 1, 0]

@@ -536,3 +536,16 @@ def test_integrate_without_salt_exits_2_saying_what_to_do(tmp_path):
     base_workspace(tmp_path)
     result = CliRunner().invoke(app, ["integrate", "-w", str(tmp_path), "--json"])
     assert result.exit_code == 2 and "PERSONA_SALT" in result.stderr and "Traceback" not in result.output
+
+
+def test_published_quarantine_lists_sources_then_enrichment_in_file_and_row_order(tmp_path, salt):
+    ws = base_workspace(tmp_path)
+    write(tmp_path / "external/vendor.csv", VENDOR_CSV + f"{sha('+8613700137003')},mid,not-a-date\n")
+    report = integrate(ws, now=NOW)
+    q = published(ws, "quarantine.parquet")
+    assert list(q.columns) == ["source", "file_id", "row", "reason"]  # no raw value is published
+    assert q.dtypes.astype(str).tolist() == ["string", "string", "int64", "string"]
+    assert q["source"].tolist() == ["crm", "orders", "enrichment:vendor"]
+    assert q.loc[2, "file_id"] == "external/vendor.csv"
+    assert report["enrichment"]["vendor"]["quarantined"] == 1
+    assert len(q) == sum(s["quarantined"] for s in report["sources"].values()) + 1
