@@ -1,7 +1,7 @@
 """Batch rescoring on Spark (`engine: spark`): the steps of `serving.batch`, run by the executors, through the same
 scoring functions.
 
-    feature files at the date (Spark) -> mapInPandas: model_outputs (champions loaded once per task) -> persisted
+    feature files at the date (Spark; the groups stacked and grouped by persona) -> mapInPandas: model_outputs (champions loaded once per task) -> persisted
     -> rule statistics fitted with exact aggregates (rules.spark_fit) -> mapInPandas: Scorer.rule_tags
     -> sorted into ranges of personas, each range's task writes a part with pyarrow (history.to_arrow) -> one task
     concatenates the parts into part-0.parquet -> the driver writes _meta.json and publishes the folder as
@@ -97,24 +97,33 @@ def run(ws: Workspace, cfg, date: pd.Timestamp, models: scoring.ModelSet, say, t
 def read_features(spark, ws: Workspace, date: pd.Timestamp):
     """Every snapshot group's features at `date`, one row per persona, typed as `features.offline.offline_frame`
     types them (float32 columns stay float32, every other feature is a double; a persona missing from a group has
-    nulls there). A Spark DataFrame: nothing is read on the driver."""
+    nulls there). A Spark DataFrame: nothing is read on the driver.
+
+    The groups are stacked (each with the other groups' columns null) and grouped by persona in one shuffle, each
+    column taking its one value (a persona has one row per group and date, so `max` over a column sees at most one
+    non-null value and returns it, NaN included): one exchange of the rows instead of a full outer join per group."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import FloatType
 
-    frames = []
+    frames, fields = [], []
     for path in feature_store.snapshot_files(ws).values():
         df = spark.read.parquet(str(path))
         wanted = [f for f in df.schema.fields if f.name not in defs.KEY_COLUMNS]
         if not wanted:
             continue
         at = F.col(defs.TIMESTAMP) == F.lit(date.to_pydatetime()).cast("timestamp")
-        frames.append(df.where(at).select(
-            F.col(defs.JOIN_KEY).cast("string").alias(defs.JOIN_KEY),
-            *[F.col(f.name) if isinstance(f.dataType, FloatType) else F.col(f.name).cast("double").alias(f.name)
-              for f in wanted]))
+        typed = [F.col(f.name) if isinstance(f.dataType, FloatType) else F.col(f.name).cast("double").alias(f.name)
+                 for f in wanted]
+        frames.append(df.where(at).select(F.col(defs.JOIN_KEY).cast("string").alias(defs.JOIN_KEY), *typed))
+        fields += [(f.name, "float" if isinstance(f.dataType, FloatType) else "double") for f in wanted]
     if not frames:
         raise FileNotFoundError(f"{feature_store.offline_dir(ws)}: no feature snapshots (run `persona features`)")
-    return functools.reduce(lambda a, b: a.join(b, on=defs.JOIN_KEY, how="full_outer"), frames)
+    if len(frames) == 1:
+        return frames[0]
+    stacked = functools.reduce(lambda a, b: a.unionByName(b), [
+        frame.select(defs.JOIN_KEY, *[F.col(name) if name in frame.columns else F.lit(None).cast(kind).alias(name)
+                                      for name, kind in fields]) for frame in frames])
+    return stacked.groupBy(defs.JOIN_KEY).agg(*[F.max(name).alias(name) for name, _ in fields])
 
 
 def score(features, models: scoring.ModelSet, tracking_uri: str):
