@@ -334,7 +334,8 @@ class _SqliteSink:
             self.indexes = self.conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND "
                                              "tbl_name = ? AND sql IS NOT NULL", (self.table_name,)).fetchall()
             for name, _ in self.indexes:
-                self.conn.execute(f'DROP INDEX "{name.replace(chr(34), chr(34) * 2)}"')
+                quoted = name.replace('"', '""')
+                self.conn.execute(f'DROP INDEX "{quoted}"')
         return self
 
     def prepare(self, keys: pa.Array, when: np.ndarray, created: np.ndarray | None, encoded: dict) -> list:

@@ -165,7 +165,6 @@ def write_parquet_atomic(target: Path, frame: pd.DataFrame | pa.Table) -> None:
         tmp.unlink(missing_ok=True)
 
 
-
 PART_BATCH = 122_880  # rows per row group of a file written from parts: what DuckDB's COPY writes
 
 
@@ -184,21 +183,20 @@ def write_parquet_parts(parts: Sequence[str | Path], target: Path, schema: pa.Sc
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for part in parts:
-                file = pq.ParquetFile(part)
-                present = [n for n in schema.names if n in file.schema_arrow.names]
-                for batch in file.iter_batches(batch_size=row_group, columns=present):
-                    table = conform(pa.Table.from_batches([batch]), schema)
-                    if keep is not None:
-                        table = keep(table)
-                    if visit is not None:
-                        visit(table)
-                    held.append(table)
-                    rows += table.num_rows
-                    if sum(t.num_rows for t in held) >= row_group:
-                        whole = pa.concat_tables(held)
-                        writer.write_table(whole.slice(0, row_group), row_group_size=row_group)
-                        held = [whole.slice(row_group)]
-                file.close()
+                with pq.ParquetFile(part) as file:
+                    present = [n for n in schema.names if n in file.schema_arrow.names]
+                    batches = file.iter_batches(batch_size=row_group, columns=present)
+                    for table in (conform(pa.Table.from_batches([b]), schema) for b in batches):
+                        if keep is not None:
+                            table = keep(table)
+                        if visit is not None:
+                            visit(table)
+                        held.append(table)
+                        rows += table.num_rows
+                        if sum(t.num_rows for t in held) >= row_group:
+                            whole = pa.concat_tables(held)
+                            writer.write_table(whole.slice(0, row_group), row_group_size=row_group)
+                            held = [whole.slice(row_group)]
             rest = pa.concat_tables(held) if held else schema.empty_table()
             if rest.num_rows or not rows:  # an empty file still has the schema
                 writer.write_table(rest, row_group_size=row_group)

@@ -1,8 +1,9 @@
 """Batch rescoring on Spark (`engine: spark`): the steps of `serving.batch`, run by the executors, through the same
 scoring functions.
 
-    feature files at the date (Spark; the groups stacked and grouped by persona) -> mapInPandas: model_outputs (champions loaded once per task) -> persisted
-    -> rule statistics fitted with exact aggregates (rules.spark_fit) -> mapInPandas: Scorer.rule_tags
+    feature files at the date (Spark; the groups stacked and grouped by persona) -> mapInPandas: model_outputs
+    (champions loaded once per task) -> persisted -> rule statistics fitted with exact aggregates (rules.spark_fit)
+    -> mapInPandas: Scorer.rule_tags
     -> sorted into ranges of personas, each range's task writes a part with pyarrow (history.to_arrow) -> one task
     concatenates the parts into part-0.parquet -> the driver writes _meta.json and publishes the folder as
     `history.write` does

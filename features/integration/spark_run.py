@@ -271,8 +271,8 @@ def publish_activity(spark, kinds: Mapping[str, list[str]], schemas: Mapping[str
     target, wanted = str(out), {k: schemas[k] for k in todo}
 
     def run(kind: str) -> pd.DataFrame:
-        return pd.DataFrame({"kind": [kind], "rows": [write_parquet_parts(parts[kind], Path(target) / f"{kind}.parquet",
-                                                                  wanted[kind])]})
+        rows = write_parquet_parts(parts[kind], Path(target) / f"{kind}.parquet", wanted[kind])
+        return pd.DataFrame({"kind": [kind], "rows": [rows]})
 
     done = task_per_item(spark, todo, run, "kind string, rows long")
     return {row["kind"]: int(row["rows"]) for row in done}
